@@ -1,0 +1,94 @@
+//! Pod-template hashing.
+//!
+//! Algorithm: serialize `spec.template` with serde_json (k8s-openapi emits
+//! struct fields in a fixed order and map keys sorted, so equal templates give
+//! equal bytes), run 32-bit FNV-1a over the bytes, and when the Rollout's
+//! `status.collisionCount` is set append it as a little-endian u32 plus four
+//! zero bytes. The decimal value of the sum is spelled with the alphabet
+//! `bcdfghjklmnpqrstvwxz2456789` (no vowels, so no accidental words; safe in
+//! names and label values).
+//!
+//! 32 bits can collide, so every ReplicaSet also records a 64-bit FNV-1a
+//! digest of the same bytes. A ReplicaSet whose name matches the short hash
+//! but whose digest differs is a collision: the planner bumps
+//! `collisionCount` and hashes again.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateHash {
+    /// Short hash used in names and the `rollouts-pod-template-hash` label.
+    pub short: String,
+    /// Long digest stored in an annotation to detect short-hash collisions.
+    pub digest: String,
+}
+
+pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> TemplateHash {
+    // Serializing k8s-openapi types into a Vec cannot fail: they contain no
+    // maps with non-string keys and no custom fallible serializers.
+    let mut bytes = serde_json::to_vec(template).unwrap_or_default();
+    if let Some(count) = collision_count {
+        bytes.extend_from_slice(&(count as u32).to_le_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, 0]);
+    }
+    TemplateHash { short: encode(fnv1a32(&bytes)), digest: format!("{:016x}", fnv1a64(&bytes)) }
+}
+
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193))
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn encode(sum: u32) -> String {
+    sum.to_string().bytes().map(|digit| SAFE_ALPHABET[usize::from(digit) % SAFE_ALPHABET.len()] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+    fn template(image: &str) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: None,
+            spec: Some(PodSpec {
+                containers: vec![Container { name: "app".into(), image: Some(image.into()), ..Default::default() }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn fnv_matches_reference_vectors() {
+        assert_eq!(fnv1a32(b""), 0x811c9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c292c);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+    }
+
+    #[test]
+    fn same_template_same_hash_and_image_change_changes_it() {
+        assert_eq!(template_hash(&template("app:1"), None), template_hash(&template("app:1"), None));
+        assert_ne!(template_hash(&template("app:1"), None).short, template_hash(&template("app:2"), None).short);
+    }
+
+    #[test]
+    fn collision_count_changes_short_hash_and_digest() {
+        let plain = template_hash(&template("app:1"), None);
+        let bumped = template_hash(&template("app:1"), Some(1));
+        assert_ne!(plain.short, bumped.short);
+        assert_ne!(plain.digest, bumped.digest);
+    }
+
+    #[test]
+    fn hash_uses_only_the_safe_alphabet() {
+        let hash = template_hash(&template("app:1"), None).short;
+        assert!(!hash.is_empty() && hash.bytes().all(|b| SAFE_ALPHABET.contains(&b)), "{hash}");
+    }
+}

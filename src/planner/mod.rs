@@ -1,0 +1,523 @@
+//! The pure planner: a snapshot of one Rollout and everything it owns, plus
+//! `now`, goes in; a plan of writes, the desired status, Events and the next
+//! wake-up time comes out. No I/O happens here, so every decision the
+//! controller makes can be tested with plain fixtures.
+
+mod analysis;
+mod bluegreen;
+mod canary;
+mod conditions;
+pub mod hash;
+pub mod replicas;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
+use kube::Resource;
+
+use crate::api::validate::{summarize, validate_rollout};
+use crate::api::{
+    AnalysisRun, AnalysisTemplateSpec, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout, RolloutPhase,
+    RolloutStatus, SCALE_DOWN_DEADLINE_ANNOTATION, TEMPLATE_DIGEST_ANNOTATION,
+};
+use conditions::Conditions;
+use hash::{TemplateHash, template_hash};
+
+/// Everything the planner may look at for one Rollout.
+pub struct Snapshot<'a> {
+    pub rollout: &'a Rollout,
+    /// ReplicaSets whose controller owner is this Rollout.
+    pub replica_sets: Vec<&'a ReplicaSet>,
+    /// Services the Rollout names, by name; a missing entry means "not found".
+    pub services: BTreeMap<String, &'a Service>,
+    /// AnalysisRuns whose controller owner is this Rollout.
+    pub analysis_runs: Vec<&'a AnalysisRun>,
+    /// Templates by (cluster scoped, name), for creating AnalysisRuns.
+    pub analysis_templates: BTreeMap<(bool, String), &'a AnalysisTemplateSpec>,
+    pub now: Timestamp,
+}
+
+/// What the controller should do, in order: ReplicaSets, Services, AnalysisRuns, status, Events.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Plan {
+    pub replica_sets: Vec<ReplicaSetChange>,
+    pub services: Vec<ServiceSelectorChange>,
+    pub analysis_runs: Vec<AnalysisRunChange>,
+    /// The full desired status, or None when it equals the observed one.
+    pub status: Option<RolloutStatus>,
+    pub events: Vec<PlannedEvent>,
+    /// When to look again even if nothing changes (timed pause, delays, deadlines).
+    pub requeue_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplicaSetChange {
+    /// Server-side apply of the complete desired object.
+    Apply(Box<ReplicaSet>),
+    Delete { name: String },
+}
+
+/// Point the Service's `rollouts-pod-template-hash` selector key at `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSelectorChange {
+    pub service: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnalysisRunChange {
+    Create(Box<AnalysisRun>),
+    Terminate { name: String },
+    Delete { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Observed facts about one ReplicaSet, plus what the planner wants for it.
+#[derive(Debug, Clone)]
+pub(crate) struct RsState<'a> {
+    pub rs: Option<&'a ReplicaSet>,
+    pub name: String,
+    pub hash: String,
+    pub revision: i64,
+    pub current: i32,
+    pub available: i32,
+    pub ready: i32,
+    pub observed_replicas: i32,
+    pub deadline: Option<Timestamp>,
+    pub desired: i32,
+    pub desired_deadline: Option<Timestamp>,
+}
+
+impl RsState<'_> {
+    /// Scaled to exactly `count` with every pod available.
+    pub fn is_saturated(&self, count: i32) -> bool {
+        self.rs.is_some() && self.current == count && self.available >= count
+    }
+}
+
+/// Working state shared by the strategy planners.
+pub(crate) struct Ctx<'a> {
+    pub snap: &'a Snapshot<'a>,
+    pub rollout: &'a Rollout,
+    pub now: Timestamp,
+    pub hash: TemplateHash,
+    pub prev: RolloutStatus,
+    pub status: RolloutStatus,
+    pub conditions: Conditions,
+    /// Index of the new ReplicaSet in `sets`.
+    pub new: usize,
+    /// Index of the stable ReplicaSet in `sets`, if one exists.
+    pub stable: Option<usize>,
+    pub sets: Vec<RsState<'a>>,
+    pub services: BTreeMap<String, String>,
+    pub analysis_runs: Vec<AnalysisRunChange>,
+    /// Runs some gate asked for in this pass; any other unfinished run is terminated.
+    pub wanted_runs: BTreeSet<String>,
+    pub events: Vec<PlannedEvent>,
+    pub wake_at: Option<Timestamp>,
+    /// Set when a run failed or a deadline aborted the rollout in this pass.
+    pub abort_reason: Option<String>,
+    /// Human-readable reason the rollout is waiting, for status.message.
+    pub waiting_for: Option<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn event(&mut self, reason: &'static str, message: impl Into<String>) {
+        self.events.push(PlannedEvent { warning: false, reason, message: message.into() });
+    }
+
+    pub fn warning(&mut self, reason: &'static str, message: impl Into<String>) {
+        self.events.push(PlannedEvent { warning: true, reason, message: message.into() });
+    }
+
+    pub fn wake_at(&mut self, at: Timestamp) {
+        if self.wake_at.is_none_or(|current| at < current) {
+            self.wake_at = Some(at);
+        }
+    }
+
+    pub fn new_set(&self) -> &RsState<'a> {
+        &self.sets[self.new]
+    }
+
+    pub fn stable_set(&self) -> Option<&RsState<'a>> {
+        self.stable.map(|i| &self.sets[i])
+    }
+
+    /// True when the new ReplicaSet is the stable one (nothing to roll out).
+    pub fn new_is_stable(&self) -> bool {
+        self.stable == Some(self.new)
+    }
+
+    /// Request a Service selector; the rule that a Service never points at a
+    /// ReplicaSet without available pods is enforced here, in one place.
+    pub fn route(&mut self, service: Option<&str>, set: usize) {
+        let Some(service) = service else { return };
+        let target = &self.sets[set];
+        if target.available == 0 {
+            return;
+        }
+        self.services.insert(service.to_string(), target.hash.clone());
+    }
+
+    pub fn abort(&mut self, reason: String) {
+        if !self.status.abort {
+            self.status.abort = true;
+        }
+        self.abort_reason = Some(reason);
+    }
+
+    pub fn time(&self) -> Time {
+        Time(self.now)
+    }
+}
+
+/// Decide what to do for one Rollout.
+pub fn plan(snap: &Snapshot<'_>) -> Plan {
+    let rollout = snap.rollout;
+    let prev = rollout.status.clone().unwrap_or_default();
+    let mut status = prev.clone();
+    status.observed_generation = rollout.metadata.generation;
+    let mut conditions = Conditions::new(std::mem::take(&mut status.conditions), snap.now);
+
+    let problems = validate_rollout(&rollout.spec);
+    if !problems.is_empty() {
+        let message = format!("invalid spec: {}", summarize(&problems));
+        let mut events = Vec::new();
+        if conditions.set("InvalidSpec", true, "InvalidSpec", &message) {
+            events.push(PlannedEvent { warning: true, reason: "InvalidSpec", message: message.clone() });
+        }
+        conditions.set("Healthy", false, "InvalidSpec", &message);
+        status.conditions = conditions.into_vec();
+        status.phase = Some(RolloutPhase::Degraded);
+        status.message = Some(message);
+        return Plan { status: (status != prev).then_some(status), events, ..Plan::default() };
+    }
+    conditions.remove("InvalidSpec");
+
+    let hash = template_hash(&rollout.spec.template, status.collision_count);
+    let own_name = rollout.metadata.name.clone().unwrap_or_default();
+    let new_name = format!("{own_name}-{}", hash.short);
+    if let Some(existing) = snap.replica_sets.iter().find(|rs| rs.metadata.name.as_deref() == Some(&new_name)) {
+        let digest = existing.metadata.annotations.as_ref().and_then(|a| a.get(TEMPLATE_DIGEST_ANNOTATION));
+        if digest.is_some_and(|d| *d != hash.digest) {
+            let count = status.collision_count.unwrap_or(0) + 1;
+            status.collision_count = Some(count);
+            status.conditions = conditions.into_vec();
+            let message = format!("ReplicaSet {new_name} already exists with a different template; collisionCount is now {count}");
+            return Plan {
+                status: Some(status),
+                events: vec![PlannedEvent { warning: false, reason: "HashCollision", message }],
+                requeue_after: Some(Duration::ZERO),
+                ..Plan::default()
+            };
+        }
+    }
+
+    let mut sets: Vec<RsState<'_>> = snap.replica_sets.iter().map(|rs| observe(rs)).collect();
+    sets.sort_by(|a, b| a.revision.cmp(&b.revision).then_with(|| a.name.cmp(&b.name)));
+    let max_revision = sets.iter().map(|s| s.revision).max().unwrap_or(0);
+    let new = match sets.iter().position(|s| s.hash == hash.short) {
+        Some(index) => index,
+        None => {
+            sets.push(RsState {
+                rs: None,
+                name: new_name,
+                hash: hash.short.clone(),
+                revision: max_revision + 1,
+                current: 0,
+                available: 0,
+                ready: 0,
+                observed_replicas: 0,
+                deadline: None,
+                desired: 0,
+                desired_deadline: None,
+            });
+            sets.len() - 1
+        }
+    };
+    let stable = status.stable_rs.as_ref().and_then(|h| sets.iter().position(|s| &s.hash == h));
+
+    let mut ctx = Ctx {
+        snap,
+        rollout,
+        now: snap.now,
+        hash,
+        prev: prev.clone(),
+        status,
+        conditions,
+        new,
+        stable,
+        sets,
+        services: BTreeMap::new(),
+        analysis_runs: Vec::new(),
+        wanted_runs: BTreeSet::new(),
+        events: Vec::new(),
+        wake_at: None,
+        abort_reason: None,
+        waiting_for: None,
+    };
+
+    if ctx.status.current_pod_hash.as_deref() != Some(ctx.hash.short.as_str()) {
+        start_new_revision(&mut ctx);
+    }
+    // A rollback to an old template makes that ReplicaSet the newest revision again.
+    if ctx.sets[ctx.new].rs.is_some() && ctx.sets[ctx.new].revision < max_revision && !ctx.new_is_stable() {
+        ctx.sets[ctx.new].revision = max_revision + 1;
+    }
+    check_steps_changed(&mut ctx);
+    if !ctx.status.abort && ctx.status.aborted_at.is_some() {
+        retry(&mut ctx);
+    }
+    if ctx.status.abort && ctx.status.aborted_at.is_none() {
+        ctx.status.aborted_at = Some(ctx.time());
+    }
+    if !ctx.status.abort {
+        ctx.status.aborted_at = None;
+    }
+
+    if rollout.spec.strategy.blue_green.is_some() {
+        bluegreen::plan(&mut ctx);
+    } else {
+        canary::plan(&mut ctx);
+    }
+    analysis::cleanup_history(&mut ctx);
+    finish(ctx)
+}
+
+fn observe(rs: &ReplicaSet) -> RsState<'_> {
+    let annotations = rs.metadata.annotations.as_ref();
+    let revision = annotations.and_then(|a| a.get(REVISION_ANNOTATION)).and_then(|r| r.parse().ok()).unwrap_or(0);
+    let deadline = annotations
+        .and_then(|a| a.get(SCALE_DOWN_DEADLINE_ANNOTATION))
+        .and_then(|d| d.parse::<Timestamp>().ok());
+    let hash = rs
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    let current = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = rs.status.as_ref();
+    // Right after a scale-down the status still counts pods being removed.
+    let available = status.and_then(|s| s.available_replicas).unwrap_or(0).min(current);
+    RsState {
+        rs: Some(rs),
+        name: rs.metadata.name.clone().unwrap_or_default(),
+        hash,
+        revision,
+        current,
+        available,
+        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0).min(current),
+        observed_replicas: status.map(|s| s.replicas).unwrap_or(0),
+        deadline,
+        desired: current,
+        desired_deadline: deadline,
+    }
+}
+
+fn start_new_revision(ctx: &mut Ctx<'_>) {
+    let previous = ctx.status.current_pod_hash.replace(ctx.hash.short.clone());
+    let status = &mut ctx.status;
+    status.current_step_index = Some(0);
+    status.pause_conditions.clear();
+    status.controller_pause = false;
+    status.abort = false;
+    status.aborted_at = None;
+    status.promote_full = false;
+    status.retry_count = 0;
+    if let Some(bg) = status.blue_green.as_mut() {
+        bg.scale_up_preview_check_point = false;
+        bg.pre_promotion_analysis_run_status = None;
+        bg.post_promotion_analysis_run_status = None;
+    }
+    if let Some(canary) = status.canary.as_mut() {
+        canary.current_step_analysis_run_status = None;
+        canary.current_background_analysis_run_status = None;
+    }
+    ctx.conditions.remove("Completed");
+    if let Some(previous) = previous {
+        ctx.event("RolloutUpdated", format!("Pod template changed: rolling out revision {} (hash {} replaces {previous})", ctx.sets[ctx.new].revision, ctx.hash.short));
+    }
+}
+
+/// `kubectl ramp retry` cleared `status.abort`: run the steps again with fresh AnalysisRuns.
+fn retry(ctx: &mut Ctx<'_>) {
+    ctx.status.retry_count += 1;
+    ctx.status.current_step_index = Some(0);
+    ctx.status.pause_conditions.clear();
+    ctx.status.controller_pause = false;
+    if let Some(bg) = ctx.status.blue_green.as_mut() {
+        bg.scale_up_preview_check_point = false;
+    }
+    ctx.event("RolloutRetry", format!("Retrying the rollout of revision {} (attempt {})", ctx.sets[ctx.new].revision, ctx.status.retry_count + 1));
+}
+
+fn check_steps_changed(ctx: &mut Ctx<'_>) {
+    let steps = ctx.rollout.spec.strategy.canary.as_ref().map(|c| serde_json::to_vec(&c.steps).unwrap_or_default());
+    let step_hash = steps.map(|bytes| template_hash_of_bytes(&bytes));
+    if step_hash != ctx.status.current_step_hash {
+        if ctx.status.current_step_hash.is_some() && !ctx.new_is_stable() {
+            ctx.status.current_step_index = Some(0);
+            ctx.status.pause_conditions.clear();
+            ctx.status.controller_pause = false;
+            ctx.event("RolloutUpdated", "Canary steps changed: restarting from step 0");
+        }
+        ctx.status.current_step_hash = step_hash;
+    }
+}
+
+fn template_hash_of_bytes(bytes: &[u8]) -> String {
+    let sum = bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
+    format!("{sum:08x}")
+}
+
+/// Turns the working state into a Plan: ReplicaSet writes for every changed
+/// set, Service changes, status, and the nearest wake-up.
+fn finish(mut ctx: Ctx<'_>) -> Plan {
+    let mut plan = Plan::default();
+    let rollout = ctx.rollout;
+    cleanup_old_replica_sets(&mut ctx, &mut plan);
+    for index in 0..ctx.sets.len() {
+        let set = &ctx.sets[index];
+        let desired_annotation = set.desired_deadline.map(|d| d.to_string());
+        let observed_annotation = set.deadline.map(|d| d.to_string());
+        let revision_changed = set.rs.is_some_and(|rs| {
+            rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION)) != Some(&set.revision.to_string())
+        });
+        if set.rs.is_some() && set.desired == set.current && desired_annotation == observed_annotation && !revision_changed {
+            continue;
+        }
+        if set.rs.is_none() && index != ctx.new {
+            continue;
+        }
+        let verb = if set.rs.is_none() {
+            "Created"
+        } else if set.desired > set.current {
+            "Scaled up"
+        } else if set.desired < set.current {
+            "Scaled down"
+        } else {
+            ""
+        };
+        let message = match verb {
+            "Created" => Some(("NewReplicaSetCreated", format!("Created ReplicaSet {} (revision {}) with {} replicas", set.name, set.revision, set.desired))),
+            "" => None,
+            verb => Some(("ScalingReplicaSet", format!("{verb} ReplicaSet {} (revision {}) from {} to {}", set.name, set.revision, set.current, set.desired))),
+        };
+        let desired = desired_replica_set(rollout, set, &ctx.hash);
+        plan.replica_sets.push(ReplicaSetChange::Apply(Box::new(desired)));
+        if let Some((reason, message)) = message {
+            ctx.event(reason, message);
+        }
+    }
+    for (service, hash) in std::mem::take(&mut ctx.services) {
+        let current = ctx.snap.services.get(&service).and_then(|s| {
+            s.spec.as_ref().and_then(|spec| spec.selector.as_ref()).and_then(|sel| sel.get(POD_TEMPLATE_HASH_LABEL)).cloned()
+        });
+        if current.as_deref() == Some(hash.as_str()) {
+            continue;
+        }
+        let from = current.unwrap_or_else(|| "(none)".into());
+        ctx.event("SwitchService", format!("Switched selector for Service {service} from {from} to {hash}"));
+        plan.services.push(ServiceSelectorChange { service, hash });
+    }
+    conditions::finish_status(&mut ctx);
+    plan.analysis_runs = std::mem::take(&mut ctx.analysis_runs);
+    if let Some(at) = ctx.wake_at {
+        let wait = at.duration_since(ctx.now);
+        plan.requeue_after = Some(Duration::try_from(wait).unwrap_or(Duration::ZERO).max(Duration::from_millis(100)));
+    }
+    plan.events = std::mem::take(&mut ctx.events);
+    let mut status = ctx.status;
+    status.conditions = ctx.conditions.into_vec();
+    plan.status = (Some(&status) != rollout.status.as_ref()).then_some(status);
+    plan
+}
+
+/// Deletes scaled-down ReplicaSets beyond revisionHistoryLimit, oldest first.
+fn cleanup_old_replica_sets(ctx: &mut Ctx<'_>, plan: &mut Plan) {
+    let limit = ctx.rollout.spec.revision_history_limit.unwrap_or(crate::api::DEFAULT_REVISION_HISTORY_LIMIT).max(0) as usize;
+    let removable: Vec<usize> = (0..ctx.sets.len())
+        .filter(|&i| i != ctx.new && Some(i) != ctx.stable)
+        .filter(|&i| {
+            let set = &ctx.sets[i];
+            set.rs.is_some() && set.desired == 0 && set.current == 0 && set.observed_replicas == 0
+        })
+        .collect();
+    let excess = removable.len().saturating_sub(limit);
+    for &index in removable.iter().take(excess) {
+        let name = ctx.sets[index].name.clone();
+        plan.replica_sets.push(ReplicaSetChange::Delete { name: name.clone() });
+        ctx.event("ReplicaSetDeleted", format!("Deleted old ReplicaSet {name} (beyond revisionHistoryLimit {limit})"));
+    }
+}
+
+/// The complete ReplicaSet the controller applies. The pod template is the
+/// Rollout's (new ReplicaSet) or the observed one (older ReplicaSets), so an
+/// apply never rewrites what pods run.
+fn desired_replica_set(rollout: &Rollout, set: &RsState<'_>, hash: &TemplateHash) -> ReplicaSet {
+    let mut annotations = BTreeMap::new();
+    annotations.insert(REVISION_ANNOTATION.to_string(), set.revision.to_string());
+    if let Some(deadline) = set.desired_deadline {
+        annotations.insert(SCALE_DOWN_DEADLINE_ANNOTATION.to_string(), deadline.to_string());
+    }
+    let (template, selector, digest) = match set.rs {
+        Some(rs) => {
+            let spec = rs.spec.clone().unwrap_or_default();
+            let digest = rs.metadata.annotations.as_ref().and_then(|a| a.get(TEMPLATE_DIGEST_ANNOTATION)).cloned();
+            (spec.template.unwrap_or_default(), spec.selector, digest)
+        }
+        None => {
+            let mut template: PodTemplateSpec = rollout.spec.template.clone();
+            let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
+            metadata.labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
+            let mut selector: LabelSelector = rollout.spec.selector.clone();
+            selector.match_labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
+            (template, selector, Some(hash.digest.clone()))
+        }
+    };
+    if let Some(digest) = digest {
+        annotations.insert(TEMPLATE_DIGEST_ANNOTATION.to_string(), digest);
+    }
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone());
+    ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(set.name.clone()),
+            namespace: rollout.metadata.namespace.clone(),
+            labels,
+            annotations: Some(annotations),
+            owner_references: owner_reference(rollout).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(set.desired),
+            min_ready_seconds: rollout.spec.min_ready_seconds,
+            selector,
+            template: Some(template),
+        }),
+        status: None,
+    }
+}
+
+/// Controller owner reference to the Rollout, so garbage collection removes
+/// what it owns and watches map children back to it.
+pub fn owner_reference(rollout: &Rollout) -> Option<OwnerReference> {
+    let mut reference = rollout.controller_owner_ref(&())?;
+    reference.block_owner_deletion = Some(true);
+    Some(reference)
+}
+
+#[cfg(test)]
+mod tests;
