@@ -190,7 +190,8 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     status.observed_generation = rollout.metadata.generation;
     let mut conditions = Conditions::new(std::mem::take(&mut status.conditions), snap.now);
 
-    let problems = validate_rollout(&rollout.spec);
+    let mut problems = validate_rollout(&rollout.spec);
+    let missing_services = problems.is_empty() && add_missing_services(snap, &mut problems);
     if !problems.is_empty() {
         let message = format!("invalid spec: {}", summarize(&problems));
         let mut events = Vec::new();
@@ -201,7 +202,9 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         status.conditions = conditions.into_vec();
         status.phase = Some(RolloutPhase::Degraded);
         status.message = Some(message);
-        return Plan { status: (status != prev).then_some(status), events, ..Plan::default() };
+        // Services are not watched unless Ramp manages them, so look again for a missing one.
+        let requeue_after = missing_services.then_some(Duration::from_secs(15));
+        return Plan { status: (status != prev).then_some(status), events, requeue_after, ..Plan::default() };
     }
     conditions.remove("InvalidSpec");
 
@@ -293,6 +296,35 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     }
     analysis::cleanup_history(&mut ctx);
     finish(ctx)
+}
+
+/// The Services a Rollout names, with the field that names them.
+pub fn referenced_services(rollout: &Rollout) -> Vec<(&'static str, String)> {
+    let strategy = &rollout.spec.strategy;
+    let mut names = Vec::new();
+    if let Some(canary) = &strategy.canary {
+        names.extend(canary.canary_service.clone().map(|n| ("spec.strategy.canary.canaryService", n)));
+        names.extend(canary.stable_service.clone().map(|n| ("spec.strategy.canary.stableService", n)));
+    }
+    if let Some(bg) = &strategy.blue_green {
+        names.push(("spec.strategy.blueGreen.activeService", bg.active_service.clone()));
+        names.extend(bg.preview_service.clone().map(|n| ("spec.strategy.blueGreen.previewService", n)));
+    }
+    names
+}
+
+fn add_missing_services(snap: &Snapshot<'_>, problems: &mut Vec<crate::api::validate::Problem>) -> bool {
+    let namespace = snap.rollout.metadata.namespace.as_deref().unwrap_or("default");
+    let before = problems.len();
+    for (field, name) in referenced_services(snap.rollout) {
+        if !snap.services.contains_key(&name) {
+            problems.push(crate::api::validate::Problem {
+                field: field.to_string(),
+                message: format!("Service {name:?} not found in namespace {namespace}; create it or fix the name"),
+            });
+        }
+    }
+    problems.len() > before
 }
 
 fn observe(rs: &ReplicaSet) -> RsState<'_> {

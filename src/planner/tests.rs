@@ -1,0 +1,820 @@
+//! Planner tests. `World` is a tiny in-memory cluster: it applies a plan the
+//! way the API server and ReplicaSet controller would (ReplicaSets scale,
+//! pods become available unless told otherwise, Services switch, status is
+//! stored) so multi-step rollouts can be walked through synchronously.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::Service;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::api::{AnalysisPhase, AnalysisRunStatus, PauseReason, RolloutStatus};
+
+fn rollout(strategy: Value, replicas: i32) -> Rollout {
+    serde_json::from_value(json!({
+        "apiVersion": "ramp.dev/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "uid-web", "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "web:1"}]}
+            },
+            "strategy": strategy
+        }
+    }))
+    .expect("fixture rollout is valid")
+}
+
+fn canary(steps: Value) -> Value {
+    json!({"canary": {"canaryService": "web-canary", "stableService": "web-stable", "steps": steps}})
+}
+
+fn blue_green(extra: Value) -> Value {
+    let mut strategy = json!({"activeService": "web-active", "previewService": "web-preview"});
+    if let (Some(target), Some(source)) = (strategy.as_object_mut(), extra.as_object()) {
+        target.extend(source.clone());
+    }
+    json!({"blueGreen": strategy})
+}
+
+fn service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    }))
+    .expect("fixture service is valid")
+}
+
+struct World {
+    rollout: Rollout,
+    replica_sets: BTreeMap<String, ReplicaSet>,
+    services: BTreeMap<String, Service>,
+    runs: BTreeMap<String, AnalysisRun>,
+    templates: BTreeMap<(bool, String), AnalysisTemplateSpec>,
+    now: Timestamp,
+    /// Hashes whose pods never become available.
+    broken: Vec<String>,
+    events: Vec<PlannedEvent>,
+    last_plan: Plan,
+}
+
+impl World {
+    fn new(rollout: Rollout) -> Self {
+        let mut services = BTreeMap::new();
+        for name in ["web-canary", "web-stable", "web-active", "web-preview"] {
+            services.insert(name.to_string(), service(name));
+        }
+        World {
+            rollout,
+            replica_sets: BTreeMap::new(),
+            services,
+            runs: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            now: "2026-01-01T00:00:00Z".parse().expect("valid time"),
+            broken: Vec::new(),
+            events: Vec::new(),
+            last_plan: Plan::default(),
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        let snapshot = Snapshot {
+            rollout: &self.rollout,
+            replica_sets: self.replica_sets.values().collect(),
+            services: self.services.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            analysis_runs: self.runs.values().collect(),
+            analysis_templates: self.templates.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            now: self.now,
+        };
+        plan(&snapshot)
+    }
+
+    /// Plans once and applies the plan; returns whether anything changed.
+    fn step(&mut self) -> bool {
+        let plan = self.plan();
+        let changed = !plan.replica_sets.is_empty()
+            || !plan.services.is_empty()
+            || !plan.analysis_runs.is_empty()
+            || plan.status.is_some();
+        for change in &plan.replica_sets {
+            match change {
+                ReplicaSetChange::Apply(rs) => {
+                    let mut rs = (**rs).clone();
+                    let name = rs.metadata.name.clone().unwrap_or_default();
+                    let hash = rs.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)).cloned().unwrap_or_default();
+                    let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                    let available = if self.broken.contains(&hash) { 0 } else { replicas };
+                    rs.status = Some(ReplicaSetStatus {
+                        replicas,
+                        ready_replicas: Some(available),
+                        available_replicas: Some(available),
+                        ..Default::default()
+                    });
+                    self.replica_sets.insert(name, rs);
+                }
+                ReplicaSetChange::Delete { name } => {
+                    self.replica_sets.remove(name);
+                }
+            }
+        }
+        for change in &plan.services {
+            let selector = self.services.get_mut(&change.service).and_then(|s| s.spec.as_mut()).and_then(|s| s.selector.as_mut());
+            if let Some(selector) = selector {
+                selector.insert(POD_TEMPLATE_HASH_LABEL.to_string(), change.hash.clone());
+            }
+        }
+        for change in &plan.analysis_runs {
+            match change {
+                AnalysisRunChange::Create(run) => {
+                    let mut run = (**run).clone();
+                    run.metadata.creation_timestamp = Some(Time(self.now));
+                    self.runs.insert(run.metadata.name.clone().unwrap_or_default(), run);
+                }
+                AnalysisRunChange::Terminate { name } => {
+                    if let Some(run) = self.runs.get_mut(name) {
+                        run.spec.terminate = Some(true);
+                    }
+                }
+                AnalysisRunChange::Delete { name } => {
+                    self.runs.remove(name);
+                }
+            }
+        }
+        if let Some(status) = &plan.status {
+            self.rollout.status = Some(status.clone());
+        }
+        self.events.extend(plan.events.iter().cloned());
+        self.last_plan = plan;
+        changed
+    }
+
+    /// Steps until nothing changes (bounded, so a livelock fails the test).
+    fn settle(&mut self) {
+        for _ in 0..50 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("planner did not settle; last plan: {:#?}", self.last_plan);
+    }
+
+    fn advance(&mut self, seconds: i64) {
+        self.now = self.now.checked_add(SignedDuration::from_secs(seconds)).expect("time in range");
+    }
+
+    fn status(&self) -> RolloutStatus {
+        self.rollout.status.clone().unwrap_or_default()
+    }
+
+    fn phase(&self) -> RolloutPhase {
+        self.status().phase.expect("phase is always set")
+    }
+
+    fn set_image(&mut self, image: &str) {
+        if let Some(spec) = self.rollout.spec.template.spec.as_mut() {
+            spec.containers[0].image = Some(image.into());
+        }
+        self.rollout.metadata.generation = self.rollout.metadata.generation.map(|g| g + 1);
+    }
+
+    fn hash_for(&self, image: &str) -> String {
+        let mut template = self.rollout.spec.template.clone();
+        if let Some(spec) = template.spec.as_mut() {
+            spec.containers[0].image = Some(image.into());
+        }
+        hash::template_hash(&template, None).short
+    }
+
+    fn replicas_of(&self, image: &str) -> i32 {
+        let hash = self.hash_for(image);
+        self.replica_sets
+            .values()
+            .find(|rs| rs.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)) == Some(&hash))
+            .and_then(|rs| rs.spec.as_ref()?.replicas)
+            .unwrap_or(0)
+    }
+
+    fn selector(&self, service: &str) -> Option<String> {
+        self.services[service].spec.as_ref()?.selector.as_ref()?.get(POD_TEMPLATE_HASH_LABEL).cloned()
+    }
+
+    fn promote(&mut self) {
+        if let Some(status) = self.rollout.status.as_mut() {
+            status.pause_conditions.clear();
+        }
+        self.rollout.spec.paused = None;
+    }
+
+    fn abort(&mut self) {
+        if let Some(status) = self.rollout.status.as_mut() {
+            status.abort = true;
+        }
+    }
+
+    fn retry(&mut self) {
+        if let Some(status) = self.rollout.status.as_mut() {
+            status.abort = false;
+        }
+    }
+
+    fn has_event(&self, reason: &str) -> bool {
+        self.events.iter().any(|e| e.reason == reason)
+    }
+
+    fn set_run_phase(&mut self, name_suffix: &str, phase: AnalysisPhase) {
+        let run = self.runs.values_mut().find(|r| r.metadata.name.as_deref().is_some_and(|n| n.ends_with(name_suffix)));
+        let run = run.unwrap_or_else(|| panic!("no AnalysisRun ending in {name_suffix}"));
+        run.status = Some(AnalysisRunStatus { phase: Some(phase), message: Some(format!("metric says {phase:?}")), ..Default::default() });
+    }
+}
+
+fn deployed(world: &mut World) {
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy, "{:#?}", world.status());
+}
+
+// ---------- canary ----------
+
+fn standard_canary() -> World {
+    let steps = json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {"duration": "5s"}}]);
+    World::new(rollout(canary(steps), 5))
+}
+
+#[test]
+fn initial_canary_deploy_skips_steps_and_points_both_services_at_the_new_hash() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    let hash = world.hash_for("web:1");
+    assert_eq!(world.replicas_of("web:1"), 5);
+    assert_eq!(world.status().stable_rs.as_deref(), Some(hash.as_str()));
+    assert_eq!(world.selector("web-stable"), Some(hash.clone()));
+    assert_eq!(world.selector("web-canary"), Some(hash));
+    assert_eq!(world.status().current_step_index, Some(4));
+    assert!(world.has_event("NewReplicaSetCreated"));
+    assert!(world.has_event("RolloutCompleted"));
+}
+
+#[test]
+fn canary_walks_its_steps_with_documented_counts() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (1, 4));
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert_eq!(world.status().pause_conditions[0].reason, PauseReason::CanaryPauseStep);
+    assert_eq!(world.selector("web-canary"), Some(world.hash_for("web:2")));
+    assert_eq!(world.selector("web-stable"), Some(world.hash_for("web:1")));
+    assert_eq!(world.status().canary.and_then(|c| c.weights).map(|w| w.canary.weight), Some(20));
+
+    world.promote();
+    world.settle();
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (3, 2));
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert_eq!(world.status().current_step_index, Some(3));
+    let wait = world.last_plan.requeue_after;
+    assert!(wait.is_some_and(|w| w <= Duration::from_secs(5)), "timed pause must requeue: {wait:?}");
+
+    world.advance(5);
+    world.settle();
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (5, 0));
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(world.status().stable_rs, Some(world.hash_for("web:2")));
+    assert_eq!(world.selector("web-stable"), Some(world.hash_for("web:2")));
+    assert!(world.has_event("RolloutStepCompleted"));
+    assert!(world.has_event("RolloutResumed"));
+}
+
+#[test]
+fn timed_pause_does_not_resume_early() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 40}, {"pause": {"duration": 30}}])), 5));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.advance(29);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    world.advance(1);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+}
+
+#[test]
+fn abort_returns_replicas_and_services_to_stable_and_retry_runs_steps_again() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.promote();
+    world.settle();
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (3, 2));
+
+    world.abort();
+    world.settle();
+    let stable = world.hash_for("web:1");
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (0, 5));
+    assert_eq!(world.selector("web-canary"), Some(stable.clone()));
+    assert_eq!(world.selector("web-stable"), Some(stable));
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    assert!(world.status().message.unwrap_or_default().contains("RolloutAborted"));
+    assert!(world.events.iter().any(|e| e.reason == "RolloutAborted" && e.warning));
+
+    world.retry();
+    world.settle();
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (1, 4));
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert_eq!(world.status().current_step_index, Some(1));
+    assert!(world.has_event("RolloutRetry"));
+}
+
+#[test]
+fn promote_full_skips_remaining_steps() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    if let Some(status) = world.rollout.status.as_mut() {
+        status.promote_full = true;
+    }
+    world.settle();
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (5, 0));
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert!(!world.status().promote_full);
+}
+
+#[test]
+fn new_template_mid_rollout_supersedes_the_old_canary() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.set_image("web:3");
+    world.settle();
+    assert_eq!(world.replicas_of("web:2"), 0);
+    assert_eq!((world.replicas_of("web:3"), world.replicas_of("web:1")), (1, 4));
+    assert_eq!(world.status().current_step_index, Some(1));
+    assert_eq!(world.selector("web-canary"), Some(world.hash_for("web:3")));
+}
+
+#[test]
+fn canary_that_never_becomes_available_hits_the_progress_deadline() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, {"pause": {}}])), 5));
+    world.rollout.spec.progress_deadline_seconds = Some(60);
+    deployed(&mut world);
+    let bad = world.hash_for("web:bad");
+    world.broken.push(bad.clone());
+    world.set_image("web:bad");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Progressing);
+    assert_eq!(world.status().current_step_index, Some(0));
+    // The canary Service never points at pods that are not available.
+    assert_eq!(world.selector("web-canary"), Some(world.hash_for("web:1")));
+    assert!(world.last_plan.requeue_after.is_some());
+    world.advance(61);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    assert!(world.status().message.unwrap_or_default().contains("ProgressDeadlineExceeded"));
+    assert!(world.has_event("ProgressDeadlineExceeded"));
+    assert_eq!(world.replicas_of("web:1"), 4, "stable keeps serving");
+    assert!(!world.status().abort);
+}
+
+#[test]
+fn progress_deadline_abort_returns_to_stable() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, {"pause": {}}])), 5));
+    world.rollout.spec.progress_deadline_seconds = Some(60);
+    world.rollout.spec.progress_deadline_abort = Some(true);
+    deployed(&mut world);
+    let bad = world.hash_for("web:bad");
+    world.broken.push(bad);
+    world.set_image("web:bad");
+    world.settle();
+    world.advance(61);
+    world.settle();
+    assert!(world.status().abort);
+    assert_eq!((world.replicas_of("web:bad"), world.replicas_of("web:1")), (0, 5));
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+}
+
+#[test]
+fn manual_pause_freezes_and_resume_continues() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, {"setWeight": 60}])), 5));
+    deployed(&mut world);
+    world.rollout.spec.paused = Some(true);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert_eq!(world.status().message.as_deref(), Some("manually paused"));
+    world.rollout.spec.paused = None;
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(world.replicas_of("web:2"), 5);
+}
+
+#[test]
+fn set_canary_scale_overrides_the_canary_count_only() {
+    let steps = json!([{"setWeight": 20}, {"setCanaryScale": {"replicas": 3}}, {"pause": {}}]);
+    let mut world = World::new(rollout(canary(steps), 5));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (3, 4));
+}
+
+#[test]
+fn no_writes_when_everything_is_in_the_desired_state() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    let plan = world.plan();
+    assert_eq!(plan, Plan { requeue_after: plan.requeue_after, ..Plan::default() });
+    world.set_image("web:2");
+    world.settle();
+    let plan = world.plan();
+    assert!(plan.replica_sets.is_empty() && plan.services.is_empty() && plan.status.is_none(), "{plan:#?}");
+}
+
+#[test]
+fn old_replica_sets_beyond_history_limit_are_deleted() {
+    let mut world = World::new(rollout(canary(json!([])), 2));
+    world.rollout.spec.revision_history_limit = Some(1);
+    deployed(&mut world);
+    for image in ["web:2", "web:3", "web:4"] {
+        world.set_image(image);
+        world.settle();
+    }
+    assert_eq!(world.replica_sets.len(), 2, "{:?}", world.replica_sets.keys().collect::<Vec<_>>());
+    assert!(world.has_event("ReplicaSetDeleted"));
+}
+
+#[test]
+fn replica_set_carries_hash_revision_owner_and_digest() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    let hash = world.hash_for("web:1");
+    let rs = &world.replica_sets[&format!("web-{hash}")];
+    let labels = rs.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
+    assert_eq!(labels.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
+    let template_labels = rs.spec.as_ref().and_then(|s| s.template.as_ref()?.metadata.as_ref()?.labels.clone()).unwrap_or_default();
+    assert_eq!(template_labels.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
+    let annotations = rs.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.get(REVISION_ANNOTATION).map(String::as_str), Some("1"));
+    assert!(annotations.contains_key(TEMPLATE_DIGEST_ANNOTATION));
+    let owner = &rs.metadata.owner_references.as_ref().expect("owner reference")[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("Rollout", Some(true)));
+}
+
+#[test]
+fn hash_collision_bumps_collision_count() {
+    let mut world = standard_canary();
+    let hash = world.hash_for("web:1");
+    let impostor: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": format!("web-{hash}"), "namespace": "shop",
+            "labels": {POD_TEMPLATE_HASH_LABEL: hash},
+            "annotations": {TEMPLATE_DIGEST_ANNOTATION: "0000000000000000", REVISION_ANNOTATION: "1"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}}}
+    }))
+    .expect("fixture");
+    world.replica_sets.insert(format!("web-{hash}"), impostor);
+    world.step();
+    assert_eq!(world.status().collision_count, Some(1));
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_ne!(world.status().stable_rs, Some(hash));
+}
+
+// ---------- invalid specs ----------
+
+#[test]
+fn invalid_spec_sets_condition_and_touches_nothing() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    let before = world.replica_sets.clone();
+    world.rollout.spec.strategy.blue_green = Some(serde_json::from_value(json!({"activeService": "web-active"})).expect("fixture"));
+    let plan = world.plan();
+    assert!(plan.replica_sets.is_empty() && plan.services.is_empty());
+    world.step();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    let condition = world.status().conditions.into_iter().find(|c| c.type_ == "InvalidSpec").expect("InvalidSpec condition");
+    assert!(condition.message.unwrap_or_default().contains("keep exactly one strategy"));
+    assert!(world.events.iter().any(|e| e.reason == "InvalidSpec" && e.warning));
+    assert_eq!(world.replica_sets, before);
+    // The Event is emitted once, not on every pass.
+    let again = world.plan();
+    assert!(again.events.is_empty() && again.status.is_none());
+}
+
+#[test]
+fn missing_service_is_reported_and_retried() {
+    let mut world = standard_canary();
+    world.services.remove("web-canary");
+    world.step();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    let message = world.status().message.unwrap_or_default();
+    assert!(message.contains("web-canary") && message.contains("not found"), "{message}");
+    assert!(world.replica_sets.is_empty());
+    assert!(world.last_plan.requeue_after.is_some());
+    world.services.insert("web-canary".into(), service("web-canary"));
+    deployed(&mut world);
+}
+
+#[test]
+fn validation_messages_name_the_field_and_the_fix() {
+    let cases: &[(Value, &str)] = &[
+        (canary(json!([{"setWeight": 120}])), "spec.strategy.canary.steps[0].setWeight: 120 is not a percentage"),
+        (canary(json!([{"pause": {"duration": "5x"}}])), "steps[0].pause.duration: invalid duration \"5x\""),
+        (canary(json!([{"experiment": {}}])), "unknown step \"experiment\""),
+        (canary(json!([{"setWeight": 10, "pause": {}}])), "found setWeight and pause"),
+        (json!({"canary": {"canaryService": "a", "stableService": "a"}}), "use two different Services"),
+        (json!({"canary": {"maxSurge": "1"}}), "\"1%\" for a percentage"),
+        (json!({}), "set either canary or blueGreen"),
+        (blue_green(json!({"activeService": "web-preview"})), "same Service as activeService"),
+    ];
+    for (strategy, expected) in cases {
+        let problems = crate::api::validate::validate_rollout(&rollout(strategy.clone(), 3).spec);
+        let text = summarize(&problems);
+        assert!(text.contains(expected), "expected {expected:?} in {text:?}");
+    }
+    let mut bad_selector = rollout(canary(json!([])), 3);
+    bad_selector.spec.selector.match_labels = Some(BTreeMap::from([("app".to_string(), "other".to_string())]));
+    let text = summarize(&crate::api::validate::validate_rollout(&bad_selector.spec));
+    assert!(text.contains("spec.selector.matchLabels.app") && text.contains("make them equal"), "{text}");
+}
+
+// ---------- blue/green ----------
+
+#[test]
+fn blue_green_preview_then_manual_promotion_then_delayed_scale_down() {
+    let mut world = World::new(rollout(blue_green(json!({"autoPromotionEnabled": false, "scaleDownDelaySeconds": 10})), 3));
+    deployed(&mut world);
+    let old = world.hash_for("web:1");
+    assert_eq!(world.selector("web-active"), Some(old.clone()));
+    assert_eq!(world.selector("web-preview"), Some(old.clone()));
+
+    world.set_image("web:2");
+    world.settle();
+    let new = world.hash_for("web:2");
+    assert_eq!(world.selector("web-preview"), Some(new.clone()));
+    assert_eq!(world.selector("web-active"), Some(old.clone()));
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (3, 3));
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert_eq!(world.status().pause_conditions[0].reason, PauseReason::BlueGreenPause);
+
+    world.promote();
+    world.settle();
+    assert_eq!(world.selector("web-active"), Some(new.clone()));
+    assert_eq!(world.status().stable_rs, Some(new.clone()));
+    assert_eq!(world.replicas_of("web:1"), 3, "old ReplicaSet waits for its delay");
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    let blue_green = world.status().blue_green.expect("blue/green status");
+    assert_eq!(blue_green.active_selector, Some(new.clone()));
+
+    world.advance(10);
+    world.settle();
+    assert_eq!(world.replicas_of("web:1"), 0);
+    assert!(world.has_event("SwitchService"));
+}
+
+#[test]
+fn blue_green_auto_promotion_after_seconds() {
+    let mut world = World::new(rollout(blue_green(json!({"autoPromotionSeconds": 20})), 2));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    world.advance(20);
+    world.settle();
+    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:2")));
+}
+
+#[test]
+fn blue_green_preview_replica_count_scales_up_before_the_switch() {
+    let mut world = World::new(rollout(blue_green(json!({"autoPromotionEnabled": false, "previewReplicaCount": 1})), 4));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.replicas_of("web:2"), 1);
+    world.promote();
+    world.settle();
+    assert_eq!(world.replicas_of("web:2"), 4);
+    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:2")));
+}
+
+#[test]
+fn blue_green_abort_keeps_active_on_stable_and_scales_preview_down_after_delay() {
+    let mut world = World::new(rollout(blue_green(json!({"autoPromotionEnabled": false, "abortScaleDownDelaySeconds": 5})), 2));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.abort();
+    world.settle();
+    let old = world.hash_for("web:1");
+    assert_eq!(world.selector("web-active"), Some(old.clone()));
+    assert_eq!(world.selector("web-preview"), Some(old));
+    assert_eq!(world.replicas_of("web:2"), 2);
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    world.advance(5);
+    world.settle();
+    assert_eq!(world.replicas_of("web:2"), 0);
+}
+
+#[test]
+fn blue_green_never_switches_preview_to_unavailable_pods() {
+    let mut world = World::new(rollout(blue_green(json!({})), 2));
+    deployed(&mut world);
+    let bad = world.hash_for("web:bad");
+    world.broken.push(bad);
+    world.set_image("web:bad");
+    world.settle();
+    assert_eq!(world.selector("web-preview"), Some(world.hash_for("web:1")));
+    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:1")));
+}
+
+// ---------- analysis gates ----------
+
+fn with_template(world: &mut World) {
+    let template: AnalysisTemplateSpec = serde_json::from_value(json!({
+        "args": [{"name": "service"}],
+        "metrics": [{"name": "errors", "successCondition": "result < 0.05",
+            "provider": {"prometheus": {"query": "errors{service=\"{{args.service}}\"}"}}}]
+    }))
+    .expect("fixture");
+    world.templates.insert((false, "error-rate".into()), template);
+}
+
+fn analysis_step() -> Value {
+    json!({"analysis": {"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}]}})
+}
+
+#[test]
+fn analysis_step_blocks_until_the_run_succeeds() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step(), {"setWeight": 60}])), 5));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.runs.len(), 1);
+    let run = world.runs.values().next().expect("run");
+    assert!(run.metadata.name.as_deref().is_some_and(|n| n.ends_with("-2-1")), "{:?}", run.metadata.name);
+    assert_eq!(run.spec.args[0].value.as_deref(), Some("web"));
+    assert_eq!(world.status().current_step_index, Some(1));
+    assert_eq!(world.phase(), RolloutPhase::Progressing);
+    world.set_run_phase("-1", AnalysisPhase::Successful);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+}
+
+#[test]
+fn failed_analysis_aborts_back_to_stable() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step(), {"setWeight": 60}])), 5));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.set_run_phase("-1", AnalysisPhase::Failed);
+    world.settle();
+    assert!(world.status().abort);
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (0, 5));
+    assert_eq!(world.selector("web-canary"), Some(world.hash_for("web:1")));
+    let message = world.status().message.unwrap_or_default();
+    assert!(message.contains("Failed") && message.contains("metric says"), "{message}");
+    // Retrying creates a fresh run rather than reusing the failed one.
+    world.retry();
+    world.settle();
+    assert!(world.runs.keys().any(|n| n.ends_with("-try2")), "{:?}", world.runs.keys().collect::<Vec<_>>());
+    assert_eq!(world.phase(), RolloutPhase::Progressing);
+}
+
+#[test]
+fn inconclusive_analysis_pauses_for_a_human() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step()])), 5));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.set_run_phase("-1", AnalysisPhase::Inconclusive);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert_eq!(world.status().pause_conditions[0].reason, PauseReason::InconclusiveAnalysisRun);
+    world.promote();
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+}
+
+#[test]
+fn missing_template_aborts_with_a_clear_message() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step()])), 5));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert!(world.status().abort);
+    let message = world.status().message.unwrap_or_default();
+    assert!(message.contains("AnalysisTemplate \"error-rate\" not found in namespace shop"), "{message}");
+}
+
+#[test]
+fn required_argument_without_value_is_an_error() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "error-rate"}]}}])), 5));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    let message = world.status().message.unwrap_or_default();
+    assert!(message.contains("argument \"service\" is required"), "{message}");
+}
+
+#[test]
+fn background_analysis_failure_aborts_mid_rollout_and_completion_terminates_it() {
+    let mut strategy = canary(json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}]));
+    strategy["canary"]["analysis"] = json!({"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}], "startingStep": 1});
+    let mut world = World::new(rollout(strategy.clone(), 5));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.runs.len(), 1, "background run starts at step 1");
+    world.promote();
+    world.settle();
+    world.set_run_phase("-2", AnalysisPhase::Failed);
+    world.settle();
+    assert!(world.status().abort);
+    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (0, 5));
+
+    let mut world = World::new(rollout(strategy, 5));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    if let Some(status) = world.rollout.status.as_mut() {
+        status.promote_full = true;
+    }
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert!(world.runs.values().all(|r| r.spec.terminate == Some(true)), "background run terminated on completion");
+}
+
+#[test]
+fn blue_green_pre_promotion_failure_never_switches_active() {
+    let mut world = World::new(rollout(
+        blue_green(json!({"prePromotionAnalysis": {"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}]}})),
+        2,
+    ));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.runs.len(), 1);
+    world.set_run_phase("-pre", AnalysisPhase::Failed);
+    world.settle();
+    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:1")));
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+}
+
+#[test]
+fn blue_green_post_promotion_failure_switches_active_back() {
+    let mut world = World::new(rollout(
+        blue_green(json!({"postPromotionAnalysis": {"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}]}})),
+        2,
+    ));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:2")), "switched before post analysis");
+    assert_eq!(world.replicas_of("web:1"), 2, "old stays up during verification");
+    world.set_run_phase("-post", AnalysisPhase::Failed);
+    world.settle();
+    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:1")));
+    assert_eq!(world.status().stable_rs, Some(world.hash_for("web:1")));
+}
+
+#[test]
+fn analysis_history_is_bounded() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step()])), 2));
+    world.rollout.spec.analysis = Some(serde_json::from_value(json!({"successfulRunHistoryLimit": 1})).expect("fixture"));
+    with_template(&mut world);
+    deployed(&mut world);
+    for (revision, image) in [(2, "web:2"), (3, "web:3"), (4, "web:4")] {
+        world.set_image(image);
+        world.settle();
+        world.set_run_phase(&format!("-{revision}-1"), AnalysisPhase::Successful);
+        world.settle();
+    }
+    assert!(world.runs.len() <= 2, "{:?}", world.runs.keys().collect::<Vec<_>>());
+}
+
+#[test]
+fn field_ref_arguments_resolve_against_the_rollout() {
+    let mut ro = rollout(canary(json!([])), 1);
+    ro.metadata.labels = Some(BTreeMap::from([("region".to_string(), "eu-1".to_string())]));
+    assert_eq!(analysis::resolve_field_path(&ro, "metadata.labels['region']").as_deref(), Ok("eu-1"));
+    assert_eq!(analysis::resolve_field_path(&ro, "metadata.name").as_deref(), Ok("web"));
+    assert_eq!(analysis::resolve_field_path(&ro, "spec.replicas").as_deref(), Ok("1"));
+    assert!(analysis::resolve_field_path(&ro, "metadata.labels['zone']").unwrap_err().contains("does not exist"));
+}
