@@ -1,0 +1,137 @@
+//! Metric analysis: conditions, the run lifecycle, the Prometheus provider,
+//! and template validation shared with `kubectl ramp lint`.
+
+pub mod condition;
+pub mod prometheus;
+pub mod run;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::validate::Problem;
+use crate::api::{AnalysisTemplateSpec, Metric};
+
+/// All problems with an AnalysisTemplate (or ClusterAnalysisTemplate) spec.
+pub fn validate_template(spec: &AnalysisTemplateSpec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut add = |field: String, message: String| problems.push(Problem { field, message });
+    if spec.metrics.is_empty() {
+        add("spec.metrics".into(), "define at least one metric".into());
+    }
+    let mut arg_names = BTreeSet::new();
+    for (index, arg) in spec.args.iter().enumerate() {
+        let field = format!("spec.args[{index}]");
+        if arg.name.trim().is_empty() {
+            add(format!("{field}.name"), "is empty".into());
+        } else if !arg_names.insert(arg.name.as_str()) {
+            add(format!("{field}.name"), format!("argument {:?} is declared twice", arg.name));
+        }
+        if arg.value.is_some() && arg.value_from.is_some() {
+            add(field.clone(), "set value or valueFrom, not both".into());
+        }
+        if let Some(from) = &arg.value_from
+            && usize::from(from.secret_key_ref.is_some()) + usize::from(from.field_ref.is_some()) != 1
+        {
+            add(format!("{field}.valueFrom"), "set exactly one of secretKeyRef or fieldRef".into());
+        }
+    }
+    let mut metric_names = BTreeSet::new();
+    for (index, metric) in spec.metrics.iter().enumerate() {
+        let field = format!("spec.metrics[{index}]");
+        if metric.name.trim().is_empty() {
+            add(format!("{field}.name"), "is empty; name the metric".into());
+        } else if !metric_names.insert(metric.name.as_str()) {
+            add(format!("{field}.name"), format!("metric {:?} is defined twice", metric.name));
+        }
+        if let Err(message) = run::Policy::of(metric) {
+            add(field.clone(), message);
+        }
+        if let Err(message) = condition::Conditions::compile(metric.success_condition.as_deref(), metric.failure_condition.as_deref()) {
+            add(field.clone(), message);
+        }
+        validate_provider(&field, metric, &arg_names, &mut add);
+    }
+    problems
+}
+
+fn validate_provider(field: &str, metric: &Metric, args: &BTreeSet<&str>, add: &mut impl FnMut(String, String)) {
+    if let Some(name) = metric.provider.unknown.keys().next() {
+        add(
+            format!("{field}.provider.{name}"),
+            format!("provider {name:?} is not supported; Ramp implements the prometheus provider"),
+        );
+        return;
+    }
+    let Some(prometheus) = &metric.provider.prometheus else {
+        add(format!("{field}.provider"), "set provider.prometheus".into());
+        return;
+    };
+    if prometheus.query.trim().is_empty() {
+        add(format!("{field}.provider.prometheus.query"), "is empty; write a PromQL query".into());
+    }
+    // Substituting with a placeholder value for every declared argument finds
+    // any placeholder that no argument could ever fill.
+    let declared: BTreeMap<String, String> = args.iter().map(|a| (a.to_string(), "x".to_string())).collect();
+    if let Err(message) = prometheus::substitute(&prometheus.query, &declared) {
+        add(format!("{field}.provider.prometheus.query"), format!("{message}; declare it under spec.args"));
+    }
+    if prometheus.timeout.is_some_and(|t| t < 0) {
+        add(format!("{field}.provider.prometheus.timeout"), "must not be negative".into());
+    }
+    if let Some(address) = &prometheus.address
+        && !(address.starts_with("http://") || address.starts_with("https://"))
+    {
+        add(
+            format!("{field}.provider.prometheus.address"),
+            format!("{address:?} is not an http:// or https:// URL"),
+        );
+    }
+    if let Some(auth) = &prometheus.authentication
+        && auth.bearer_token.is_some()
+        && auth.basic_auth.is_some()
+    {
+        add(format!("{field}.provider.prometheus.authentication"), "set bearerToken or basicAuth, not both".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(value: serde_json::Value) -> AnalysisTemplateSpec {
+        serde_json::from_value(value).expect("fixture template")
+    }
+
+    #[test]
+    fn a_good_template_has_no_problems() {
+        let spec = template(json!({
+            "args": [{"name": "service"}],
+            "metrics": [{"name": "errors", "interval": "10s", "count": 3, "successCondition": "result[0] < 0.05",
+                "provider": {"prometheus": {"address": "http://prom:9090", "query": "errors{svc=\"{{args.service}}\"}"}}}]
+        }));
+        assert_eq!(validate_template(&spec), vec![]);
+    }
+
+    #[test]
+    fn problems_name_the_field_and_the_fix() {
+        let spec = template(json!({
+            "metrics": [
+                {"name": "a", "successCondition": "result <", "provider": {"prometheus": {"query": "x{s=\"{{args.svc}}\"}"}}},
+                {"name": "a", "provider": {"datadog": {"query": "x"}}},
+                {"name": "c", "interval": "1d", "provider": {"prometheus": {"query": "x", "address": "prom:9090"}}}
+            ]
+        }));
+        let text: Vec<String> = validate_template(&spec).iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        for expected in [
+            "spec.metrics[0]: successCondition \"result <\" is not valid CEL",
+            "spec.metrics[0].provider.prometheus.query: placeholder {{args.svc}} has no argument named \"svc\"",
+            "spec.metrics[1].name: metric \"a\" is defined twice",
+            "spec.metrics[1].provider.datadog: provider \"datadog\" is not supported",
+            "spec.metrics[2]: metric \"c\": interval: invalid duration \"1d\"",
+            "spec.metrics[2].provider.prometheus.address: \"prom:9090\" is not an http:// or https:// URL",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+}
