@@ -78,6 +78,11 @@ fn validate_provider(field: &str, metric: &Metric, args: &BTreeSet<&str>, add: &
         add(format!("{field}.provider.prometheus.timeout"), "must not be negative".into());
     }
     if let Some(address) = &prometheus.address
+        && let Err(message) = prometheus::substitute(address, &declared)
+    {
+        add(format!("{field}.provider.prometheus.address"), format!("{message}; declare it under spec.args"));
+    } else if let Some(address) = &prometheus.address
+        && !address.contains("{{")
         && !(address.starts_with("http://") || address.starts_with("https://"))
     {
         add(

@@ -33,3 +33,62 @@ pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 600;
 pub const DEFAULT_BLUE_GREEN_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
 pub const DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
 pub const DEFAULT_ANALYSIS_HISTORY_LIMIT: i32 = 5;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// Every CRD Ramp defines, in install order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![Rollout::crd(), AnalysisTemplate::crd(), ClusterAnalysisTemplate::crd(), AnalysisRun::crd()]
+}
+
+/// The file name under `crds/` for a CRD, e.g. `rollouts.ramp.dev.yaml`.
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default())
+}
+
+/// One YAML document for a CRD, as committed under `crds/`.
+pub fn crd_document(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
+    Ok(format!("# Generated from the Rust types by `make crds`; do not edit.\n{}", serde_yaml::to_string(crd)?))
+}
+
+/// All CRDs as one multi-document YAML stream.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let documents = crds().iter().map(crd_document).collect::<Result<Vec<_>, _>>()?;
+    Ok(documents.join("---\n"))
+}
+
+#[cfg(test)]
+mod crd_tests {
+    use super::*;
+
+    /// The committed YAML under crds/ must match the Rust types.
+    #[test]
+    fn committed_crds_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for crd in crds() {
+            let path = dir.join(crd_file_name(&crd));
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            let generated = crd_document(&crd).expect("CRDs serialize to YAML");
+            assert!(
+                committed == generated,
+                "{} is out of date with the Rust types; regenerate it with `make crds` and commit the result",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn rollout_crd_has_subresources_and_columns() {
+        let crd = Rollout::crd();
+        let version = &crd.spec.versions[0];
+        let subresources = version.subresources.as_ref().expect("subresources");
+        assert!(subresources.status.is_some());
+        let scale = subresources.scale.as_ref().expect("scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+        let columns: Vec<String> = version.additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
+        assert_eq!(columns, ["Desired", "Current", "Up-to-date", "Available", "Phase", "Age"]);
+        assert_eq!(crd.spec.names.short_names, Some(vec!["ro".to_string()]));
+    }
+}

@@ -1,1 +1,148 @@
-fn main(){}
+//! The Ramp controller binary.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use ramp::controller::{self, Settings};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "ramp-controller", version, about = "Progressive delivery controller for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Kubeconfig to use; defaults to $KUBECONFIG, ~/.kube/config, then in-cluster config.
+    #[arg(long, env = "KUBECONFIG", global = true)]
+    kubeconfig: Option<String>,
+    /// Watch only this namespace (needs only namespaced RBAC); default: all namespaces.
+    #[arg(long, env = "RAMP_NAMESPACE")]
+    namespace: Option<String>,
+    /// Log level filter, e.g. info or ramp=debug,kube=info.
+    #[arg(long, env = "RAMP_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[arg(long, env = "RAMP_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "RAMP_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+    http_address: String,
+    /// Leader election through a coordination.k8s.io Lease (on by default).
+    #[arg(long, env = "RAMP_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    #[arg(long, env = "RAMP_LEASE_NAME", default_value = "ramp-controller")]
+    lease_name: String,
+    /// Namespace of the Lease; defaults to $POD_NAMESPACE, then the watched namespace, then "default".
+    #[arg(long, env = "RAMP_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a lease stays valid without renewal (takeover time after a crash).
+    #[arg(long, env = "RAMP_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Identity in the Lease; defaults to $POD_NAME, then the hostname and process id.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crds {
+        /// Write `<name>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Crds { out_dir }) = &cli.command {
+        return match write_crds(out_dir.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let filter = match EnvFilter::try_new(&cli.log_level) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("error: --log-level {:?} is not a valid filter ({error}); use e.g. info or ramp=debug", cli.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let client = match client(cli.kubeconfig.as_deref()).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!("cannot build a Kubernetes client: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity = cli.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease_namespace = cli
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| cli.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let settings = Settings {
+        namespace: cli.namespace.clone(),
+        leader_election: cli.leader_elect,
+        lease_namespace,
+        lease_name: cli.lease_name.clone(),
+        identity,
+        lease_duration: Duration::from_secs(cli.lease_duration_seconds),
+        http_address: cli.http_address.clone(),
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, leader_election = settings.leader_election, "starting ramp-controller");
+    match controller::run(client, settings).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_crds(out_dir: Option<&std::path::Path>) -> Result<(), String> {
+    let Some(dir) = out_dir else {
+        print!("{}", ramp::api::crd_yaml().map_err(|e| format!("rendering CRDs: {e}"))?);
+        return Ok(());
+    };
+    for crd in ramp::api::crds() {
+        let path = dir.join(ramp::api::crd_file_name(&crd));
+        let yaml = ramp::api::crd_document(&crd).map_err(|e| format!("rendering {}: {e}", path.display()))?;
+        std::fs::write(&path, yaml).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn client(kubeconfig: Option<&str>) -> Result<Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| format!("reading kubeconfig {path}: {e}"))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(|e| format!("kubeconfig {path}: {e}"))?
+        }
+        None => Config::infer().await.map_err(|e| e.to_string())?,
+    };
+    Client::try_from(config).map_err(|e| e.to_string())
+}

@@ -1,0 +1,197 @@
+//! Carrying out a plan: every write names what it touched when it fails.
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::{Map, Value, json};
+use tracing::{debug, warn};
+
+use super::{Context, Error, is_conflict, is_not_found};
+use crate::api::{AnalysisRun, FIELD_MANAGER, MANAGED_BY_ANNOTATION, POD_TEMPLATE_HASH_LABEL, Rollout};
+use crate::planner::{AnalysisRunChange, Plan, PlannedEvent, ReplicaSetChange};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+pub(super) async fn execute(ctx: &Context, rollout: &Rollout, namespace: &str, plan: &Plan) -> Result<(), Error> {
+    let name = rollout.name_any();
+    let replica_sets: Api<ReplicaSet> = ctx.api(namespace);
+    for change in &plan.replica_sets {
+        match change {
+            ReplicaSetChange::Apply(desired) => {
+                let rs_name = desired.name_any();
+                let result = replica_sets.patch(&rs_name, &apply_params(), &Patch::Apply(desired.as_ref())).await;
+                ctx.metrics.request("apply", "ReplicaSet", result.is_ok());
+                result.map_err(|source| Error::ApplyReplicaSet { namespace: namespace.into(), name: rs_name.clone(), source })?;
+                debug!(rollout = %name, replicaset = %rs_name, "applied ReplicaSet");
+            }
+            ReplicaSetChange::Delete { name: rs_name } => {
+                let result = replica_sets.delete(rs_name, &DeleteParams::background()).await;
+                ctx.metrics.request("delete", "ReplicaSet", result.is_ok());
+                match result {
+                    Ok(_) => {}
+                    Err(source) if is_not_found(&source) => {}
+                    Err(source) => return Err(Error::DeleteReplicaSet { namespace: namespace.into(), name: rs_name.clone(), source }),
+                }
+            }
+        }
+    }
+
+    let services: Api<Service> = ctx.api(namespace);
+    for change in &plan.services {
+        // Apply only the selector key and the managed-by annotation: the rest
+        // of the Service belongs to whoever created it.
+        let patch = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": change.service, "namespace": namespace, "annotations": {MANAGED_BY_ANNOTATION: name}},
+            "spec": {"selector": {POD_TEMPLATE_HASH_LABEL: change.hash}},
+        });
+        let result = services.patch(&change.service, &apply_params(), &Patch::Apply(&patch)).await;
+        ctx.metrics.request("apply", "Service", result.is_ok());
+        result.map_err(|source| Error::PatchService {
+            namespace: namespace.into(),
+            name: change.service.clone(),
+            hash: change.hash.clone(),
+            source,
+        })?;
+    }
+
+    let runs: Api<AnalysisRun> = ctx.api(namespace);
+    for change in &plan.analysis_runs {
+        match change {
+            AnalysisRunChange::Create(run) => {
+                let run_name = run.name_any();
+                let result = runs.patch(&run_name, &apply_params(), &Patch::Apply(run.as_ref())).await;
+                ctx.metrics.request("apply", "AnalysisRun", result.is_ok());
+                result.map_err(|source| Error::CreateAnalysisRun { namespace: namespace.into(), name: run_name.clone(), source })?;
+            }
+            AnalysisRunChange::Terminate { name: run_name } => {
+                let patch = json!({"spec": {"terminate": true}});
+                let result = runs.patch(run_name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+                ctx.metrics.request("patch", "AnalysisRun", result.is_ok());
+                match result {
+                    Ok(_) => {}
+                    Err(source) if is_not_found(&source) => {}
+                    Err(source) => return Err(Error::TerminateAnalysisRun { namespace: namespace.into(), name: run_name.clone(), source }),
+                }
+            }
+            AnalysisRunChange::Delete { name: run_name } => {
+                let result = runs.delete(run_name, &DeleteParams::background()).await;
+                ctx.metrics.request("delete", "AnalysisRun", result.is_ok());
+                match result {
+                    Ok(_) => {}
+                    Err(source) if is_not_found(&source) => {}
+                    Err(source) => return Err(Error::DeleteAnalysisRun { namespace: namespace.into(), name: run_name.clone(), source }),
+                }
+            }
+        }
+    }
+
+    if let Some(status) = &plan.status {
+        let old = serde_json::to_value(&rollout.status).map_err(|source| Error::Serialize { what: "old status".into(), source })?;
+        let new = serde_json::to_value(status).map_err(|source| Error::Serialize { what: "new status".into(), source })?;
+        write_status::<Rollout>(ctx, namespace, &name, rollout.resource_version(), &old, &new, "Rollout").await?;
+    }
+
+    publish_events(ctx, rollout, &plan.events).await;
+    Ok(())
+}
+
+/// Merge-patches `.status` with the object's resourceVersion as a
+/// precondition, so a write computed from a stale cache is rejected (409)
+/// instead of overwriting what a user (e.g. `kubectl ramp promote`) just did.
+pub(super) async fn write_status<K>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    resource_version: Option<String>,
+    old: &Value,
+    new: &Value,
+    kind: &'static str,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = ctx.api(namespace);
+    let body = json!({"metadata": {"resourceVersion": resource_version}, "status": merge_diff(old, new)});
+    let result = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)).await;
+    ctx.metrics.request("patch_status", kind, result.is_ok());
+    match result {
+        Ok(_) => Ok(()),
+        Err(source) if is_conflict(&source) => Err(Error::Conflict { kind, namespace: namespace.into(), name: name.into() }),
+        Err(source) => Err(Error::WriteStatus { kind, namespace: namespace.into(), name: name.into(), source }),
+    }
+}
+
+/// RFC 7386 merge patch turning `old` into `new` (removed keys become null).
+pub(crate) fn merge_diff(old: &Value, new: &Value) -> Value {
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut patch = Map::new();
+            for (key, value) in new {
+                match old.get(key) {
+                    Some(previous) if previous == value => {}
+                    Some(previous) if previous.is_object() && value.is_object() => {
+                        patch.insert(key.clone(), merge_diff(previous, value));
+                    }
+                    _ => {
+                        patch.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            for key in old.keys() {
+                if !new.contains_key(key) {
+                    patch.insert(key.clone(), Value::Null);
+                }
+            }
+            Value::Object(patch)
+        }
+        _ => new.clone(),
+    }
+}
+
+pub(super) async fn publish_events<K: Resource<DynamicType = ()>>(ctx: &Context, object: &K, events: &[PlannedEvent]) {
+    if events.is_empty() {
+        return;
+    }
+    let reference = object.object_ref(&());
+    for event in events {
+        ctx.metrics.event(event.reason);
+        let note: String = event.message.chars().take(1000).collect();
+        let published = ctx
+            .recorder
+            .publish(
+                &Event {
+                    type_: if event.warning { EventType::Warning } else { EventType::Normal },
+                    reason: event.reason.into(),
+                    note: Some(note),
+                    action: event.reason.into(),
+                    secondary: None,
+                },
+                &reference,
+            )
+            .await;
+        ctx.metrics.request("create", "Event", published.is_ok());
+        if let Err(error) = published {
+            warn!(reason = event.reason, %error, "could not publish Event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_diff;
+    use serde_json::json;
+
+    #[test]
+    fn merge_diff_sets_changes_and_nulls_removals() {
+        let old = json!({"phase": "Paused", "pauseConditions": [{"reason": "x"}], "canary": {"weights": {"canary": 20}, "step": 1}, "abort": false});
+        let new = json!({"phase": "Healthy", "pauseConditions": [], "canary": {"weights": {"canary": 20}}, "abort": false});
+        assert_eq!(merge_diff(&old, &new), json!({"phase": "Healthy", "pauseConditions": [], "canary": {"step": null}}));
+        assert_eq!(merge_diff(&json!(null), &json!({"a": 1})), json!({"a": 1}));
+    }
+}

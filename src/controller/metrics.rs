@@ -1,0 +1,164 @@
+//! Prometheus metrics. Labels are bounded: rollout series carry only
+//! namespace/name (one series per live rollout, removed when it is deleted or
+//! changes phase); everything else is labelled by small fixed sets.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub namespace: String,
+    pub name: String,
+    pub strategy: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub namespace: String,
+    pub name: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: String,
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    rollout_info: Family<RolloutLabels, Gauge>,
+    rollout_replicas: Family<ReplicaLabels, Gauge>,
+    reconcile_duration: Family<ControllerLabels, Histogram>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    kube_requests: Family<RequestLabels, Counter>,
+    analysis_runs: Family<PhaseLabels, Counter>,
+    measurements: Family<PhaseLabels, Counter>,
+    events: Family<ReasonLabels, Counter>,
+    /// The info series each rollout currently has, so a phase change replaces it.
+    current: Mutex<HashMap<(String, String), RolloutLabels>>,
+}
+
+fn reconcile_histogram() -> Histogram {
+    Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ramp");
+        let metrics = Metrics {
+            rollout_info: Family::default(),
+            rollout_replicas: Family::default(),
+            reconcile_duration: Family::new_with_constructor(reconcile_histogram),
+            reconcile_errors: Family::default(),
+            kube_requests: Family::default(),
+            analysis_runs: Family::default(),
+            measurements: Family::default(),
+            events: Family::default(),
+            current: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register("rollout_info", "Rollouts by strategy and phase (value is always 1)", metrics.rollout_info.clone());
+        registry.register("rollout_replicas", "Replica counts of each rollout by kind (desired, available, updated)", metrics.rollout_replicas.clone());
+        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", metrics.reconcile_duration.clone());
+        registry.register("reconcile_errors", "Failed reconciles by error category", metrics.reconcile_errors.clone());
+        registry.register("kube_requests", "Kubernetes API requests made by the controller", metrics.kube_requests.clone());
+        registry.register("analysis_runs_completed", "AnalysisRuns that reached a final phase", metrics.analysis_runs.clone());
+        registry.register("analysis_measurements", "Metric measurements taken, by outcome", metrics.measurements.clone());
+        registry.register("events", "Kubernetes Events emitted, by reason", metrics.events.clone());
+        Metrics { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    pub fn observe_rollout(&self, namespace: &str, name: &str, strategy: &str, phase: &str, replicas: [(&str, i64); 3]) {
+        let labels = RolloutLabels { namespace: namespace.into(), name: name.into(), strategy: strategy.into(), phase: phase.into() };
+        if let Ok(mut current) = self.current.lock() {
+            let key = (namespace.to_string(), name.to_string());
+            if let Some(previous) = current.insert(key, labels.clone())
+                && previous != labels
+            {
+                self.rollout_info.remove(&previous);
+            }
+        }
+        self.rollout_info.get_or_create(&labels).set(1);
+        for (kind, value) in replicas {
+            let labels = ReplicaLabels { namespace: namespace.into(), name: name.into(), kind: kind.into() };
+            self.rollout_replicas.get_or_create(&labels).set(value);
+        }
+    }
+
+    pub fn forget_rollout(&self, namespace: &str, name: &str) {
+        if let Ok(mut current) = self.current.lock()
+            && let Some(previous) = current.remove(&(namespace.to_string(), name.to_string()))
+        {
+            self.rollout_info.remove(&previous);
+        }
+        for kind in ["desired", "available", "updated"] {
+            self.rollout_replicas.remove(&ReplicaLabels { namespace: namespace.into(), name: name.into(), kind: kind.into() });
+        }
+    }
+
+    pub fn reconciled(&self, controller: &str, took: Duration) {
+        self.reconcile_duration.get_or_create(&ControllerLabels { controller: controller.into() }).observe(took.as_secs_f64());
+    }
+
+    pub fn reconcile_failed(&self, controller: &str, category: &str) {
+        self.reconcile_errors.get_or_create(&ErrorLabels { controller: controller.into(), category: category.into() }).inc();
+    }
+
+    pub fn request(&self, verb: &str, kind: &str, ok: bool) {
+        let outcome = if ok { "success" } else { "error" };
+        self.kube_requests.get_or_create(&RequestLabels { verb: verb.into(), kind: kind.into(), outcome: outcome.into() }).inc();
+    }
+
+    pub fn run_completed(&self, phase: &str) {
+        self.analysis_runs.get_or_create(&PhaseLabels { phase: phase.into() }).inc();
+    }
+
+    pub fn measured(&self, phase: &str) {
+        self.measurements.get_or_create(&PhaseLabels { phase: phase.into() }).inc();
+    }
+
+    pub fn event(&self, reason: &str) {
+        self.events.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,342 @@
+//! The thin async layer: reflector stores feed the planner, and the plan is
+//! carried out with server-side apply, narrow patches and status writes.
+
+mod apply;
+pub mod http;
+pub mod metrics;
+mod rollouts;
+mod runs;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate, POD_TEMPLATE_HASH_LABEL, Rollout};
+use metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying ReplicaSet {namespace}/{name}: {source}")]
+    ApplyReplicaSet { namespace: String, name: String, source: kube::Error },
+    #[error("deleting ReplicaSet {namespace}/{name}: {source}")]
+    DeleteReplicaSet { namespace: String, name: String, source: kube::Error },
+    #[error("pointing Service {namespace}/{name} at hash {hash}: {source}")]
+    PatchService { namespace: String, name: String, hash: String, source: kube::Error },
+    #[error("creating AnalysisRun {namespace}/{name}: {source}")]
+    CreateAnalysisRun { namespace: String, name: String, source: kube::Error },
+    #[error("terminating AnalysisRun {namespace}/{name}: {source}")]
+    TerminateAnalysisRun { namespace: String, name: String, source: kube::Error },
+    #[error("deleting AnalysisRun {namespace}/{name}: {source}")]
+    DeleteAnalysisRun { namespace: String, name: String, source: kube::Error },
+    #[error("writing status of {kind} {namespace}/{name}: {source}")]
+    WriteStatus { kind: &'static str, namespace: String, name: String, source: kube::Error },
+    #[error("{kind} {namespace}/{name} changed while being reconciled; retrying with the new version")]
+    Conflict { kind: &'static str, namespace: String, name: String },
+    #[error("{kind} {name} has no namespace")]
+    MissingNamespace { kind: &'static str, name: String },
+    #[error("serializing {what}: {source}")]
+    Serialize { what: String, source: serde_json::Error },
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("serving metrics and health on {address}: {source}")]
+    Serve { address: String, source: std::io::Error },
+}
+
+impl Error {
+    /// Bounded label for the reconcile error metric.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::ApplyReplicaSet { .. } | Error::DeleteReplicaSet { .. } => "replicaset",
+            Error::PatchService { .. } => "service",
+            Error::CreateAnalysisRun { .. } | Error::TerminateAnalysisRun { .. } | Error::DeleteAnalysisRun { .. } => "analysisrun",
+            Error::WriteStatus { .. } => "status",
+            Error::Conflict { .. } => "conflict",
+            Error::MissingNamespace { .. } | Error::Serialize { .. } => "invalid_object",
+            Error::LeaderElection(_) | Error::Serve { .. } => "runtime",
+        }
+    }
+}
+
+/// Is this a 409 from the API server (stale resourceVersion)?
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Watch only this namespace; None watches all.
+    pub namespace: Option<String>,
+    pub leader_election: bool,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub http_address: String,
+}
+
+/// Shared by both reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub rollouts: Store<Rollout>,
+    pub replica_sets: Store<ReplicaSet>,
+    pub services: Store<Service>,
+    pub analysis_runs: Store<AnalysisRun>,
+    pub templates: Store<AnalysisTemplate>,
+    pub cluster_templates: Store<ClusterAnalysisTemplate>,
+    pub http: reqwest::Client,
+    pub insecure_http: reqwest::Client,
+}
+
+impl Context {
+    fn api<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Drops what the controller never reads, so the caches stay small.
+fn trim<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// Runs the controller until SIGTERM/SIGINT, or until leadership is lost.
+pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested; finishing in-flight reconciles");
+        let _ = shutdown_tx.send(true);
+    });
+    let server = http::serve(&settings.http_address, metrics.clone(), ready.clone()).await?;
+    tokio::spawn(server);
+
+    let lease = if settings.leader_election {
+        match acquire_leadership(&client, &settings, shutdown_rx.clone()).await? {
+            Some(lease) => Some(lease),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let lost = lease.as_ref().map(|(rx, _)| rx.clone());
+    let stop = {
+        let mut shutdown = shutdown_rx.clone();
+        async move {
+            let lost_leadership = async {
+                match lost {
+                    Some(mut rx) => {
+                        let _ = rx.wait_for(|leading| !*leading).await;
+                        warn!("lost the leader lease; stopping so another replica can take over");
+                    }
+                    None => future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => {}
+                _ = lost_leadership => {}
+            }
+        }
+    };
+    let stop = futures::FutureExt::shared(stop);
+
+    start_controllers(client, &settings, metrics, ready, stop).await;
+
+    if let Some((rx, task)) = lease {
+        drop(rx);
+        if let Ok(Ok(manager)) = task.await
+            && let Err(error) = manager.release().await
+        {
+            warn!(%error, "releasing the leader lease failed; it will expire on its own");
+        }
+        info!("released the leader lease");
+    }
+    Ok(())
+}
+
+type LeaseTask = tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>;
+
+async fn acquire_leadership(
+    client: &Client,
+    settings: &Settings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Option<(watch::Receiver<bool>, LeaseTask)>, Error> {
+    let seconds = settings.lease_duration.as_secs().max(2);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+        .with_namespace(&settings.lease_namespace)
+        .with_identity(&settings.identity)
+        .with_duration(seconds)
+        .with_grace((seconds / 3).max(1))
+        .build()
+        .await?;
+    let (mut leading, task) = manager.watch().await;
+    info!(lease = %settings.lease_name, identity = %settings.identity, "waiting to become leader");
+    tokio::select! {
+        result = leading.wait_for(|l| *l) => {
+            if result.is_err() {
+                return Ok(None);
+            }
+        }
+        _ = shutdown.wait_for(|s| *s) => return Ok(None),
+    }
+    info!(identity = %settings.identity, "became leader");
+    Ok(Some((leading, task)))
+}
+
+async fn start_controllers(
+    client: Client,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: future::Shared<impl Future<Output = ()> + Send + 'static>,
+) {
+    let namespace = &settings.namespace;
+    let (rollouts, rollout_writer) = reflector::store();
+    let (replica_sets, rs_writer) = reflector::store();
+    let (services, service_writer) = reflector::store();
+    let (analysis_runs, run_writer) = reflector::store();
+    let (templates, template_writer) = reflector::store();
+    let (cluster_templates, cluster_template_writer) = reflector::store();
+
+    let rollout_stream = reflector::reflector(
+        rollout_writer,
+        watcher(scoped::<Rollout>(&client, namespace), watcher::Config::default()).modify(trim),
+    )
+    .default_backoff()
+    .touched_objects();
+    // Only ReplicaSets carrying the hash label can belong to a Rollout.
+    let rs_stream = reflector::reflector(
+        rs_writer,
+        watcher(scoped::<ReplicaSet>(&client, namespace), watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL))
+            .modify(trim),
+    )
+    .default_backoff()
+    .touched_objects();
+    let service_stream = reflector::reflector(
+        service_writer,
+        watcher(scoped::<Service>(&client, namespace), watcher::Config::default()).modify(|svc: &mut Service| {
+            trim(svc);
+            // Only the selector matters to the planner.
+            if let Some(spec) = svc.spec.as_mut() {
+                let selector = spec.selector.take();
+                *spec = Default::default();
+                spec.selector = selector;
+            }
+            svc.status = None;
+        }),
+    )
+    .default_backoff()
+    .touched_objects();
+    let run_stream = reflector::reflector(
+        run_writer,
+        watcher(scoped::<AnalysisRun>(&client, namespace), watcher::Config::default()).modify(trim),
+    )
+    .default_backoff()
+    .touched_objects();
+    let template_stream = reflector::reflector(
+        template_writer,
+        watcher(scoped::<AnalysisTemplate>(&client, namespace), watcher::Config::default()).modify(trim),
+    )
+    .default_backoff()
+    .touched_objects();
+    let cluster_template_stream = reflector::reflector(
+        cluster_template_writer,
+        watcher(Api::<ClusterAnalysisTemplate>::all(client.clone()), watcher::Config::default()).modify(trim),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: crate::api::FIELD_MANAGER.into(), instance: Some(settings.identity.clone()) },
+    );
+    let http = reqwest::Client::builder().build().unwrap_or_default();
+    let insecure_http = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap_or_default();
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        metrics,
+        rollouts: rollouts.clone(),
+        replica_sets: replica_sets.clone(),
+        services: services.clone(),
+        analysis_runs: analysis_runs.clone(),
+        templates: templates.clone(),
+        cluster_templates: cluster_templates.clone(),
+        http,
+        insecure_http,
+    });
+
+    // Templates are only read, never reconciled: keep their caches current.
+    let drain = |stream: futures::stream::BoxStream<'static, ()>| tokio::spawn(stream.for_each(|_| future::ready(())));
+    let template_task = drain(template_stream.map(|_| ()).boxed());
+    let cluster_template_task = drain(cluster_template_stream.map(|_| ()).boxed());
+
+    let readiness = {
+        let stores = (rollouts.clone(), replica_sets.clone(), services.clone(), analysis_runs.clone(), templates.clone(), cluster_templates.clone());
+        async move {
+            let _ = tokio::join!(
+                stores.0.wait_until_ready(),
+                stores.1.wait_until_ready(),
+                stores.2.wait_until_ready(),
+                stores.3.wait_until_ready(),
+                stores.4.wait_until_ready(),
+                stores.5.wait_until_ready()
+            );
+            ready.store(true, Ordering::SeqCst);
+            info!("caches synced; ready");
+        }
+    };
+    tokio::spawn(readiness);
+
+    let rollout_controller = rollouts::controller(context.clone(), rollout_stream, rollouts, rs_stream, service_stream, run_stream, stop.clone());
+    let run_controller = runs::controller(context.clone(), namespace, stop.clone());
+    tokio::join!(rollout_controller, run_controller);
+    template_task.abort();
+    cluster_template_task.abort();
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,194 @@
+//! The Rollout reconciler: snapshot from the caches, plan, apply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use super::{Context, Error, apply};
+use crate::api::{AnalysisRun, AnalysisTemplateSpec, Rollout, RolloutAnalysis};
+use crate::planner::{self, Snapshot, referenced_services};
+
+const CONTROLLER: &str = "rollout";
+
+pub(super) async fn controller(
+    ctx: Arc<Context>,
+    rollouts: impl Stream<Item = Result<Rollout, kube::runtime::watcher::Error>> + Send + 'static,
+    store: Store<Rollout>,
+    replica_sets: impl Stream<Item = Result<ReplicaSet, kube::runtime::watcher::Error>> + Send + 'static,
+    services: impl Stream<Item = Result<Service, kube::runtime::watcher::Error>> + Send + 'static,
+    runs: impl Stream<Item = Result<AnalysisRun, kube::runtime::watcher::Error>> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let lookup = store.clone();
+    let pruner = tokio::spawn(prune_metrics(ctx.clone(), store.clone()));
+    Controller::for_stream(rollouts, store)
+        .owns_stream(replica_sets)
+        .owns_stream(runs)
+        .watches_stream(services, move |service: Service| rollouts_using(&lookup, &service))
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                match error {
+                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
+                    other => warn!(error = %other, "rollout controller"),
+                }
+            }
+        })
+        .await;
+    pruner.abort();
+}
+
+/// Rollouts in the Service's namespace that name it.
+fn rollouts_using(store: &Store<Rollout>, service: &Service) -> Vec<ObjectRef<Rollout>> {
+    let namespace = service.namespace();
+    let name = service.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == namespace && referenced_services(r).iter().any(|(_, s)| *s == name))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+fn owned_by(references: &Option<Vec<OwnerReference>>, uid: &str) -> bool {
+    references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+fn analyses(rollout: &Rollout) -> Vec<&RolloutAnalysis> {
+    let strategy = &rollout.spec.strategy;
+    let mut found = Vec::new();
+    if let Some(canary) = &strategy.canary {
+        found.extend(canary.steps.iter().filter_map(|s| s.analysis.as_ref()));
+        found.extend(canary.analysis.as_ref().map(|a| &a.analysis));
+    }
+    if let Some(bg) = &strategy.blue_green {
+        found.extend(bg.pre_promotion_analysis.as_ref());
+        found.extend(bg.post_promotion_analysis.as_ref());
+    }
+    found
+}
+
+async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = rollout.name_any();
+    let namespace = rollout.namespace().ok_or_else(|| Error::MissingNamespace { kind: "Rollout", name: name.clone() })?;
+    if rollout.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget_rollout(&namespace, &name);
+        return Ok(Action::await_change());
+    }
+    let uid = rollout.uid().unwrap_or_default();
+    let same_namespace = |other: &Option<String>| other.as_deref() == Some(namespace.as_str());
+    let replica_sets: Vec<Arc<ReplicaSet>> = ctx
+        .replica_sets
+        .state()
+        .into_iter()
+        .filter(|rs| same_namespace(&rs.metadata.namespace) && owned_by(&rs.metadata.owner_references, &uid))
+        .collect();
+    let runs: Vec<Arc<AnalysisRun>> = ctx
+        .analysis_runs
+        .state()
+        .into_iter()
+        .filter(|run| same_namespace(&run.metadata.namespace) && owned_by(&run.metadata.owner_references, &uid))
+        .collect();
+    let services: Vec<(String, Arc<Service>)> = referenced_services(&rollout)
+        .into_iter()
+        .filter_map(|(_, service)| {
+            let found = ctx.services.get(&ObjectRef::new(&service).within(&namespace))?;
+            Some((service, found))
+        })
+        .collect();
+    let mut templates: Vec<((bool, String), AnalysisTemplateSpec)> = Vec::new();
+    for analysis in analyses(&rollout) {
+        for reference in &analysis.templates {
+            let cluster = reference.cluster_scope.unwrap_or(false);
+            let key = (cluster, reference.template_name.clone());
+            let spec = if cluster {
+                ctx.cluster_templates
+                    .get(&ObjectRef::new(&reference.template_name))
+                    .map(|t| t.spec.template.clone())
+            } else {
+                ctx.templates
+                    .get(&ObjectRef::new(&reference.template_name).within(&namespace))
+                    .map(|t| t.spec.clone())
+            };
+            if let Some(spec) = spec {
+                templates.push((key, spec));
+            }
+        }
+    }
+
+    let snapshot = Snapshot {
+        rollout: &rollout,
+        replica_sets: replica_sets.iter().map(AsRef::as_ref).collect(),
+        services: services.iter().map(|(name, svc)| (name.clone(), svc.as_ref())).collect::<BTreeMap<_, _>>(),
+        analysis_runs: runs.iter().map(AsRef::as_ref).collect(),
+        analysis_templates: templates.iter().map(|(key, spec)| (key.clone(), spec)).collect(),
+        now: Timestamp::now(),
+    };
+    let plan = planner::plan(&snapshot);
+    if let Some(status) = &plan.status
+        && status.phase != rollout.status.as_ref().and_then(|s| s.phase)
+    {
+        info!(rollout = %name, namespace = %namespace, phase = ?status.phase, message = ?status.message, "phase changed");
+    }
+    apply::execute(&ctx, &rollout, &namespace, &plan).await?;
+
+    let status = plan.status.as_ref().or(rollout.status.as_ref());
+    if let Some(status) = status {
+        let phase = status.phase.map(|p| p.as_str()).unwrap_or("Unknown");
+        ctx.metrics.observe_rollout(
+            &namespace,
+            &name,
+            rollout.strategy_name(),
+            phase,
+            [
+                ("desired", i64::from(rollout.replicas())),
+                ("available", i64::from(status.available_replicas)),
+                ("updated", i64::from(status.updated_replicas)),
+            ],
+        );
+    }
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(CONTROLLER, error.category());
+    match error {
+        // The watch will deliver the newer object in a moment.
+        Error::Conflict { .. } => Action::requeue(Duration::from_millis(500)),
+        _ => {
+            warn!(rollout = %rollout.name_any(), namespace = ?rollout.namespace(), %error, "reconcile failed; retrying in 5s");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
+}
+
+/// Drops metric series of rollouts that no longer exist. Reads only the
+/// cache, so it costs no API requests.
+async fn prune_metrics(ctx: Arc<Context>, store: Store<Rollout>) {
+    let mut known: Vec<(String, String)> = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let live: Vec<(String, String)> =
+            store.state().iter().map(|r| (r.namespace().unwrap_or_default(), r.name_any())).collect();
+        for gone in known.iter().filter(|k| !live.contains(k)) {
+            ctx.metrics.forget_rollout(&gone.0, &gone.1);
+        }
+        known = live;
+    }
+}
