@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{StreamExt, future};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
@@ -20,7 +21,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate, POD_TEMPLATE_HASH_LABEL, Rollout};
 use metrics::Metrics;
@@ -169,7 +170,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             }
         }
     };
-    let stop = futures::FutureExt::shared(stop);
+    let stop = stop.shared();
 
     start_controllers(client, &settings, metrics, ready, stop).await;
 
@@ -305,13 +306,17 @@ async fn start_controllers(
     let readiness = {
         let stores = (rollouts.clone(), replica_sets.clone(), services.clone(), analysis_runs.clone(), templates.clone(), cluster_templates.clone());
         async move {
+            let logged = |name: &'static str, wait: BoxFuture<'static, ()>| async move {
+                wait.await;
+                debug!(cache = name, "cache synced");
+            };
             let _ = tokio::join!(
-                stores.0.wait_until_ready(),
-                stores.1.wait_until_ready(),
-                stores.2.wait_until_ready(),
-                stores.3.wait_until_ready(),
-                stores.4.wait_until_ready(),
-                stores.5.wait_until_ready()
+                logged("Rollout", async move { let _ = stores.0.wait_until_ready().await; }.boxed()),
+                logged("ReplicaSet", async move { let _ = stores.1.wait_until_ready().await; }.boxed()),
+                logged("Service", async move { let _ = stores.2.wait_until_ready().await; }.boxed()),
+                logged("AnalysisRun", async move { let _ = stores.3.wait_until_ready().await; }.boxed()),
+                logged("AnalysisTemplate", async move { let _ = stores.4.wait_until_ready().await; }.boxed()),
+                logged("ClusterAnalysisTemplate", async move { let _ = stores.5.wait_until_ready().await; }.boxed())
             );
             ready.store(true, Ordering::SeqCst);
             info!("caches synced; ready");

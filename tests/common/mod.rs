@@ -1,0 +1,321 @@
+//! Shared harness for the end-to-end tests: each test gets its own namespace
+//! on the local control plane and its own `ramp-controller` process scoped to
+//! that namespace, so tests run in parallel without seeing each other.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use ramp::api::{AnalysisRun, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
+use ramp_test_support::{TestNamespace, cluster_client, free_port, kubeconfig_path, repo_root, wait_until};
+use tokio::process::{Child, Command};
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Env {
+    pub client: Client,
+    pub ns: String,
+    namespace: Option<TestNamespace>,
+    controller: Option<Child>,
+    pub metrics_port: u16,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Env {
+    /// Namespace plus a running controller.
+    pub async fn start(prefix: &str) -> anyhow::Result<Env> {
+        let mut env = Env::without_controller(prefix).await?;
+        env.start_controller().await?;
+        Ok(env)
+    }
+
+    pub async fn without_controller(prefix: &str) -> anyhow::Result<Env> {
+        let client = cluster_client().await?;
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.get_opt("rollouts.ramp.dev")
+            .await?
+            .ok_or_else(|| anyhow!("the Ramp CRDs are not installed on the local cluster; run `make cluster-up` (it installs crds/)"))?;
+        let namespace = TestNamespace::create(&client, prefix).await?;
+        Ok(Env { client, ns: namespace.name.clone(), namespace: Some(namespace), controller: None, metrics_port: 0, extra_env: Vec::new() })
+    }
+
+    pub fn set_controller_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.into(), value.into()));
+    }
+
+    pub fn log_path(&self, what: &str) -> PathBuf {
+        let dir = repo_root().join("target/e2e-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        dir.join(format!("{}-{what}.log", self.ns))
+    }
+
+    pub async fn start_controller(&mut self) -> anyhow::Result<()> {
+        self.metrics_port = free_port()?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path("controller"))?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ramp-controller"));
+        command
+            .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
+            .arg(format!("--namespace={}", self.ns))
+            .arg("--leader-elect=false")
+            .arg(format!("--http-address=127.0.0.1:{}", self.metrics_port))
+            .env("RAMP_LOG_LEVEL", "info,ramp=debug")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
+        self.controller = Some(command.spawn().context("starting ramp-controller")?);
+        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
+        wait_until("controller /readyz", TIMEOUT, || {
+            let url = url.clone();
+            async move { Ok(reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
+        })
+        .await
+    }
+
+    /// Kills the controller the hard way, as a crash would.
+    pub async fn kill_controller(&mut self) {
+        if let Some(mut child) = self.controller.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await?.text().await?)
+    }
+
+    /// `kubectl apply` of a YAML document stream into the test namespace.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        let output = self.kubectl_with_input(&["apply", "-f", "-"], yaml).await?;
+        if !output.status.success() {
+            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.kubectl_with_input(args, "").await
+    }
+
+    async fn kubectl_with_input(&self, args: &[&str], input: &str) -> anyhow::Result<Output> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
+            .arg(format!("--namespace={}", self.ns))
+            .args(args)
+            .env("PATH", plugin_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).await?;
+        }
+        Ok(child.wait_with_output().await?)
+    }
+
+    pub fn rollouts(&self) -> Api<Rollout> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub async fn rollout(&self, name: &str) -> anyhow::Result<Rollout> {
+        Ok(self.rollouts().get(name).await?)
+    }
+
+    /// Waits until `check` holds for the rollout; the error shows its last status.
+    pub async fn wait_rollout(&self, name: &str, what: &str, check: impl Fn(&Rollout) -> bool) -> anyhow::Result<Rollout> {
+        self.wait_rollout_for(name, what, TIMEOUT, check).await
+    }
+
+    pub async fn wait_rollout_for(&self, name: &str, what: &str, timeout: Duration, check: impl Fn(&Rollout) -> bool) -> anyhow::Result<Rollout> {
+        let api = self.rollouts();
+        let result = wait_until(what, timeout, || async {
+            let rollout = api.get(name).await?;
+            Ok(check(&rollout).then_some(rollout))
+        })
+        .await;
+        match result {
+            Ok(rollout) => Ok(rollout),
+            Err(error) => {
+                let status = api.get(name).await.ok().and_then(|r| r.status).map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
+                bail!("{error}\nrollout status: {}\ncontroller log: {}", status.unwrap_or_default(), self.log_path("controller").display())
+            }
+        }
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: RolloutPhase) -> anyhow::Result<Rollout> {
+        let observed = |r: &Rollout| r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation;
+        self.wait_rollout(name, &format!("rollout {name} to be {phase:?}"), |r| {
+            observed(r) && r.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        })
+        .await
+    }
+
+    /// (spec replicas, available replicas) per container image of the rollout's ReplicaSets.
+    pub async fn replicas_by_image(&self) -> anyhow::Result<BTreeMap<String, (i32, i32)>> {
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut counts = BTreeMap::new();
+        for rs in api.list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL)).await? {
+            let image = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref()?.spec.as_ref()?.containers.first()?.image.clone())
+                .unwrap_or_default();
+            let spec = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+            let available = rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+            counts.insert(image, (spec, available));
+        }
+        Ok(counts)
+    }
+
+    pub async fn wait_replicas(&self, what: &str, expected: &[(&str, i32)]) -> anyhow::Result<()> {
+        let result = wait_until(what, TIMEOUT, || async {
+            let counts = self.replicas_by_image().await?;
+            let matches = expected.iter().all(|(image, count)| counts.get(*image).copied().unwrap_or((0, 0)) == (*count, *count));
+            Ok(matches.then_some(()))
+        })
+        .await;
+        if let Err(error) = result {
+            bail!("{error}; ReplicaSets (image: spec/available): {:?}\ncontroller log: {}", self.replicas_by_image().await?, self.log_path("controller").display());
+        }
+        Ok(())
+    }
+
+    pub async fn replica_set_count(&self) -> anyhow::Result<usize> {
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(api.list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL)).await?.items.len())
+    }
+
+    pub async fn selector(&self, service: &str) -> anyhow::Result<Option<String>> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
+        let svc = api.get(service).await?;
+        Ok(svc.spec.and_then(|s| s.selector).and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL).cloned()))
+    }
+
+    /// The pod-template hash of the ReplicaSet running `image`.
+    pub async fn hash_of(&self, image: &str) -> anyhow::Result<String> {
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
+        for rs in api.list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL)).await? {
+            let runs_image = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref()?.spec.as_ref()?.containers.first()?.image.clone())
+                .is_some_and(|i| i == image);
+            if runs_image {
+                return rs.labels().get(POD_TEMPLATE_HASH_LABEL).cloned().ok_or_else(|| anyhow!("ReplicaSet without hash"));
+            }
+        }
+        bail!("no ReplicaSet runs {image}")
+    }
+
+    pub async fn set_image(&self, rollout: &str, image: &str) -> anyhow::Result<()> {
+        let current = self.rollout(rollout).await?;
+        let container = current.spec.template.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()).unwrap_or_default();
+        let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}});
+        self.rollouts()
+            .patch(rollout, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn analysis_runs(&self) -> anyhow::Result<Vec<AnalysisRun>> {
+        let api: Api<AnalysisRun> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(api.list(&ListParams::default()).await?.items)
+    }
+
+    pub async fn event_reasons(&self) -> anyhow::Result<Vec<String>> {
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(api.list(&ListParams::default()).await?.items.into_iter().filter_map(|e| e.reason).collect())
+    }
+
+    pub async fn cleanup(mut self) {
+        self.kill_controller().await;
+        if let Some(namespace) = self.namespace.take() {
+            namespace.cleanup().await;
+        }
+    }
+}
+
+/// PATH with the freshly built `kubectl-ramp` first, for kubectl's plugin discovery.
+pub fn plugin_path() -> String {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-ramp"));
+    let dir = bin.parent().map(|p| p.display().to_string()).unwrap_or_default();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+pub fn phase(rollout: &Rollout) -> Option<RolloutPhase> {
+    rollout.status.as_ref().and_then(|s| s.phase)
+}
+
+/// A Service plus a canary Rollout in one YAML stream.
+pub fn canary_yaml(name: &str, replicas: i32, image: &str, steps: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}-stable}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}-canary}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: 80}}]}}
+---
+apiVersion: ramp.dev/v1alpha1
+kind: Rollout
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: app, image: "{image}"}}]}}
+  strategy:
+    canary:
+      canaryService: {name}-canary
+      stableService: {name}-stable
+      steps: {steps}
+"#
+    )
+}
+
+pub fn blue_green_yaml(name: &str, replicas: i32, image: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}-active}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}-preview}}
+spec: {{selector: {{app: {name}}}, ports: [{{port: 80}}]}}
+---
+apiVersion: ramp.dev/v1alpha1
+kind: Rollout
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: app, image: "{image}"}}]}}
+  strategy:
+    blueGreen:
+      activeService: {name}-active
+      previewService: {name}-preview
+      {extra}
+"#
+    )
+}
