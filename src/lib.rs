@@ -8,3 +8,4 @@ pub mod analysis;
 pub mod api;
 pub mod controller;
 pub mod planner;
+pub mod plugin;

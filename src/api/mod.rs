@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod duration;
+pub mod merge;
 pub mod rollout;
 pub mod validate;
 

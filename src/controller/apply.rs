@@ -3,7 +3,7 @@
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use super::{Context, Error, is_conflict, is_not_found};
@@ -117,40 +117,13 @@ where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let api: Api<K> = ctx.api(namespace);
-    let body = json!({"metadata": {"resourceVersion": resource_version}, "status": merge_diff(old, new)});
+    let body = json!({"metadata": {"resourceVersion": resource_version}, "status": crate::api::merge::merge_diff(old, new)});
     let result = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)).await;
     ctx.metrics.request("patch_status", kind, result.is_ok());
     match result {
         Ok(_) => Ok(()),
         Err(source) if is_conflict(&source) => Err(Error::Conflict { kind, namespace: namespace.into(), name: name.into() }),
         Err(source) => Err(Error::WriteStatus { kind, namespace: namespace.into(), name: name.into(), source }),
-    }
-}
-
-/// RFC 7386 merge patch turning `old` into `new` (removed keys become null).
-pub(crate) fn merge_diff(old: &Value, new: &Value) -> Value {
-    match (old, new) {
-        (Value::Object(old), Value::Object(new)) => {
-            let mut patch = Map::new();
-            for (key, value) in new {
-                match old.get(key) {
-                    Some(previous) if previous == value => {}
-                    Some(previous) if previous.is_object() && value.is_object() => {
-                        patch.insert(key.clone(), merge_diff(previous, value));
-                    }
-                    _ => {
-                        patch.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-            for key in old.keys() {
-                if !new.contains_key(key) {
-                    patch.insert(key.clone(), Value::Null);
-                }
-            }
-            Value::Object(patch)
-        }
-        _ => new.clone(),
     }
 }
 
@@ -179,19 +152,5 @@ pub(super) async fn publish_events<K: Resource<DynamicType = ()>>(ctx: &Context,
         if let Err(error) = published {
             warn!(reason = event.reason, %error, "could not publish Event");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::merge_diff;
-    use serde_json::json;
-
-    #[test]
-    fn merge_diff_sets_changes_and_nulls_removals() {
-        let old = json!({"phase": "Paused", "pauseConditions": [{"reason": "x"}], "canary": {"weights": {"canary": 20}, "step": 1}, "abort": false});
-        let new = json!({"phase": "Healthy", "pauseConditions": [], "canary": {"weights": {"canary": 20}}, "abort": false});
-        assert_eq!(merge_diff(&old, &new), json!({"phase": "Healthy", "pauseConditions": [], "canary": {"step": null}}));
-        assert_eq!(merge_diff(&json!(null), &json!({"a": 1})), json!({"a": 1}));
     }
 }

@@ -66,7 +66,7 @@ fn budgets(canary: &CanaryStrategy, replicas: i32) -> (i32, i32) {
 }
 
 /// The weight in effect while at `index`: the last setWeight at or before it.
-pub(crate) fn weight_at(steps: &[CanaryStep], index: i32) -> i32 {
+pub fn weight_at(steps: &[CanaryStep], index: i32) -> i32 {
     if index as usize >= steps.len() {
         return 100;
     }

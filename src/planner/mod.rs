@@ -10,6 +10,8 @@ mod conditions;
 pub mod hash;
 pub mod replicas;
 
+pub use canary::weight_at;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

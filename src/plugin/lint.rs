@@ -1,0 +1,134 @@
+//! `kubectl ramp lint`: offline validation with the controller's own rules.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::analysis::validate_template;
+use crate::api::validate::{Problem, validate_rollout};
+use crate::api::{AnalysisTemplate, ClusterAnalysisTemplate, Rollout};
+
+const API_VERSION: &str = "ramp.dev/v1alpha1";
+
+/// One finding, located by document and field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub document: usize,
+    pub object: String,
+    pub problem: Problem,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "document {} ({}): {}", self.document, self.object, self.problem)
+    }
+}
+
+/// Lints every Ramp object in a YAML stream; other kinds are skipped.
+/// Returns the findings and how many Ramp objects were checked.
+pub fn lint(text: &str) -> (Vec<Finding>, usize) {
+    let mut findings = Vec::new();
+    let mut checked = 0;
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let number = index + 1;
+        let value = match Value::deserialize(document) {
+            Ok(Value::Null) => continue,
+            Ok(value) => value,
+            Err(error) => {
+                findings.push(finding(number, "unparsable", "yaml", format!("not valid YAML: {error}")));
+                continue;
+            }
+        };
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let name = value["metadata"]["name"].as_str().unwrap_or("<unnamed>").to_string();
+        let object = format!("{kind}/{name}");
+        let api_version = value["apiVersion"].as_str().unwrap_or_default();
+        if !matches!(kind.as_str(), "Rollout" | "AnalysisTemplate" | "ClusterAnalysisTemplate" | "AnalysisRun") {
+            continue;
+        }
+        if api_version == "argoproj.io/v1alpha1" {
+            findings.push(finding(number, &object, "apiVersion", format!("is argoproj.io/v1alpha1; change it to {API_VERSION} to run this under Ramp")));
+            continue;
+        }
+        if api_version != API_VERSION {
+            continue;
+        }
+        checked += 1;
+        let problems = match kind.as_str() {
+            "Rollout" => typed::<Rollout>(&value).map(|r| validate_rollout(&r.spec)),
+            "AnalysisTemplate" => typed::<AnalysisTemplate>(&value).map(|t| validate_template(&t.spec)),
+            "ClusterAnalysisTemplate" => typed::<ClusterAnalysisTemplate>(&value).map(|t| validate_template(&t.spec.template)),
+            _ => Ok(Vec::new()),
+        };
+        match problems {
+            Ok(problems) => findings.extend(problems.into_iter().map(|problem| Finding { document: number, object: object.clone(), problem })),
+            Err(problem) => findings.push(Finding { document: number, object: object.clone(), problem }),
+        }
+    }
+    (findings, checked)
+}
+
+fn finding(document: usize, object: &str, field: &str, message: String) -> Finding {
+    Finding { document, object: object.to_string(), problem: Problem { field: field.to_string(), message } }
+}
+
+/// Decodes into the Rust type, reporting the exact field path on a type error.
+fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|error| Problem {
+        field: error.path().to_string(),
+        message: format!("{}; fix the field's type or spelling", error.inner()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_problems_with_field_paths_and_skips_other_kinds() {
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+---
+apiVersion: ramp.dev/v1alpha1
+kind: Rollout
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: app, image: web:1}]}
+  strategy:
+    canary:
+      steps: [{setWeight: 120}]
+---
+apiVersion: ramp.dev/v1alpha1
+kind: Rollout
+metadata: {name: typo}
+spec:
+  replicas: three
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: argo}
+"#;
+        let (findings, checked) = lint(text);
+        let shown: Vec<String> = findings.iter().map(ToString::to_string).collect();
+        assert_eq!(checked, 2, "{shown:?}");
+        assert!(shown[0].contains("document 2 (Rollout/web): spec.strategy.canary.steps[0].setWeight: 120 is not a percentage"), "{shown:?}");
+        assert!(shown[1].contains("document 3 (Rollout/typo): spec.replicas: invalid type"), "{shown:?}");
+        assert!(shown[2].contains("change it to ramp.dev/v1alpha1"), "{shown:?}");
+    }
+
+    #[test]
+    fn the_examples_lint_clean() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        for entry in std::fs::read_dir(&dir).expect("examples directory") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("readable example");
+            let (findings, checked) = lint(&text);
+            assert!(checked > 0, "{} has no Ramp objects", path.display());
+            assert!(findings.is_empty(), "{}: {findings:?}", path.display());
+        }
+    }
+}
