@@ -1,6 +1,6 @@
 //! Carrying out a plan: every write names what it touched when it fails.
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -10,7 +10,7 @@ use super::{Context, Error, is_conflict, is_not_found};
 use crate::api::{AnalysisRun, FIELD_MANAGER, MANAGED_BY_ANNOTATION, POD_TEMPLATE_HASH_LABEL, Rollout};
 use crate::planner::{AnalysisRunChange, Plan, PlannedEvent, ReplicaSetChange};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
@@ -88,6 +88,18 @@ pub(super) async fn execute(ctx: &Context, rollout: &Rollout, namespace: &str, p
                     Err(source) => return Err(Error::DeleteAnalysisRun { namespace: namespace.into(), name: run_name.clone(), source }),
                 }
             }
+        }
+    }
+
+    let pods: Api<Pod> = ctx.api(namespace);
+    for pod in &plan.evictions {
+        let result = pods.evict(pod, &EvictParams::default()).await;
+        ctx.metrics.request("evict", "Pod", result.is_ok());
+        match result {
+            Ok(_) => {}
+            // 429: a PodDisruptionBudget says not now; the next pass tries again.
+            Err(kube::Error::Api(status)) if status.code == 429 || status.code == 404 => {}
+            Err(source) => return Err(Error::EvictPod { namespace: namespace.into(), name: pod.clone(), source }),
         }
     }
 

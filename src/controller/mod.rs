@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
@@ -40,6 +39,10 @@ pub enum Error {
     TerminateAnalysisRun { namespace: String, name: String, source: kube::Error },
     #[error("deleting AnalysisRun {namespace}/{name}: {source}")]
     DeleteAnalysisRun { namespace: String, name: String, source: kube::Error },
+    #[error("listing pods of a restarting rollout in {namespace}: {source}")]
+    ListPods { namespace: String, source: kube::Error },
+    #[error("evicting pod {namespace}/{name}: {source}")]
+    EvictPod { namespace: String, name: String, source: kube::Error },
     #[error("writing status of {kind} {namespace}/{name}: {source}")]
     WriteStatus { kind: &'static str, namespace: String, name: String, source: kube::Error },
     #[error("{kind} {namespace}/{name} changed while being reconciled; retrying with the new version")]
@@ -60,6 +63,7 @@ impl Error {
         match self {
             Error::ApplyReplicaSet { .. } | Error::DeleteReplicaSet { .. } => "replicaset",
             Error::PatchService { .. } => "service",
+            Error::ListPods { .. } | Error::EvictPod { .. } => "pod",
             Error::CreateAnalysisRun { .. } | Error::TerminateAnalysisRun { .. } | Error::DeleteAnalysisRun { .. } => "analysisrun",
             Error::WriteStatus { .. } => "status",
             Error::Conflict { .. } => "conflict",
@@ -223,19 +227,15 @@ async fn start_controllers(
     stop: future::Shared<impl Future<Output = ()> + Send + 'static>,
 ) {
     let namespace = &settings.namespace;
-    let (rollouts, rollout_writer) = reflector::store();
     let (replica_sets, rs_writer) = reflector::store();
     let (services, service_writer) = reflector::store();
     let (analysis_runs, run_writer) = reflector::store();
     let (templates, template_writer) = reflector::store();
     let (cluster_templates, cluster_template_writer) = reflector::store();
 
-    let rollout_stream = reflector::reflector(
-        rollout_writer,
-        watcher(scoped::<Rollout>(&client, namespace), watcher::Config::default()).modify(trim),
-    )
-    .default_backoff()
-    .touched_objects();
+    // The Rollout controller keeps its own cache of Rollouts; the others are shared with the planner.
+    let rollout_controller = rollouts::build(scoped::<Rollout>(&client, namespace));
+    let rollouts = rollout_controller.store();
     // Only ReplicaSets carrying the hash label can belong to a Rollout.
     let rs_stream = reflector::reflector(
         rs_writer,
@@ -304,31 +304,47 @@ async fn start_controllers(
     let cluster_template_task = drain(cluster_template_stream.map(|_| ()).boxed());
 
     let readiness = {
-        let stores = (rollouts.clone(), replica_sets.clone(), services.clone(), analysis_runs.clone(), templates.clone(), cluster_templates.clone());
+        let (r, rs, svc, runs, t, ct) = (rollouts.clone(), replica_sets.clone(), services.clone(), analysis_runs.clone(), templates.clone(), cluster_templates.clone());
         async move {
-            let logged = |name: &'static str, wait: BoxFuture<'static, ()>| async move {
-                wait.await;
-                debug!(cache = name, "cache synced");
-            };
-            let _ = tokio::join!(
-                logged("Rollout", async move { let _ = stores.0.wait_until_ready().await; }.boxed()),
-                logged("ReplicaSet", async move { let _ = stores.1.wait_until_ready().await; }.boxed()),
-                logged("Service", async move { let _ = stores.2.wait_until_ready().await; }.boxed()),
-                logged("AnalysisRun", async move { let _ = stores.3.wait_until_ready().await; }.boxed()),
-                logged("AnalysisTemplate", async move { let _ = stores.4.wait_until_ready().await; }.boxed()),
-                logged("ClusterAnalysisTemplate", async move { let _ = stores.5.wait_until_ready().await; }.boxed())
-            );
+            // Poll rather than await each store's readiness future: a waiter
+            // registered while the store initialises was seen to miss its wake-up.
+            loop {
+                let pending: Vec<&str> = [
+                    ("Rollout", is_ready(&r)),
+                    ("ReplicaSet", is_ready(&rs)),
+                    ("Service", is_ready(&svc)),
+                    ("AnalysisRun", is_ready(&runs)),
+                    ("AnalysisTemplate", is_ready(&t)),
+                    ("ClusterAnalysisTemplate", is_ready(&ct)),
+                ]
+                .into_iter()
+                .filter(|(_, ready)| !ready)
+                .map(|(name, _)| name)
+                .collect();
+                if pending.is_empty() {
+                    break;
+                }
+                debug!(?pending, "waiting for caches");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             ready.store(true, Ordering::SeqCst);
             info!("caches synced; ready");
         }
     };
     tokio::spawn(readiness);
 
-    let rollout_controller = rollouts::controller(context.clone(), rollout_stream, rollouts, rs_stream, service_stream, run_stream, stop.clone());
+    let rollout_controller = rollouts::run(rollout_controller, context.clone(), rs_stream, service_stream, run_stream, stop.clone());
     let run_controller = runs::controller(context.clone(), namespace, stop.clone());
     tokio::join!(rollout_controller, run_controller);
     template_task.abort();
     cluster_template_task.abort();
+}
+
+fn is_ready<K: Resource + Clone>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
 }
 
 async fn shutdown_signal() {

@@ -16,22 +16,29 @@ use tracing::{info, warn};
 
 use super::{Context, Error, apply};
 use crate::api::{AnalysisRun, AnalysisTemplateSpec, Rollout, RolloutAnalysis};
-use crate::planner::{self, Snapshot, referenced_services};
+use crate::api::POD_TEMPLATE_HASH_LABEL;
+use crate::planner::{self, PodInfo, Snapshot, referenced_services};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 
 const CONTROLLER: &str = "rollout";
 
-pub(super) async fn controller(
+pub(super) fn build(api: Api<Rollout>) -> Controller<Rollout> {
+    Controller::new(api, kube::runtime::watcher::Config::default())
+}
+
+pub(super) async fn run(
+    controller: Controller<Rollout>,
     ctx: Arc<Context>,
-    rollouts: impl Stream<Item = Result<Rollout, kube::runtime::watcher::Error>> + Send + 'static,
-    store: Store<Rollout>,
     replica_sets: impl Stream<Item = Result<ReplicaSet, kube::runtime::watcher::Error>> + Send + 'static,
     services: impl Stream<Item = Result<Service, kube::runtime::watcher::Error>> + Send + 'static,
     runs: impl Stream<Item = Result<AnalysisRun, kube::runtime::watcher::Error>> + Send + 'static,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let store = controller.store();
     let lookup = store.clone();
-    let pruner = tokio::spawn(prune_metrics(ctx.clone(), store.clone()));
-    Controller::for_stream(rollouts, store)
+    let pruner = tokio::spawn(prune_metrics(ctx.clone(), store));
+    controller
         .owns_stream(replica_sets)
         .owns_stream(runs)
         .watches_stream(services, move |service: Service| rollouts_using(&lookup, &service))
@@ -128,13 +135,20 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         }
     }
 
+    let now = Timestamp::now();
+    // Pods are not cached (that would dominate memory); they are listed only while a restart is due.
+    let pods = match planner::restart::pending_restart(&rollout, now) {
+        Some(_) => Some(list_pods(&ctx, &rollout, &namespace).await?),
+        None => None,
+    };
     let snapshot = Snapshot {
         rollout: &rollout,
         replica_sets: replica_sets.iter().map(AsRef::as_ref).collect(),
         services: services.iter().map(|(name, svc)| (name.clone(), svc.as_ref())).collect::<BTreeMap<_, _>>(),
         analysis_runs: runs.iter().map(AsRef::as_ref).collect(),
         analysis_templates: templates.iter().map(|(key, spec)| (key.clone(), spec)).collect(),
-        now: Timestamp::now(),
+        pods,
+        now,
     };
     let plan = planner::plan(&snapshot);
     if let Some(status) = &plan.status
@@ -176,6 +190,24 @@ fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Acti
             Action::requeue(Duration::from_secs(5))
         }
     }
+}
+
+async fn list_pods(ctx: &Context, rollout: &Rollout, namespace: &str) -> Result<Vec<PodInfo>, Error> {
+    let selector = crate::planner::selector_string(rollout);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = api.list_metadata(&ListParams::default().labels(&selector)).await;
+    ctx.metrics.request("list", "Pod", listed.is_ok());
+    let listed = listed.map_err(|source| Error::ListPods { namespace: namespace.into(), source })?;
+    Ok(listed
+        .items
+        .into_iter()
+        .map(|pod| PodInfo {
+            hash: pod.labels().get(POD_TEMPLATE_HASH_LABEL).cloned().unwrap_or_default(),
+            name: pod.name_any(),
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        })
+        .collect())
 }
 
 /// Drops metric series of rollouts that no longer exist. Reads only the

@@ -84,7 +84,8 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
 
     let new = ctx.new_set();
     let others_down = ctx.sets.iter().enumerate().all(|(i, s)| i == ctx.new || s.current == 0 || s.desired_deadline.is_some());
-    let complete = ctx.new_is_stable() && new.is_saturated(replicas) && others_down;
+    let restarting = ctx.waiting_for.as_deref() == Some("rollout is restarting");
+    let complete = ctx.new_is_stable() && new.is_saturated(replicas) && others_down && !restarting;
     let user_paused = rollout.is_paused_by_user();
     let paused = user_paused || !ctx.status.pause_conditions.is_empty();
     let new_name = new.name.clone();
@@ -206,7 +207,7 @@ fn pause_reason(ctx: &Ctx<'_>) -> String {
 }
 
 /// `key=value,...` form of the Rollout's selector for the scale subresource.
-pub(crate) fn selector_string(rollout: &crate::api::Rollout) -> String {
+pub fn selector_string(rollout: &crate::api::Rollout) -> String {
     let selector = &rollout.spec.selector;
     let mut parts: Vec<String> =
         selector.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();

@@ -7,10 +7,12 @@ mod analysis;
 mod bluegreen;
 mod canary;
 mod conditions;
+pub mod restart;
 pub mod hash;
 pub mod replicas;
 
 pub use canary::weight_at;
+pub use conditions::selector_string;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -40,7 +42,18 @@ pub struct Snapshot<'a> {
     pub analysis_runs: Vec<&'a AnalysisRun>,
     /// Templates by (cluster scoped, name), for creating AnalysisRuns.
     pub analysis_templates: BTreeMap<(bool, String), &'a AnalysisTemplateSpec>,
+    /// The rollout's pods; loaded only while a restart is pending (see `restart::pending_restart`).
+    pub pods: Option<Vec<PodInfo>>,
     pub now: Timestamp,
+}
+
+/// What a restart needs to know about a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub name: String,
+    pub hash: String,
+    pub created: Timestamp,
+    pub terminating: bool,
 }
 
 /// What the controller should do, in order: ReplicaSets, Services, AnalysisRuns, status, Events.
@@ -49,6 +62,8 @@ pub struct Plan {
     pub replica_sets: Vec<ReplicaSetChange>,
     pub services: Vec<ServiceSelectorChange>,
     pub analysis_runs: Vec<AnalysisRunChange>,
+    /// Pods to evict (restart), through the Eviction API so disruption budgets hold.
+    pub evictions: Vec<String>,
     /// The full desired status, or None when it equals the observed one.
     pub status: Option<RolloutStatus>,
     pub events: Vec<PlannedEvent>,
@@ -125,6 +140,7 @@ pub(crate) struct Ctx<'a> {
     pub analysis_runs: Vec<AnalysisRunChange>,
     /// Runs some gate asked for in this pass; any other unfinished run is terminated.
     pub wanted_runs: BTreeSet<String>,
+    pub evictions: Vec<String>,
     pub events: Vec<PlannedEvent>,
     pub wake_at: Option<Timestamp>,
     /// Set when a run failed or a deadline aborted the rollout in this pass.
@@ -267,6 +283,7 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         services: BTreeMap::new(),
         analysis_runs: Vec::new(),
         wanted_runs: BTreeSet::new(),
+        evictions: Vec::new(),
         events: Vec::new(),
         wake_at: None,
         abort_reason: None,
@@ -295,6 +312,9 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         bluegreen::plan(&mut ctx);
     } else {
         canary::plan(&mut ctx);
+    }
+    if !ctx.status.abort {
+        restart::plan(&mut ctx);
     }
     analysis::cleanup_history(&mut ctx);
     finish(ctx)
@@ -469,6 +489,7 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
     }
     conditions::finish_status(&mut ctx);
     plan.analysis_runs = std::mem::take(&mut ctx.analysis_runs);
+    plan.evictions = std::mem::take(&mut ctx.evictions);
     if let Some(at) = ctx.wake_at {
         let wait = at.duration_since(ctx.now);
         plan.requeue_after = Some(Duration::try_from(wait).unwrap_or(Duration::ZERO).max(Duration::from_millis(100)));

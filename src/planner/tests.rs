@@ -63,6 +63,7 @@ struct World {
     broken: Vec<String>,
     events: Vec<PlannedEvent>,
     last_plan: Plan,
+    pods: Option<Vec<PodInfo>>,
 }
 
 impl World {
@@ -81,6 +82,7 @@ impl World {
             broken: Vec::new(),
             events: Vec::new(),
             last_plan: Plan::default(),
+            pods: None,
         }
     }
 
@@ -91,6 +93,7 @@ impl World {
             services: self.services.iter().map(|(k, v)| (k.clone(), v)).collect(),
             analysis_runs: self.runs.values().collect(),
             analysis_templates: self.templates.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            pods: self.pods.clone(),
             now: self.now,
         };
         plan(&snapshot)
@@ -817,4 +820,44 @@ fn field_ref_arguments_resolve_against_the_rollout() {
     assert_eq!(analysis::resolve_field_path(&ro, "metadata.name").as_deref(), Ok("web"));
     assert_eq!(analysis::resolve_field_path(&ro, "spec.replicas").as_deref(), Ok("1"));
     assert!(analysis::resolve_field_path(&ro, "metadata.labels['zone']").unwrap_err().contains("does not exist"));
+}
+
+// ---------- restart ----------
+
+#[test]
+fn restart_evicts_one_old_pod_at_a_time_then_records_completion() {
+    let mut world = World::new(rollout(canary(json!([])), 3));
+    deployed(&mut world);
+    let hash = world.hash_for("web:1");
+    let created = world.now;
+    world.advance(60);
+    world.rollout.spec.restart_at = Some(Time(world.now));
+    let pod = |name: &str, at: Timestamp, terminating: bool| PodInfo { name: name.into(), hash: hash.clone(), created: at, terminating };
+    world.pods = Some(vec![pod("a", created, false), pod("b", created, false), pod("c", created, false)]);
+    let plan = world.plan();
+    assert_eq!(plan.evictions, vec!["a".to_string()]);
+    assert_eq!(plan.status.and_then(|s| s.phase), Some(RolloutPhase::Progressing));
+
+    // While a pod is terminating nothing else is evicted.
+    world.pods = Some(vec![pod("a", created, true), pod("b", created, false), pod("c", created, false)]);
+    assert!(world.plan().evictions.is_empty());
+
+    let later = world.now;
+    world.pods = Some(vec![pod("a2", later, false), pod("b2", later, false), pod("c2", later, false)]);
+    world.step();
+    assert_eq!(world.status().restarted_at.map(|t| t.0), Some(later));
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert!(world.has_event("RolloutRestarted"));
+    assert!(!restart::pending_restart(&world.rollout, world.now).is_some());
+}
+
+#[test]
+fn restart_in_the_future_only_schedules_a_wake_up() {
+    let mut world = World::new(rollout(canary(json!([])), 1));
+    deployed(&mut world);
+    let at = world.now.checked_add(SignedDuration::from_secs(30)).expect("time");
+    world.rollout.spec.restart_at = Some(Time(at));
+    let plan = world.plan();
+    assert!(plan.evictions.is_empty());
+    assert!(plan.requeue_after.is_some_and(|d| d <= Duration::from_secs(30)));
 }

@@ -66,7 +66,7 @@ impl Env {
             .arg(format!("--namespace={}", self.ns))
             .arg("--leader-elect=false")
             .arg(format!("--http-address=127.0.0.1:{}", self.metrics_port))
-            .env("RAMP_LOG_LEVEL", "info,ramp=debug")
+            .env("RAMP_LOG_LEVEL", "info,ramp=debug,kube_runtime=debug")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
@@ -108,10 +108,12 @@ impl Env {
 
     async fn kubectl_with_input(&self, args: &[&str], input: &str) -> anyhow::Result<Output> {
         use tokio::io::AsyncWriteExt;
+        // kubectl refuses flags before a plugin name, so the kubeconfig comes
+        // from the environment and the namespace goes last.
         let mut child = Command::new("kubectl")
-            .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
-            .arg(format!("--namespace={}", self.ns))
             .args(args)
+            .arg(format!("--namespace={}", self.ns))
+            .env("KUBECONFIG", kubeconfig_path())
             .env("PATH", plugin_path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
