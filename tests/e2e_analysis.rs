@@ -33,10 +33,14 @@ impl Metrics {
     }
 
     async fn expect(&self, value: f64) -> anyhow::Result<()> {
-        wait_until(&format!("Prometheus to see {value}"), Duration::from_secs(30), || async {
-            let result = self.prometheus.query(SERIES).await?;
-            Ok((ramp_test_support::scalar(&result) == Some(value)).then_some(()))
-        })
+        wait_until(
+            &format!("Prometheus to see {value}"),
+            Duration::from_secs(30),
+            || async {
+                let result = self.prometheus.query(SERIES).await?;
+                Ok((ramp_test_support::scalar(&result) == Some(value)).then_some(()))
+            },
+        )
         .await
     }
 }
@@ -63,17 +67,28 @@ spec:
     )
 }
 
-const ANALYSIS_STEP: &str = "{analysis: {templates: [{templateName: errors}], args: [{name: service, value: web}]}}";
+const ANALYSIS_STEP: &str =
+    "{analysis: {templates: [{templateName: errors}], args: [{name: service, value: web}]}}";
 
 fn run_phase(run: &AnalysisRun) -> Option<AnalysisPhase> {
     run.status.as_ref().and_then(|s| s.phase)
 }
 
 async fn wait_run(env: &Env, suffix: &str, phase: AnalysisPhase) -> anyhow::Result<AnalysisRun> {
-    wait_until(&format!("AnalysisRun *{suffix} to be {phase:?}"), common::TIMEOUT, || async {
-        let runs = env.analysis_runs().await?;
-        Ok(runs.into_iter().find(|r| r.metadata.name.as_deref().is_some_and(|n| n.ends_with(suffix)) && run_phase(r) == Some(phase)))
-    })
+    wait_until(
+        &format!("AnalysisRun *{suffix} to be {phase:?}"),
+        common::TIMEOUT,
+        || async {
+            let runs = env.analysis_runs().await?;
+            Ok(runs.into_iter().find(|r| {
+                r.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with(suffix))
+                    && run_phase(r) == Some(phase)
+            }))
+        },
+    )
     .await
 }
 
@@ -81,17 +96,33 @@ async fn wait_run(env: &Env, suffix: &str, phase: AnalysisPhase) -> anyhow::Resu
 async fn healthy_metrics_let_the_canary_complete() -> anyhow::Result<()> {
     let metrics = Metrics::start(0.01).await?;
     let env = Env::start("analysis-ok").await?;
-    env.apply(&template("errors", &metrics.prometheus.url, "count: 2", "result[0] < 0.05")).await?;
-    env.apply(&canary_yaml("web", 4, "web:1", &format!("[{{setWeight: 25}}, {ANALYSIS_STEP}, {{setWeight: 50}}]"))).await?;
+    env.apply(&template(
+        "errors",
+        &metrics.prometheus.url,
+        "count: 2",
+        "result[0] < 0.05",
+    ))
+    .await?;
+    env.apply(&canary_yaml(
+        "web",
+        4,
+        "web:1",
+        &format!("[{{setWeight: 25}}, {ANALYSIS_STEP}, {{setWeight: 50}}]"),
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     let run = wait_run(&env, "-1", AnalysisPhase::Successful).await?;
     let result = &run.status.as_ref().expect("status").metric_results[0];
     assert_eq!(result.successful, 2);
-    assert_eq!(result.resolved_query.as_deref(), Some("sum(app_errors_ratio{service=\"web\"})"));
+    assert_eq!(
+        result.resolved_query.as_deref(),
+        Some("sum(app_errors_ratio{service=\"web\"})")
+    );
     assert_eq!(result.measurements[0].value.as_deref(), Some("[0.01]"));
     env.wait_phase("web", RolloutPhase::Healthy).await?;
-    env.wait_replicas("promoted", &[("web:2", 4), ("web:1", 0)]).await?;
+    env.wait_replicas("promoted", &[("web:2", 4), ("web:1", 0)])
+        .await?;
     env.cleanup().await;
     metrics.prometheus.stop().await;
     Ok(())
@@ -101,20 +132,39 @@ async fn healthy_metrics_let_the_canary_complete() -> anyhow::Result<()> {
 async fn failing_metrics_abort_back_to_stable_without_a_human() -> anyhow::Result<()> {
     let metrics = Metrics::start(0.5).await?;
     let env = Env::start("analysis-fail").await?;
-    env.apply(&template("errors", &metrics.prometheus.url, "count: 5\n    failureLimit: 1", "result[0] < 0.05")).await?;
-    env.apply(&canary_yaml("web", 4, "web:1", &format!("[{{setWeight: 25}}, {ANALYSIS_STEP}, {{setWeight: 50}}]"))).await?;
+    env.apply(&template(
+        "errors",
+        &metrics.prometheus.url,
+        "count: 5\n    failureLimit: 1",
+        "result[0] < 0.05",
+    ))
+    .await?;
+    env.apply(&canary_yaml(
+        "web",
+        4,
+        "web:1",
+        &format!("[{{setWeight: 25}}, {ANALYSIS_STEP}, {{setWeight: 50}}]"),
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     let stable = env.hash_of("web:1").await?;
     env.set_image("web", "web:2").await?;
     let run = wait_run(&env, "-1", AnalysisPhase::Failed).await?;
     let status = run.status.as_ref().expect("status");
-    assert_eq!(status.metric_results[0].failed, 2, "fails at failureLimit + 1 measurements");
+    assert_eq!(
+        status.metric_results[0].failed, 2,
+        "fails at failureLimit + 1 measurements"
+    );
     let started = status.started_at.as_ref().expect("started").0;
     let completed = status.completed_at.as_ref().expect("completed").0;
-    assert!(completed.duration_since(started).as_secs() <= 4, "failed within interval x (failureLimit + 1) plus slack");
+    assert!(
+        completed.duration_since(started).as_secs() <= 4,
+        "failed within interval x (failureLimit + 1) plus slack"
+    );
     let rollout = env.wait_phase("web", RolloutPhase::Degraded).await?;
     assert!(rollout.status.as_ref().is_some_and(|s| s.abort));
-    env.wait_replicas("all replicas back on stable", &[("web:2", 0), ("web:1", 4)]).await?;
+    env.wait_replicas("all replicas back on stable", &[("web:2", 0), ("web:1", 4)])
+        .await?;
     assert_eq!(env.selector("web-canary").await?, Some(stable.clone()));
     assert_eq!(env.selector("web-stable").await?, Some(stable));
     let message = rollout.status.and_then(|s| s.message).unwrap_or_default();
@@ -128,21 +178,34 @@ async fn failing_metrics_abort_back_to_stable_without_a_human() -> anyhow::Resul
 async fn background_analysis_aborts_mid_rollout() -> anyhow::Result<()> {
     let metrics = Metrics::start(0.0).await?;
     let env = Env::start("analysis-bg").await?;
-    env.apply(&template("errors", &metrics.prometheus.url, "failureLimit: 0", "result[0] < 0.05")).await?;
-    let mut yaml = canary_yaml("web", 4, "web:1", "[{setWeight: 25}, {pause: {duration: 1s}}, {setWeight: 50}, {pause: {}}]");
+    env.apply(&template(
+        "errors",
+        &metrics.prometheus.url,
+        "failureLimit: 0",
+        "result[0] < 0.05",
+    ))
+    .await?;
+    let mut yaml = canary_yaml(
+        "web",
+        4,
+        "web:1",
+        "[{setWeight: 25}, {pause: {duration: 1s}}, {setWeight: 50}, {pause: {}}]",
+    );
     yaml.push_str("      analysis:\n        templates: [{templateName: errors}]\n        args: [{name: service, value: web}]\n        startingStep: 2\n");
     env.apply(&yaml).await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
-    env.wait_replicas("50%", &[("web:2", 2), ("web:1", 2)]).await?;
+    env.wait_replicas("50%", &[("web:2", 2), ("web:1", 2)])
+        .await?;
     let runs = env.analysis_runs().await?;
     assert_eq!(runs.len(), 1, "background run started at step 2");
     assert_eq!(run_phase(&runs[0]), Some(AnalysisPhase::Running));
 
     metrics.set(0.3).await?;
     env.wait_phase("web", RolloutPhase::Degraded).await?;
-    env.wait_replicas("back on stable", &[("web:2", 0), ("web:1", 4)]).await?;
+    env.wait_replicas("back on stable", &[("web:2", 0), ("web:1", 4)])
+        .await?;
     let runs = env.analysis_runs().await?;
     assert_eq!(run_phase(&runs[0]), Some(AnalysisPhase::Failed));
     env.cleanup().await;
@@ -154,23 +217,49 @@ async fn background_analysis_aborts_mid_rollout() -> anyhow::Result<()> {
 async fn blue_green_pre_and_post_promotion_analysis() -> anyhow::Result<()> {
     let metrics = Metrics::start(0.5).await?;
     let env = Env::start("analysis-bg-promo").await?;
-    env.apply(&template("errors", &metrics.prometheus.url, "count: 1", "result[0] < 0.05")).await?;
+    env.apply(&template(
+        "errors",
+        &metrics.prometheus.url,
+        "count: 1",
+        "result[0] < 0.05",
+    ))
+    .await?;
     let analysis = "{templates: [{templateName: errors}], args: [{name: service, value: web}]}";
-    env.apply(&blue_green_yaml("pre", 2, "pre:1", &format!("prePromotionAnalysis: {analysis}"))).await?;
-    env.apply(&blue_green_yaml("post", 2, "post:1", &format!("postPromotionAnalysis: {analysis}"))).await?;
+    env.apply(&blue_green_yaml(
+        "pre",
+        2,
+        "pre:1",
+        &format!("prePromotionAnalysis: {analysis}"),
+    ))
+    .await?;
+    env.apply(&blue_green_yaml(
+        "post",
+        2,
+        "post:1",
+        &format!("postPromotionAnalysis: {analysis}"),
+    ))
+    .await?;
     env.wait_phase("pre", RolloutPhase::Healthy).await?;
     env.wait_phase("post", RolloutPhase::Healthy).await?;
 
     let pre_blue = env.hash_of("pre:1").await?;
     env.set_image("pre", "pre:2").await?;
     env.wait_phase("pre", RolloutPhase::Degraded).await?;
-    assert_eq!(env.selector("pre-active").await?, Some(pre_blue), "pre-promotion failure never switches");
+    assert_eq!(
+        env.selector("pre-active").await?,
+        Some(pre_blue),
+        "pre-promotion failure never switches"
+    );
 
     let blue = env.hash_of("post:1").await?;
     env.set_image("post", "post:2").await?;
     wait_run(&env, "-post", AnalysisPhase::Failed).await?;
     let degraded = env.wait_phase("post", RolloutPhase::Degraded).await?;
-    assert_eq!(env.selector("post-active").await?, Some(blue.clone()), "post-promotion failure switches back");
+    assert_eq!(
+        env.selector("post-active").await?,
+        Some(blue.clone()),
+        "post-promotion failure switches back"
+    );
     assert_eq!(degraded.status.and_then(|s| s.stable_rs), Some(blue));
     env.cleanup().await;
     metrics.prometheus.stop().await;
@@ -181,23 +270,55 @@ async fn blue_green_pre_and_post_promotion_analysis() -> anyhow::Result<()> {
 async fn prometheus_outage_errors_the_run_and_aborts() -> anyhow::Result<()> {
     let metrics = Metrics::start(0.0).await?;
     let env = Env::start("analysis-outage").await?;
-    env.apply(&template("errors", &metrics.prometheus.url, "count: 30\n    consecutiveErrorLimit: 2", "result[0] < 0.05")).await?;
-    env.apply(&canary_yaml("web", 2, "web:1", &format!("[{{setWeight: 50}}, {ANALYSIS_STEP}]"))).await?;
+    env.apply(&template(
+        "errors",
+        &metrics.prometheus.url,
+        "count: 30\n    consecutiveErrorLimit: 2",
+        "result[0] < 0.05",
+    ))
+    .await?;
+    env.apply(&canary_yaml(
+        "web",
+        2,
+        "web:1",
+        &format!("[{{setWeight: 50}}, {ANALYSIS_STEP}]"),
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     wait_until("a successful measurement", common::TIMEOUT, || async {
         let runs = env.analysis_runs().await?;
-        Ok(runs.iter().find_map(|r| r.status.as_ref()?.metric_results.first().filter(|m| m.successful >= 1)).map(|_| ()))
+        Ok(runs
+            .iter()
+            .find_map(|r| {
+                r.status
+                    .as_ref()?
+                    .metric_results
+                    .first()
+                    .filter(|m| m.successful >= 1)
+            })
+            .map(|_| ()))
     })
     .await?;
     metrics.prometheus.stop().await;
     let run = wait_run(&env, "-1", AnalysisPhase::Error).await?;
     let result = &run.status.as_ref().expect("status").metric_results[0];
-    assert_eq!(result.consecutive_error, 3, "consecutiveErrorLimit 2 tolerates two errors");
-    let last = result.measurements.last().and_then(|m| m.message.clone()).unwrap_or_default();
+    assert_eq!(
+        result.consecutive_error, 3,
+        "consecutiveErrorLimit 2 tolerates two errors"
+    );
+    let last = result
+        .measurements
+        .last()
+        .and_then(|m| m.message.clone())
+        .unwrap_or_default();
     assert!(last.contains("cannot reach Prometheus"), "{last}");
     env.wait_phase("web", RolloutPhase::Degraded).await?;
-    env.wait_replicas("never promoted on missing data", &[("web:2", 0), ("web:1", 2)]).await?;
+    env.wait_replicas(
+        "never promoted on missing data",
+        &[("web:2", 0), ("web:1", 2)],
+    )
+    .await?;
     env.cleanup().await;
     Ok(())
 }
@@ -210,11 +331,29 @@ async fn empty_results_follow_the_template() -> anyhow::Result<()> {
     let metrics = Metrics::start(0.0).await?;
     let env = Env::start("analysis-empty").await?;
     let missing = metrics.prometheus.url.clone();
-    env.apply(&template("strict", &missing, "consecutiveErrorLimit: 0", "result[0] < 0.05")).await?;
-    env.apply(&template("lenient", &missing, "count: 1", "default(result, 0.0) < 0.05")).await?;
-    let step = |t: &str| format!("[{{setWeight: 50}}, {{analysis: {{templates: [{{templateName: {t}}}], args: [{{name: service, value: nothing-here}}]}}}}]");
-    env.apply(&canary_yaml("strict", 2, "web:1", &step("strict"))).await?;
-    env.apply(&canary_yaml("lenient", 2, "api:1", &step("lenient"))).await?;
+    env.apply(&template(
+        "strict",
+        &missing,
+        "consecutiveErrorLimit: 0",
+        "result[0] < 0.05",
+    ))
+    .await?;
+    env.apply(&template(
+        "lenient",
+        &missing,
+        "count: 1",
+        "default(result, 0.0) < 0.05",
+    ))
+    .await?;
+    let step = |t: &str| {
+        format!(
+            "[{{setWeight: 50}}, {{analysis: {{templates: [{{templateName: {t}}}], args: [{{name: service, value: nothing-here}}]}}}}]"
+        )
+    };
+    env.apply(&canary_yaml("strict", 2, "web:1", &step("strict")))
+        .await?;
+    env.apply(&canary_yaml("lenient", 2, "api:1", &step("lenient")))
+        .await?;
     env.wait_phase("strict", RolloutPhase::Healthy).await?;
     env.wait_phase("lenient", RolloutPhase::Healthy).await?;
     env.set_image("strict", "web:2").await?;
@@ -224,7 +363,8 @@ async fn empty_results_follow_the_template() -> anyhow::Result<()> {
     let message = strict.status.and_then(|s| s.message).unwrap_or_default();
     assert!(message.contains("no data"), "{message}");
     env.wait_phase("lenient", RolloutPhase::Healthy).await?;
-    env.wait_replicas("lenient promoted", &[("api:2", 2), ("api:1", 0)]).await?;
+    env.wait_replicas("lenient promoted", &[("api:2", 2), ("api:1", 0)])
+        .await?;
     env.cleanup().await;
     metrics.prometheus.stop().await;
     Ok(())

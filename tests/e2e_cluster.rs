@@ -33,16 +33,25 @@ spec:
     })
     .await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
-    let listed = pods.list(&ListParams::default().labels("app=plain")).await?;
+    let listed = pods
+        .list(&ListParams::default().labels("app=plain"))
+        .await?;
     assert_eq!(listed.items.len(), 3);
     for pod in &listed.items {
         let status = pod.status.as_ref().expect("status");
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert!(status.pod_ip.is_some());
     }
-    replica_sets.delete("plain", &DeleteParams::background()).await?;
+    replica_sets
+        .delete("plain", &DeleteParams::background())
+        .await?;
     wait_until("pods garbage-collected", common::TIMEOUT, || async {
-        Ok(pods.list(&ListParams::default().labels("app=plain")).await?.items.is_empty().then_some(()))
+        Ok(pods
+            .list(&ListParams::default().labels("app=plain"))
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
     })
     .await?;
     env.cleanup().await;
@@ -67,11 +76,21 @@ spec:
     )
     .await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
-    wait_until("pods reported Running but not Ready", common::TIMEOUT, || async {
-        let listed = pods.list(&ListParams::default().labels("app=broken")).await?;
-        let running = listed.items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
-        Ok((running == 2).then_some(()))
-    })
+    wait_until(
+        "pods reported Running but not Ready",
+        common::TIMEOUT,
+        || async {
+            let listed = pods
+                .list(&ListParams::default().labels("app=broken"))
+                .await?;
+            let running = listed
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            Ok((running == 2).then_some(()))
+        },
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let replica_sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &env.ns);
@@ -86,15 +105,26 @@ async fn prometheus_returns_the_value_the_test_set() -> anyhow::Result<()> {
     let target = MetricsTarget::start().await?;
     target.set("ramp_test_value{service=\"web\"}", 0.25);
     let prometheus = Prometheus::start(&[target.addr]).await?;
-    let value = wait_until("Prometheus to report 0.25", Duration::from_secs(30), || async {
-        Ok(scalar(&prometheus.query("ramp_test_value{service=\"web\"}").await?).filter(|v| *v == 0.25))
-    })
+    let value = wait_until(
+        "Prometheus to report 0.25",
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                scalar(&prometheus.query("ramp_test_value{service=\"web\"}").await?)
+                    .filter(|v| *v == 0.25),
+            )
+        },
+    )
     .await?;
     assert_eq!(value, 0.25);
     target.set("ramp_test_value{service=\"web\"}", 0.75);
-    wait_until("Prometheus to report the new value", Duration::from_secs(30), || async {
-        Ok(scalar(&prometheus.query("sum(ramp_test_value)").await?).filter(|v| *v == 0.75))
-    })
+    wait_until(
+        "Prometheus to report the new value",
+        Duration::from_secs(30),
+        || async {
+            Ok(scalar(&prometheus.query("sum(ramp_test_value)").await?).filter(|v| *v == 0.75))
+        },
+    )
     .await?;
     prometheus.stop().await;
     Ok(())

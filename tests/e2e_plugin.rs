@@ -29,14 +29,26 @@ async fn ramp(env: &Env, args: &[&str]) -> anyhow::Result<Run> {
 
 async fn ok(env: &Env, args: &[&str]) -> anyhow::Result<String> {
     let run = ramp(env, args).await?;
-    anyhow::ensure!(run.code == 0, "kubectl ramp {args:?} exited {}: {}{}", run.code, run.stdout, run.stderr);
+    anyhow::ensure!(
+        run.code == 0,
+        "kubectl ramp {args:?} exited {}: {}{}",
+        run.code,
+        run.stdout,
+        run.stderr
+    );
     Ok(run.stdout)
 }
 
 #[tokio::test]
 async fn steering_a_canary_from_the_terminal() -> anyhow::Result<()> {
     let env = Env::start("plugin").await?;
-    env.apply(&canary_yaml("web", 5, "web:1", "[{setWeight: 20}, {pause: {}}, {setWeight: 60}, {pause: {}}]")).await?;
+    env.apply(&canary_yaml(
+        "web",
+        5,
+        "web:1",
+        "[{setWeight: 20}, {pause: {}}, {setWeight: 60}, {pause: {}}]",
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     let healthy = ok(&env, &["status", "web", "--timeout", "30s"]).await?;
     assert!(healthy.contains("Healthy"), "{healthy}");
@@ -44,25 +56,47 @@ async fn steering_a_canary_from_the_terminal() -> anyhow::Result<()> {
     let changed = ok(&env, &["set", "image", "web", "app=web:2"]).await?;
     assert_eq!(changed.trim(), "rollout 'web' image updated (app=web:2)");
     env.wait_phase("web", RolloutPhase::Paused).await?;
-    env.wait_replicas("20%", &[("web:2", 1), ("web:1", 4)]).await?;
+    env.wait_replicas("20%", &[("web:2", 1), ("web:1", 4)])
+        .await?;
 
     let shown = ok(&env, &["get", "rollout", "web", "--no-color"]).await?;
-    for expected in ["Status:         ❚❚ Paused", "Step:         1/4", "SetWeight:    20", "web:2 (canary)", "web:1 (stable)", "# revision:2", "# revision:1"] {
-        assert!(shown.contains(expected), "missing {expected:?} in:\n{shown}");
+    for expected in [
+        "Status:         ❚❚ Paused",
+        "Step:         1/4",
+        "SetWeight:    20",
+        "web:2 (canary)",
+        "web:1 (stable)",
+        "# revision:2",
+        "# revision:1",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "missing {expected:?} in:\n{shown}"
+        );
     }
     assert_eq!(shown.matches("ReplicaSet").count(), 2, "{shown}");
-    assert!(shown.matches("□ web-").count() >= 5, "pods listed:\n{shown}");
+    assert!(
+        shown.matches("□ web-").count() >= 5,
+        "pods listed:\n{shown}"
+    );
 
     let listed = ok(&env, &["list", "rollouts"]).await?;
-    assert!(listed.lines().any(|l| l.starts_with("web") && l.contains("Canary") && l.contains("Paused")), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("web") && l.contains("Canary") && l.contains("Paused")),
+        "{listed}"
+    );
 
     let promoted = ok(&env, &["promote", "web"]).await?;
     assert_eq!(promoted.trim(), "rollout 'web' promoted");
-    env.wait_replicas("60%", &[("web:2", 3), ("web:1", 2)]).await?;
+    env.wait_replicas("60%", &[("web:2", 3), ("web:1", 2)])
+        .await?;
 
     let aborted = ok(&env, &["abort", "web"]).await?;
     assert_eq!(aborted.trim(), "rollout 'web' aborted");
-    env.wait_replicas("back on stable", &[("web:2", 0), ("web:1", 5)]).await?;
+    env.wait_replicas("back on stable", &[("web:2", 0), ("web:1", 5)])
+        .await?;
     let degraded = ramp(&env, &["status", "web", "--timeout", "10s"]).await?;
     assert_ne!(degraded.code, 0, "status on a Degraded rollout must fail");
     assert!(degraded.stderr.contains("Degraded"), "{}", degraded.stderr);
@@ -72,11 +106,18 @@ async fn steering_a_canary_from_the_terminal() -> anyhow::Result<()> {
     ok(&env, &["promote", "web", "--full"]).await?;
     let done = ok(&env, &["status", "web", "--timeout", "60s"]).await?;
     assert!(done.trim_end().ends_with("Healthy"), "{done}");
-    env.wait_replicas("fully promoted", &[("web:2", 5), ("web:1", 0)]).await?;
+    env.wait_replicas("fully promoted", &[("web:2", 5), ("web:1", 0)])
+        .await?;
 
     let undone = ok(&env, &["undo", "web"]).await?;
     assert_eq!(undone.trim(), "rollout 'web' rolled back to revision 1");
-    let image = env.rollout("web").await?.spec.template.spec.and_then(|s| s.containers[0].image.clone());
+    let image = env
+        .rollout("web")
+        .await?
+        .spec
+        .template
+        .spec
+        .and_then(|s| s.containers[0].image.clone());
     assert_eq!(image.as_deref(), Some("web:1"));
     env.cleanup().await;
     Ok(())
@@ -85,12 +126,22 @@ async fn steering_a_canary_from_the_terminal() -> anyhow::Result<()> {
 #[tokio::test]
 async fn status_times_out_on_a_stuck_rollout() -> anyhow::Result<()> {
     let env = Env::start("plugin-stuck").await?;
-    env.apply(&canary_yaml("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]")).await?;
+    env.apply(&canary_yaml(
+        "web",
+        2,
+        "web:1",
+        "[{setWeight: 50}, {pause: {}}]",
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     ok(&env, &["set", "image", "web", "*=web:never-ready"]).await?;
     let stuck = ramp(&env, &["status", "web", "--timeout", "3s"]).await?;
     assert_ne!(stuck.code, 0);
-    assert!(stuck.stderr.contains("did not become Healthy within"), "{}", stuck.stderr);
+    assert!(
+        stuck.stderr.contains("did not become Healthy within"),
+        "{}",
+        stuck.stderr
+    );
     env.cleanup().await;
     Ok(())
 }
@@ -98,27 +149,52 @@ async fn status_times_out_on_a_stuck_rollout() -> anyhow::Result<()> {
 #[tokio::test]
 async fn mistakes_are_explained_and_change_nothing() -> anyhow::Result<()> {
     let env = Env::start("plugin-errors").await?;
-    env.apply(&canary_yaml("web", 1, "web:1", "[{setWeight: 50}, {pause: {}}]")).await?;
+    env.apply(&canary_yaml(
+        "web",
+        1,
+        "web:1",
+        "[{setWeight: 50}, {pause: {}}]",
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     let before = env.rollout("web").await?.metadata.resource_version;
 
     let cases: &[(&[&str], &str)] = &[
         (&["get", "rollout", "nope"], "kubectl ramp list rollouts"),
         (&["promote", "web"], "is not paused"),
-        (&["set", "image", "web", "web:2"], "expected CONTAINER=IMAGE"),
-        (&["set", "image", "web", "sidecar=x:1"], "has no container \"sidecar\""),
-        (&["get", "deployment", "web"], "unknown resource kind \"deployment\""),
+        (
+            &["set", "image", "web", "web:2"],
+            "expected CONTAINER=IMAGE",
+        ),
+        (
+            &["set", "image", "web", "sidecar=x:1"],
+            "has no container \"sidecar\"",
+        ),
+        (
+            &["get", "deployment", "web"],
+            "unknown resource kind \"deployment\"",
+        ),
         (&["abort", "web"], "no update in progress"),
         (&["undo", "web", "--to-revision", "9"], "has no revision 9"),
     ];
     for (args, expected) in cases {
         let run = ramp(&env, args).await?;
         assert_ne!(run.code, 0, "{args:?} should fail");
-        assert!(run.stderr.contains(expected), "{args:?}: expected {expected:?} in {:?}", run.stderr);
+        assert!(
+            run.stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {:?}",
+            run.stderr
+        );
     }
-    assert_eq!(env.rollout("web").await?.metadata.resource_version, before, "nothing changed");
+    assert_eq!(
+        env.rollout("web").await?.metadata.resource_version,
+        before,
+        "nothing changed"
+    );
 
-    let unreachable = env.kubectl(&["ramp", "--kubeconfig", "/nonexistent", "list", "rollouts"]).await?;
+    let unreachable = env
+        .kubectl(&["ramp", "--kubeconfig", "/nonexistent", "list", "rollouts"])
+        .await?;
     assert_ne!(unreachable.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the cluster"));
     env.cleanup().await;
@@ -131,16 +207,38 @@ async fn restart_replaces_every_pod() -> anyhow::Result<()> {
     env.apply(&canary_yaml("web", 3, "web:1", "[]")).await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
-    let original: Vec<String> = pods.list(&ListParams::default().labels("app=web")).await?.items.into_iter().filter_map(|p| p.metadata.name).collect();
+    let original: Vec<String> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     ok(&env, &["restart", "web"]).await?;
-    env.wait_rollout("web", "restartedAt recorded", |r| r.status.as_ref().and_then(|s| s.restarted_at.as_ref()).is_some()).await?;
+    env.wait_rollout("web", "restartedAt recorded", |r| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.restarted_at.as_ref())
+            .is_some()
+    })
+    .await?;
     let replaced = wait_until("3 new pods running", common::TIMEOUT, || async {
-        let now: Vec<String> = pods.list(&ListParams::default().labels("app=web")).await?.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.metadata.name).collect();
+        let now: Vec<String> = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.name)
+            .collect();
         Ok((now.len() == 3).then_some(now))
     })
     .await?;
-    assert!(replaced.iter().all(|p| !original.contains(p)), "old {original:?} new {replaced:?}");
+    assert!(
+        replaced.iter().all(|p| !original.contains(p)),
+        "old {original:?} new {replaced:?}"
+    );
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.cleanup().await;
     Ok(())
@@ -154,10 +252,18 @@ async fn lint_uses_the_controller_rules() -> anyhow::Result<()> {
     let out = ok(&env, &["lint", "-f", &good.display().to_string()]).await?;
     assert!(out.contains("valid"), "{out}");
     let bad = tempfile::NamedTempFile::new()?;
-    std::fs::write(bad.path(), canary_yaml("web", 1, "web:1", "[{setWeight: 101}]"))?;
+    std::fs::write(
+        bad.path(),
+        canary_yaml("web", 1, "web:1", "[{setWeight: 101}]"),
+    )?;
     let run = ramp(&env, &["lint", "-f", &bad.path().display().to_string()]).await?;
     assert_ne!(run.code, 0);
-    assert!(run.stdout.contains("spec.strategy.canary.steps[0].setWeight: 101 is not a percentage"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("spec.strategy.canary.steps[0].setWeight: 101 is not a percentage"),
+        "{}",
+        run.stdout
+    );
     env.cleanup().await;
     Ok(())
 }

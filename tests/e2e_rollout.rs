@@ -12,20 +12,30 @@ use serde_json::json;
 
 async fn promote(env: &Env, name: &str) -> anyhow::Result<()> {
     let patch = json!({"status": {"pauseConditions": null}});
-    env.rollouts().patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    env.rollouts()
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
 async fn set_abort(env: &Env, name: &str, abort: bool) -> anyhow::Result<()> {
     let patch = json!({"status": {"abort": abort}});
-    env.rollouts().patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    env.rollouts()
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn blue_green_preview_pause_promote_and_delayed_scale_down() -> anyhow::Result<()> {
     let env = Env::start("bluegreen").await?;
-    env.apply(&blue_green_yaml("shop", 2, "shop:1", "autoPromotionEnabled: false\n      scaleDownDelaySeconds: 3")).await?;
+    env.apply(&blue_green_yaml(
+        "shop",
+        2,
+        "shop:1",
+        "autoPromotionEnabled: false\n      scaleDownDelaySeconds: 3",
+    ))
+    .await?;
     env.wait_phase("shop", RolloutPhase::Healthy).await?;
     let blue = env.hash_of("shop:1").await?;
     assert_eq!(env.selector("shop-active").await?, Some(blue.clone()));
@@ -33,9 +43,13 @@ async fn blue_green_preview_pause_promote_and_delayed_scale_down() -> anyhow::Re
 
     env.set_image("shop", "shop:2").await?;
     let paused = env.wait_phase("shop", RolloutPhase::Paused).await?;
-    assert_eq!(paused.status.as_ref().map(|s| s.pause_conditions[0].reason), Some(PauseReason::BlueGreenPause));
+    assert_eq!(
+        paused.status.as_ref().map(|s| s.pause_conditions[0].reason),
+        Some(PauseReason::BlueGreenPause)
+    );
     let green = env.hash_of("shop:2").await?;
-    env.wait_replicas("both versions up", &[("shop:1", 2), ("shop:2", 2)]).await?;
+    env.wait_replicas("both versions up", &[("shop:1", 2), ("shop:2", 2)])
+        .await?;
     assert_eq!(env.selector("shop-preview").await?, Some(green.clone()));
     assert_eq!(env.selector("shop-active").await?, Some(blue.clone()));
 
@@ -43,11 +57,27 @@ async fn blue_green_preview_pause_promote_and_delayed_scale_down() -> anyhow::Re
     env.wait_phase("shop", RolloutPhase::Healthy).await?;
     assert_eq!(env.selector("shop-active").await?, Some(green.clone()));
     let old = env.replicas_by_image().await?;
-    assert_eq!(old.get("shop:1").map(|c| c.0), Some(2), "old ReplicaSet waits for scaleDownDelaySeconds");
-    env.wait_replicas("old ReplicaSet scaled down after the delay", &[("shop:1", 0), ("shop:2", 2)]).await?;
+    assert_eq!(
+        old.get("shop:1").map(|c| c.0),
+        Some(2),
+        "old ReplicaSet waits for scaleDownDelaySeconds"
+    );
+    env.wait_replicas(
+        "old ReplicaSet scaled down after the delay",
+        &[("shop:1", 0), ("shop:2", 2)],
+    )
+    .await?;
     let reasons = env.event_reasons().await?;
-    for reason in ["NewReplicaSetCreated", "SwitchService", "RolloutPaused", "RolloutCompleted"] {
-        assert!(reasons.iter().any(|r| r == reason), "missing Event {reason} in {reasons:?}");
+    for reason in [
+        "NewReplicaSetCreated",
+        "SwitchService",
+        "RolloutPaused",
+        "RolloutCompleted",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "missing Event {reason} in {reasons:?}"
+        );
     }
     env.cleanup().await;
     Ok(())
@@ -64,20 +94,29 @@ async fn canary_steps_pause_promote_and_timed_resume() -> anyhow::Result<()> {
 
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
-    env.wait_replicas("20% canary: 1/4", &[("web:2", 1), ("web:1", 4)]).await?;
+    env.wait_replicas("20% canary: 1/4", &[("web:2", 1), ("web:1", 4)])
+        .await?;
     let canary = env.hash_of("web:2").await?;
     assert_eq!(env.selector("web-canary").await?, Some(canary.clone()));
     assert_eq!(env.selector("web-stable").await?, Some(stable.clone()));
 
     promote(&env, "web").await?;
-    env.wait_rollout("web", "step index 3 (timed pause)", |r| r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)).await?;
-    env.wait_replicas("60% canary: 3/2", &[("web:2", 3), ("web:1", 2)]).await?;
+    env.wait_rollout("web", "step index 3 (timed pause)", |r| {
+        r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)
+    })
+    .await?;
+    env.wait_replicas("60% canary: 3/2", &[("web:2", 3), ("web:1", 2)])
+        .await?;
 
     // The 5s pause ends by itself.
     env.wait_phase("web", RolloutPhase::Healthy).await?;
-    env.wait_replicas("fully promoted: 5/0", &[("web:2", 5), ("web:1", 0)]).await?;
+    env.wait_replicas("fully promoted: 5/0", &[("web:2", 5), ("web:1", 0)])
+        .await?;
     assert_eq!(env.selector("web-stable").await?, Some(canary.clone()));
-    assert_eq!(env.rollout("web").await?.status.and_then(|s| s.stable_rs), Some(canary));
+    assert_eq!(
+        env.rollout("web").await?.status.and_then(|s| s.stable_rs),
+        Some(canary)
+    );
     env.cleanup().await;
     Ok(())
 }
@@ -91,19 +130,27 @@ async fn abort_returns_to_stable_and_retry_runs_the_steps_again() -> anyhow::Res
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
     promote(&env, "web").await?;
-    env.wait_replicas("60% canary", &[("web:2", 3), ("web:1", 2)]).await?;
+    env.wait_replicas("60% canary", &[("web:2", 3), ("web:1", 2)])
+        .await?;
 
     set_abort(&env, "web", true).await?;
     env.wait_phase("web", RolloutPhase::Degraded).await?;
-    env.wait_replicas("everything back on stable", &[("web:2", 0), ("web:1", 5)]).await?;
+    env.wait_replicas("everything back on stable", &[("web:2", 0), ("web:1", 5)])
+        .await?;
     assert_eq!(env.selector("web-canary").await?, Some(stable.clone()));
     assert_eq!(env.selector("web-stable").await?, Some(stable.clone()));
-    let message = env.rollout("web").await?.status.and_then(|s| s.message).unwrap_or_default();
+    let message = env
+        .rollout("web")
+        .await?
+        .status
+        .and_then(|s| s.message)
+        .unwrap_or_default();
     assert!(message.contains("RolloutAborted"), "{message}");
 
     set_abort(&env, "web", false).await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
-    env.wait_replicas("steps run again: 1/4", &[("web:2", 1), ("web:1", 4)]).await?;
+    env.wait_replicas("steps run again: 1/4", &[("web:2", 1), ("web:1", 4)])
+        .await?;
     env.cleanup().await;
     Ok(())
 }
@@ -111,24 +158,51 @@ async fn abort_returns_to_stable_and_retry_runs_the_steps_again() -> anyhow::Res
 #[tokio::test]
 async fn pods_that_never_become_ready_exceed_the_progress_deadline() -> anyhow::Result<()> {
     let env = Env::start("deadline").await?;
-    env.apply(&canary_yaml("web", 3, "web:1", "[{setWeight: 50}, {pause: {}}]")).await?;
+    env.apply(&canary_yaml(
+        "web",
+        3,
+        "web:1",
+        "[{setWeight: 50}, {pause: {}}]",
+    ))
+    .await?;
     let patch = json!({"spec": {"progressDeadlineSeconds": 5}});
-    env.rollouts().patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    env.rollouts()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     let stable = env.hash_of("web:1").await?;
 
     env.set_image("web", "web:never-ready").await?;
     let degraded = env
-        .wait_rollout_for("web", "ProgressDeadlineExceeded", Duration::from_secs(30), |r| {
-            r.status.as_ref().and_then(|s| s.message.clone()).is_some_and(|m| m.contains("ProgressDeadlineExceeded"))
-        })
+        .wait_rollout_for(
+            "web",
+            "ProgressDeadlineExceeded",
+            Duration::from_secs(30),
+            |r| {
+                r.status
+                    .as_ref()
+                    .and_then(|s| s.message.clone())
+                    .is_some_and(|m| m.contains("ProgressDeadlineExceeded"))
+            },
+        )
         .await?;
     assert_eq!(phase(&degraded), Some(RolloutPhase::Degraded));
-    assert_eq!(degraded.status.as_ref().and_then(|s| s.current_step_index), Some(0), "did not advance");
+    assert_eq!(
+        degraded.status.as_ref().and_then(|s| s.current_step_index),
+        Some(0),
+        "did not advance"
+    );
     let counts = env.replicas_by_image().await?;
     assert_eq!(counts.get("web:never-ready").map(|c| c.1), Some(0));
-    assert!(counts.get("web:1").is_some_and(|c| c.1 >= 1), "stable keeps serving: {counts:?}");
-    assert_eq!(env.selector("web-canary").await?, Some(stable.clone()), "never routed to unready pods");
+    assert!(
+        counts.get("web:1").is_some_and(|c| c.1 >= 1),
+        "stable keeps serving: {counts:?}"
+    );
+    assert_eq!(
+        env.selector("web-canary").await?,
+        Some(stable.clone()),
+        "never routed to unready pods"
+    );
     assert_eq!(env.selector("web-stable").await?, Some(stable));
     env.cleanup().await;
     Ok(())
@@ -137,27 +211,51 @@ async fn pods_that_never_become_ready_exceed_the_progress_deadline() -> anyhow::
 #[tokio::test]
 async fn invalid_spec_is_reported_and_nothing_is_touched() -> anyhow::Result<()> {
     let env = Env::start("invalid").await?;
-    env.apply(&canary_yaml("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]")).await?;
+    env.apply(&canary_yaml(
+        "web",
+        2,
+        "web:1",
+        "[{setWeight: 50}, {pause: {}}]",
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     let before = env.replicas_by_image().await?;
     let patch = json!({"spec": {"strategy": {"canary": {"steps": [{"setWeight": 150}, {"pause": {"duration": "soon"}}]}}}});
-    env.rollouts().patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    env.rollouts()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     let invalid = env.wait_phase("web", RolloutPhase::Degraded).await?;
     let condition = invalid
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "InvalidSpec").cloned())
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "InvalidSpec")
+                .cloned()
+        })
         .expect("InvalidSpec condition");
     let message = condition.message.unwrap_or_default();
-    assert!(message.contains("steps[0].setWeight: 150 is not a percentage"), "{message}");
+    assert!(
+        message.contains("steps[0].setWeight: 150 is not a percentage"),
+        "{message}"
+    );
     assert!(message.contains("steps[1].pause.duration"), "{message}");
-    assert!(env.event_reasons().await?.iter().any(|r| r == "InvalidSpec"));
+    assert!(
+        env.event_reasons()
+            .await?
+            .iter()
+            .any(|r| r == "InvalidSpec")
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(env.replicas_by_image().await?, before);
 
     // Fixing the spec recovers without touching the ReplicaSets.
-    let patch = json!({"spec": {"strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}}});
-    env.rollouts().patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let patch =
+        json!({"spec": {"strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}}});
+    env.rollouts()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.cleanup().await;
     Ok(())
@@ -166,24 +264,44 @@ async fn invalid_spec_is_reported_and_nothing_is_touched() -> anyhow::Result<()>
 #[tokio::test]
 async fn restarted_controller_resumes_without_duplicating_replica_sets() -> anyhow::Result<()> {
     let mut env = Env::start("restart").await?;
-    env.apply(&canary_yaml("web", 4, "web:1", "[{setWeight: 25}, {pause: {}}, {setWeight: 75}, {pause: {}}]")).await?;
+    env.apply(&canary_yaml(
+        "web",
+        4,
+        "web:1",
+        "[{setWeight: 25}, {pause: {}}, {setWeight: 75}, {pause: {}}]",
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
-    env.wait_replicas("25%", &[("web:2", 1), ("web:1", 3)]).await?;
+    env.wait_replicas("25%", &[("web:2", 1), ("web:1", 3)])
+        .await?;
 
     env.kill_controller().await;
     promote(&env, "web").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(env.replicas_by_image().await?.get("web:2").map(|c| c.0), Some(1), "nothing moves without a controller");
+    assert_eq!(
+        env.replicas_by_image().await?.get("web:2").map(|c| c.0),
+        Some(1),
+        "nothing moves without a controller"
+    );
     env.start_controller().await?;
 
-    env.wait_rollout("web", "second pause", |r| r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)).await?;
-    env.wait_replicas("75%", &[("web:2", 3), ("web:1", 1)]).await?;
-    assert_eq!(env.replica_set_count().await?, 2, "no duplicate ReplicaSets");
+    env.wait_rollout("web", "second pause", |r| {
+        r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)
+    })
+    .await?;
+    env.wait_replicas("75%", &[("web:2", 3), ("web:1", 1)])
+        .await?;
+    assert_eq!(
+        env.replica_set_count().await?,
+        2,
+        "no duplicate ReplicaSets"
+    );
     promote(&env, "web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
-    env.wait_replicas("done", &[("web:2", 4), ("web:1", 0)]).await?;
+    env.wait_replicas("done", &[("web:2", 4), ("web:1", 0)])
+        .await?;
     assert_eq!(env.replica_set_count().await?, 2);
     env.cleanup().await;
     Ok(())

@@ -26,7 +26,14 @@ impl MetricValue {
         match self {
             MetricValue::Scalar(value) => format_number(*value),
             MetricValue::Vector(values) => {
-                format!("[{}]", values.iter().map(|v| format_number(*v)).collect::<Vec<_>>().join(","))
+                format!(
+                    "[{}]",
+                    values
+                        .iter()
+                        .map(|v| format_number(*v))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
             }
         }
     }
@@ -34,7 +41,9 @@ impl MetricValue {
     fn to_cel(&self) -> Value {
         match self {
             MetricValue::Scalar(value) => Value::Float(*value),
-            MetricValue::Vector(values) => Value::List(Arc::new(values.iter().map(|v| Value::Float(*v)).collect())),
+            MetricValue::Vector(values) => {
+                Value::List(Arc::new(values.iter().map(|v| Value::Float(*v)).collect()))
+            }
         }
     }
 }
@@ -56,12 +65,19 @@ pub struct Conditions {
 
 impl Conditions {
     pub fn compile(success: Option<&str>, failure: Option<&str>) -> Result<Self, String> {
-        let compile = |kind: &str, source: Option<&str>| -> Result<Option<(String, Program)>, String> {
-            let Some(source) = source.map(str::trim).filter(|s| !s.is_empty()) else { return Ok(None) };
-            let program = Program::compile(source).map_err(|e| format!("{kind} {source:?} is not valid CEL: {e}"))?;
-            Ok(Some((source.to_string(), program)))
-        };
-        Ok(Conditions { success: compile("successCondition", success)?, failure: compile("failureCondition", failure)? })
+        let compile =
+            |kind: &str, source: Option<&str>| -> Result<Option<(String, Program)>, String> {
+                let Some(source) = source.map(str::trim).filter(|s| !s.is_empty()) else {
+                    return Ok(None);
+                };
+                let program = Program::compile(source)
+                    .map_err(|e| format!("{kind} {source:?} is not valid CEL: {e}"))?;
+                Ok(Some((source.to_string(), program)))
+            };
+        Ok(Conditions {
+            success: compile("successCondition", success)?,
+            failure: compile("failureCondition", failure)?,
+        })
     }
 
     /// The measurement phase for `value`:
@@ -69,8 +85,16 @@ impl Conditions {
     /// failure only → Successful unless true; both and neither true → Inconclusive.
     /// A condition that cannot be evaluated is an error, never a pass.
     pub fn assess(&self, value: &MetricValue) -> Result<AnalysisPhase, String> {
-        let success = self.success.as_ref().map(|(source, program)| run(source, program, value)).transpose()?;
-        let failure = self.failure.as_ref().map(|(source, program)| run(source, program, value)).transpose()?;
+        let success = self
+            .success
+            .as_ref()
+            .map(|(source, program)| run(source, program, value))
+            .transpose()?;
+        let failure = self
+            .failure
+            .as_ref()
+            .map(|(source, program)| run(source, program, value))
+            .transpose()?;
         Ok(match (success, failure) {
             (_, Some(true)) => AnalysisPhase::Failed,
             (Some(true), _) => AnalysisPhase::Successful,
@@ -104,7 +128,9 @@ fn run(source: &str, program: &Program, value: &MetricValue) -> Result<bool, Str
     }
     match program.execute(&context) {
         Ok(Value::Bool(outcome)) => Ok(outcome),
-        Ok(other) => Err(format!("condition {source:?} returned {other:?}, not true or false")),
+        Ok(other) => Err(format!(
+            "condition {source:?} returned {other:?}, not true or false"
+        )),
         Err(error) => {
             let hint = match value {
                 MetricValue::Vector(values) if values.is_empty() => {
@@ -112,7 +138,10 @@ fn run(source: &str, program: &Program, value: &MetricValue) -> Result<bool, Str
                 }
                 _ => "",
             };
-            Err(format!("condition {source:?} could not be evaluated with result = {}: {error}{hint}", value.display()))
+            Err(format!(
+                "condition {source:?} could not be evaluated with result = {}: {error}{hint}",
+                value.display()
+            ))
         }
     }
 }
@@ -123,7 +152,11 @@ mod tests {
     use AnalysisPhase::*;
     use MetricValue::*;
 
-    fn assess(success: Option<&str>, failure: Option<&str>, value: MetricValue) -> Result<AnalysisPhase, String> {
+    fn assess(
+        success: Option<&str>,
+        failure: Option<&str>,
+        value: MetricValue,
+    ) -> Result<AnalysisPhase, String> {
         Conditions::compile(success, failure)?.assess(&value)
     }
 
@@ -135,44 +168,105 @@ mod tests {
             (Some("result < 0.05"), None, 0.5, Failed),
             (None, Some("result > 0.1"), 0.01, Successful),
             (None, Some("result > 0.1"), 0.5, Failed),
-            (Some("result < 0.05"), Some("result > 0.1"), 0.01, Successful),
+            (
+                Some("result < 0.05"),
+                Some("result > 0.1"),
+                0.01,
+                Successful,
+            ),
             (Some("result < 0.05"), Some("result > 0.1"), 0.5, Failed),
-            (Some("result < 0.05"), Some("result > 0.1"), 0.07, Inconclusive),
+            (
+                Some("result < 0.05"),
+                Some("result > 0.1"),
+                0.07,
+                Inconclusive,
+            ),
             // Both true: failure wins.
             (Some("result > 0.0"), Some("result > 0.0"), 1.0, Failed),
         ];
         for (success, failure, value, expected) in cases {
-            assert_eq!(assess(*success, *failure, Scalar(*value)), Ok(*expected), "{success:?} {failure:?} {value}");
+            assert_eq!(
+                assess(*success, *failure, Scalar(*value)),
+                Ok(*expected),
+                "{success:?} {failure:?} {value}"
+            );
         }
     }
 
     #[test]
     fn vectors_are_lists() {
-        assert_eq!(assess(Some("result[0] >= 0.95"), None, Vector(vec![0.99])), Ok(Successful));
-        assert_eq!(assess(Some("result[0] >= 0.95"), None, Vector(vec![0.5])), Ok(Failed));
-        assert_eq!(assess(Some("result.all(x, x < 1.0)"), None, Vector(vec![0.5, 0.7])), Ok(Successful));
+        assert_eq!(
+            assess(Some("result[0] >= 0.95"), None, Vector(vec![0.99])),
+            Ok(Successful)
+        );
+        assert_eq!(
+            assess(Some("result[0] >= 0.95"), None, Vector(vec![0.5])),
+            Ok(Failed)
+        );
+        assert_eq!(
+            assess(Some("result.all(x, x < 1.0)"), None, Vector(vec![0.5, 0.7])),
+            Ok(Successful)
+        );
     }
 
     #[test]
     fn empty_vectors_are_explicit_never_a_silent_pass() {
         let error = assess(Some("result[0] < 0.05"), None, Vector(vec![])).unwrap_err();
         assert!(error.contains("no data"), "{error}");
-        assert_eq!(assess(Some("size(result) == 0 || result[0] < 0.05"), None, Vector(vec![])), Ok(Successful));
-        assert_eq!(assess(Some("default(result, 1.0) < 0.05"), None, Vector(vec![])), Ok(Failed));
-        assert_eq!(assess(Some("default(result, 0.0) < 0.05"), None, Vector(vec![])), Ok(Successful));
+        assert_eq!(
+            assess(
+                Some("size(result) == 0 || result[0] < 0.05"),
+                None,
+                Vector(vec![])
+            ),
+            Ok(Successful)
+        );
+        assert_eq!(
+            assess(Some("default(result, 1.0) < 0.05"), None, Vector(vec![])),
+            Ok(Failed)
+        );
+        assert_eq!(
+            assess(Some("default(result, 0.0) < 0.05"), None, Vector(vec![])),
+            Ok(Successful)
+        );
     }
 
     #[test]
     fn nan_and_inf_helpers() {
-        assert_eq!(assess(Some("!isNaN(result) && result < 1.0"), None, Scalar(f64::NAN)), Ok(Failed));
-        assert_eq!(assess(None, Some("isNaN(result)"), Scalar(f64::NAN)), Ok(Failed));
-        assert_eq!(assess(None, Some("isInf(result)"), Scalar(f64::INFINITY)), Ok(Failed));
-        assert_eq!(assess(Some("default(result, 0.0) == 0.0"), None, Vector(vec![f64::NAN])), Ok(Successful));
+        assert_eq!(
+            assess(
+                Some("!isNaN(result) && result < 1.0"),
+                None,
+                Scalar(f64::NAN)
+            ),
+            Ok(Failed)
+        );
+        assert_eq!(
+            assess(None, Some("isNaN(result)"), Scalar(f64::NAN)),
+            Ok(Failed)
+        );
+        assert_eq!(
+            assess(None, Some("isInf(result)"), Scalar(f64::INFINITY)),
+            Ok(Failed)
+        );
+        assert_eq!(
+            assess(
+                Some("default(result, 0.0) == 0.0"),
+                None,
+                Vector(vec![f64::NAN])
+            ),
+            Ok(Successful)
+        );
     }
 
     #[test]
     fn bad_expressions_are_clear_errors() {
-        assert!(Conditions::compile(Some("result <"), None).err().unwrap_or_default().contains("not valid CEL"));
+        assert!(
+            Conditions::compile(Some("result <"), None)
+                .err()
+                .unwrap_or_default()
+                .contains("not valid CEL")
+        );
         let error = assess(Some("result + 1.0"), None, Scalar(1.0)).unwrap_err();
         assert!(error.contains("not true or false"), "{error}");
         let error = assess(Some("result.foo > 1.0"), None, Scalar(1.0)).unwrap_err();
@@ -181,6 +275,9 @@ mod tests {
 
     #[test]
     fn integer_literals_compare_with_doubles() {
-        assert_eq!(assess(Some("result < 1"), None, Scalar(0.5)), Ok(Successful));
+        assert_eq!(
+            assess(Some("result < 1"), None, Scalar(0.5)),
+            Ok(Successful)
+        );
     }
 }

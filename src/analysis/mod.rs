@@ -23,15 +23,22 @@ pub fn validate_template(spec: &AnalysisTemplateSpec) -> Vec<Problem> {
         if arg.name.trim().is_empty() {
             add(format!("{field}.name"), "is empty".into());
         } else if !arg_names.insert(arg.name.as_str()) {
-            add(format!("{field}.name"), format!("argument {:?} is declared twice", arg.name));
+            add(
+                format!("{field}.name"),
+                format!("argument {:?} is declared twice", arg.name),
+            );
         }
         if arg.value.is_some() && arg.value_from.is_some() {
             add(field.clone(), "set value or valueFrom, not both".into());
         }
         if let Some(from) = &arg.value_from
-            && usize::from(from.secret_key_ref.is_some()) + usize::from(from.field_ref.is_some()) != 1
+            && usize::from(from.secret_key_ref.is_some()) + usize::from(from.field_ref.is_some())
+                != 1
         {
-            add(format!("{field}.valueFrom"), "set exactly one of secretKeyRef or fieldRef".into());
+            add(
+                format!("{field}.valueFrom"),
+                "set exactly one of secretKeyRef or fieldRef".into(),
+            );
         }
     }
     let mut metric_names = BTreeSet::new();
@@ -40,12 +47,18 @@ pub fn validate_template(spec: &AnalysisTemplateSpec) -> Vec<Problem> {
         if metric.name.trim().is_empty() {
             add(format!("{field}.name"), "is empty; name the metric".into());
         } else if !metric_names.insert(metric.name.as_str()) {
-            add(format!("{field}.name"), format!("metric {:?} is defined twice", metric.name));
+            add(
+                format!("{field}.name"),
+                format!("metric {:?} is defined twice", metric.name),
+            );
         }
         if let Err(message) = run::Policy::of(metric) {
             add(field.clone(), message);
         }
-        if let Err(message) = condition::Conditions::compile(metric.success_condition.as_deref(), metric.failure_condition.as_deref()) {
+        if let Err(message) = condition::Conditions::compile(
+            metric.success_condition.as_deref(),
+            metric.failure_condition.as_deref(),
+        ) {
             add(field.clone(), message);
         }
         validate_provider(&field, metric, &arg_names, &mut add);
@@ -53,7 +66,12 @@ pub fn validate_template(spec: &AnalysisTemplateSpec) -> Vec<Problem> {
     problems
 }
 
-fn validate_provider(field: &str, metric: &Metric, args: &BTreeSet<&str>, add: &mut impl FnMut(String, String)) {
+fn validate_provider(
+    field: &str,
+    metric: &Metric,
+    args: &BTreeSet<&str>,
+    add: &mut impl FnMut(String, String),
+) {
     if let Some(name) = metric.provider.unknown.keys().next() {
         add(
             format!("{field}.provider.{name}"),
@@ -62,25 +80,43 @@ fn validate_provider(field: &str, metric: &Metric, args: &BTreeSet<&str>, add: &
         return;
     }
     let Some(prometheus) = &metric.provider.prometheus else {
-        add(format!("{field}.provider"), "set provider.prometheus".into());
+        add(
+            format!("{field}.provider"),
+            "set provider.prometheus".into(),
+        );
         return;
     };
     if prometheus.query.trim().is_empty() {
-        add(format!("{field}.provider.prometheus.query"), "is empty; write a PromQL query".into());
+        add(
+            format!("{field}.provider.prometheus.query"),
+            "is empty; write a PromQL query".into(),
+        );
     }
     // Substituting with a placeholder value for every declared argument finds
     // any placeholder that no argument could ever fill.
-    let declared: BTreeMap<String, String> = args.iter().map(|a| (a.to_string(), "x".to_string())).collect();
+    let declared: BTreeMap<String, String> = args
+        .iter()
+        .map(|a| (a.to_string(), "x".to_string()))
+        .collect();
     if let Err(message) = prometheus::substitute(&prometheus.query, &declared) {
-        add(format!("{field}.provider.prometheus.query"), format!("{message}; declare it under spec.args"));
+        add(
+            format!("{field}.provider.prometheus.query"),
+            format!("{message}; declare it under spec.args"),
+        );
     }
     if prometheus.timeout.is_some_and(|t| t < 0) {
-        add(format!("{field}.provider.prometheus.timeout"), "must not be negative".into());
+        add(
+            format!("{field}.provider.prometheus.timeout"),
+            "must not be negative".into(),
+        );
     }
     if let Some(address) = &prometheus.address
         && let Err(message) = prometheus::substitute(address, &declared)
     {
-        add(format!("{field}.provider.prometheus.address"), format!("{message}; declare it under spec.args"));
+        add(
+            format!("{field}.provider.prometheus.address"),
+            format!("{message}; declare it under spec.args"),
+        );
     } else if let Some(address) = &prometheus.address
         && !address.contains("{{")
         && !(address.starts_with("http://") || address.starts_with("https://"))
@@ -94,7 +130,10 @@ fn validate_provider(field: &str, metric: &Metric, args: &BTreeSet<&str>, add: &
         && auth.bearer_token.is_some()
         && auth.basic_auth.is_some()
     {
-        add(format!("{field}.provider.prometheus.authentication"), "set bearerToken or basicAuth, not both".into());
+        add(
+            format!("{field}.provider.prometheus.authentication"),
+            "set bearerToken or basicAuth, not both".into(),
+        );
     }
 }
 
@@ -126,7 +165,10 @@ mod tests {
                 {"name": "c", "interval": "1d", "provider": {"prometheus": {"query": "x", "address": "prom:9090"}}}
             ]
         }));
-        let text: Vec<String> = validate_template(&spec).iter().map(ToString::to_string).collect();
+        let text: Vec<String> = validate_template(&spec)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let text = text.join("\n");
         for expected in [
             "spec.metrics[0]: successCondition \"result <\" is not valid CEL",

@@ -30,14 +30,21 @@ pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> Result<String,
     while let Some(start) = rest.find("{{") {
         output.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| format!("unclosed \"{{{{\" in {text:?}"))?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed \"{{{{\" in {text:?}"))?;
         let placeholder = after[..end].trim();
-        let name = placeholder
-            .strip_prefix("args.")
-            .ok_or_else(|| format!("unknown placeholder {{{{{placeholder}}}}}; only {{{{args.NAME}}}} is supported"))?;
+        let name = placeholder.strip_prefix("args.").ok_or_else(|| {
+            format!(
+                "unknown placeholder {{{{{placeholder}}}}}; only {{{{args.NAME}}}} is supported"
+            )
+        })?;
         let value = args.get(name).ok_or_else(|| {
             let known: Vec<&str> = args.keys().map(String::as_str).collect();
-            format!("placeholder {{{{args.{name}}}}} has no argument named {name:?} (known: {})", known.join(", "))
+            format!(
+                "placeholder {{{{args.{name}}}}} has no argument named {name:?} (known: {})",
+                known.join(", ")
+            )
         })?;
         output.push_str(value);
         rest = &after[end + 2..];
@@ -55,7 +62,9 @@ pub fn parse_response(status: u16, body: &str) -> Result<MetricValue, String> {
     if document["status"] != "success" {
         let kind = document["errorType"].as_str().unwrap_or("error");
         let error = document["error"].as_str().unwrap_or("no error message");
-        return Err(format!("Prometheus rejected the query (HTTP {status}, {kind}): {error}"));
+        return Err(format!(
+            "Prometheus rejected the query (HTTP {status}, {kind}): {error}"
+        ));
     }
     let data = &document["data"];
     match data["resultType"].as_str() {
@@ -74,28 +83,53 @@ pub fn parse_response(status: u16, body: &str) -> Result<MetricValue, String> {
 /// A `[timestamp, "value"]` pair's value. Prometheus spells NaN and
 /// infinities as strings; those are kept so conditions can test for them.
 fn sample(pair: &Value) -> Result<f64, String> {
-    let text = pair.get(1).and_then(Value::as_str).ok_or_else(|| format!("malformed sample {pair}"))?;
-    text.parse::<f64>().map_err(|_| format!("sample value {text:?} is not a number"))
+    let text = pair
+        .get(1)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("malformed sample {pair}"))?;
+    text.parse::<f64>()
+        .map_err(|_| format!("sample value {text:?} is not a number"))
 }
 
 /// Sends an instant query. Network failures, timeouts and error bodies all
 /// come back as messages suitable for a measurement.
-pub async fn query(client: &reqwest::Client, insecure_client: &reqwest::Client, request: &Request) -> Result<MetricValue, String> {
+pub async fn query(
+    client: &reqwest::Client,
+    insecure_client: &reqwest::Client,
+    request: &Request,
+) -> Result<MetricValue, String> {
     let url = format!("{}/api/v1/query", request.address.trim_end_matches('/'));
-    let http = if request.insecure { insecure_client } else { client };
-    let mut builder = http.get(&url).query(&[("query", request.query.as_str())]).timeout(request.timeout);
+    let http = if request.insecure {
+        insecure_client
+    } else {
+        client
+    };
+    let mut builder = http
+        .get(&url)
+        .query(&[("query", request.query.as_str())])
+        .timeout(request.timeout);
     for (key, value) in &request.headers {
         builder = builder.header(key, value);
     }
     let response = builder.send().await.map_err(|e| {
         if e.is_timeout() {
-            format!("Prometheus at {} did not answer within {:?}", request.address, request.timeout)
+            format!(
+                "Prometheus at {} did not answer within {:?}",
+                request.address, request.timeout
+            )
         } else {
-            format!("cannot reach Prometheus at {}: {}", request.address, error_chain(&e))
+            format!(
+                "cannot reach Prometheus at {}: {}",
+                request.address,
+                error_chain(&e)
+            )
         }
     })?;
     let status = response.status().as_u16();
-    let body = response.text().await.map_err(|e| format!("reading the Prometheus response failed: {e}"))?;
+    let body = response
+        .text()
+        .await
+        .map_err(|e| format!("reading the Prometheus response failed: {e}"))?;
     parse_response(status, &body)
 }
 
@@ -115,13 +149,19 @@ mod tests {
     use super::*;
 
     fn args() -> BTreeMap<String, String> {
-        BTreeMap::from([("service".to_string(), "web".to_string()), ("hash".to_string(), "abc".to_string())])
+        BTreeMap::from([
+            ("service".to_string(), "web".to_string()),
+            ("hash".to_string(), "abc".to_string()),
+        ])
     }
 
     #[test]
     fn substitutes_arguments_with_or_without_spaces() {
         assert_eq!(
-            substitute("rate(x{svc=\"{{args.service}}\",h=\"{{ args.hash }}\"}[1m])", &args()),
+            substitute(
+                "rate(x{svc=\"{{args.service}}\",h=\"{{ args.hash }}\"}[1m])",
+                &args()
+            ),
             Ok("rate(x{svc=\"web\",h=\"abc\"}[1m])".into())
         );
     }
@@ -129,9 +169,20 @@ mod tests {
     #[test]
     fn unresolved_placeholders_are_errors() {
         let error = substitute("x{a=\"{{args.missing}}\"}", &args()).unwrap_err();
-        assert!(error.contains("\"missing\"") && error.contains("known: hash, service"), "{error}");
-        assert!(substitute("{{args.service", &args()).unwrap_err().contains("unclosed"));
-        assert!(substitute("{{secrets.x}}", &args()).unwrap_err().contains("unknown placeholder"));
+        assert!(
+            error.contains("\"missing\"") && error.contains("known: hash, service"),
+            "{error}"
+        );
+        assert!(
+            substitute("{{args.service", &args())
+                .unwrap_err()
+                .contains("unclosed")
+        );
+        assert!(
+            substitute("{{secrets.x}}", &args())
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
     }
 
     #[test]
@@ -150,18 +201,36 @@ mod tests {
         let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
         assert_eq!(parse_response(200, empty), Ok(MetricValue::Vector(vec![])));
         let inf = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"+Inf"]}}"#;
-        assert_eq!(parse_response(200, inf), Ok(MetricValue::Scalar(f64::INFINITY)));
+        assert_eq!(
+            parse_response(200, inf),
+            Ok(MetricValue::Scalar(f64::INFINITY))
+        );
     }
 
     #[test]
     fn error_bodies_are_surfaced() {
         let bad = r#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#;
         let error = parse_response(400, bad).unwrap_err();
-        assert!(error.contains("bad_data") && error.contains("parse error at char 5"), "{error}");
-        assert!(parse_response(502, "<html>bad gateway</html>").unwrap_err().contains("not JSON"));
+        assert!(
+            error.contains("bad_data") && error.contains("parse error at char 5"),
+            "{error}"
+        );
+        assert!(
+            parse_response(502, "<html>bad gateway</html>")
+                .unwrap_err()
+                .contains("not JSON")
+        );
         let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
-        assert!(parse_response(200, matrix).unwrap_err().contains("instant vector"));
+        assert!(
+            parse_response(200, matrix)
+                .unwrap_err()
+                .contains("instant vector")
+        );
         let text = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"abc"]}]}}"#;
-        assert!(parse_response(200, text).unwrap_err().contains("not a number"));
+        assert!(
+            parse_response(200, text)
+                .unwrap_err()
+                .contains("not a number")
+        );
     }
 }

@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use regex::Regex;
 
 use crate::api::duration::{parse_duration, parse_int_or_string};
-use crate::api::{AnalysisPhase, AnalysisRun, AnalysisRunStatus, Measurement, Metric, MetricResult, RunSummary};
+use crate::api::{
+    AnalysisPhase, AnalysisRun, AnalysisRunStatus, Measurement, Metric, MetricResult, RunSummary,
+};
 
 /// Measurements kept per metric unless measurementRetention says otherwise.
 pub const DEFAULT_MEASUREMENT_RETENTION: usize = 10;
@@ -32,8 +34,14 @@ pub struct Policy {
 
 impl Policy {
     pub fn of(metric: &Metric) -> Result<Policy, String> {
-        let field = |name: &str, message: String| format!("metric {:?}: {name}: {message}", metric.name);
-        let interval = metric.interval.as_deref().map(parse_duration).transpose().map_err(|e| field("interval", e))?;
+        let field =
+            |name: &str, message: String| format!("metric {:?}: {name}: {message}", metric.name);
+        let interval = metric
+            .interval
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| field("interval", e))?;
         if interval.is_some_and(|i| i.is_zero()) {
             return Err(field("interval", "must be greater than 0".into()));
         }
@@ -45,14 +53,27 @@ impl Policy {
             .map_err(|e| field("initialDelay", e))?
             .unwrap_or_default();
         let limit = |name: &str, value: &Option<_>, default: i64| -> Result<i64, String> {
-            value.as_ref().map(parse_int_or_string).transpose().map_err(|e| field(name, e)).map(|v| v.unwrap_or(default))
+            value
+                .as_ref()
+                .map(parse_int_or_string)
+                .transpose()
+                .map_err(|e| field(name, e))
+                .map(|v| v.unwrap_or(default))
         };
-        let count = metric.count.as_ref().map(parse_int_or_string).transpose().map_err(|e| field("count", e))?;
+        let count = metric
+            .count
+            .as_ref()
+            .map(parse_int_or_string)
+            .transpose()
+            .map_err(|e| field("count", e))?;
         if count.is_some_and(|c| c < 1) {
             return Err(field("count", "must be at least 1".into()));
         }
         if count.is_some_and(|c| c > 1) && interval.is_none() {
-            return Err(field("count", "more than one measurement needs an interval".into()));
+            return Err(field(
+                "count",
+                "more than one measurement needs an interval".into(),
+            ));
         }
         let count = match (count, interval) {
             (Some(count), _) => Some(count),
@@ -61,11 +82,19 @@ impl Policy {
         };
         let failure_limit = limit("failureLimit", &metric.failure_limit, 0)?;
         if failure_limit < -1 {
-            return Err(field("failureLimit", "must be -1 (disabled) or more".into()));
+            return Err(field(
+                "failureLimit",
+                "must be -1 (disabled) or more".into(),
+            ));
         }
         let inconclusive_limit = limit("inconclusiveLimit", &metric.inconclusive_limit, 0)?;
-        let consecutive_error_limit = limit("consecutiveErrorLimit", &metric.consecutive_error_limit, 4)?;
-        let consecutive_success_limit = limit("consecutiveSuccessLimit", &metric.consecutive_success_limit, 0)?;
+        let consecutive_error_limit =
+            limit("consecutiveErrorLimit", &metric.consecutive_error_limit, 4)?;
+        let consecutive_success_limit = limit(
+            "consecutiveSuccessLimit",
+            &metric.consecutive_success_limit,
+            0,
+        )?;
         if inconclusive_limit < 0 || consecutive_error_limit < 0 || consecutive_success_limit < 0 {
             return Err(field("limits", "inconclusiveLimit, consecutiveErrorLimit and consecutiveSuccessLimit must not be negative".into()));
         }
@@ -82,14 +111,18 @@ impl Policy {
             failure_limit: (failure_limit >= 0).then_some(failure_limit),
             inconclusive_limit,
             consecutive_error_limit,
-            consecutive_success_limit: (consecutive_success_limit > 0).then_some(consecutive_success_limit),
+            consecutive_success_limit: (consecutive_success_limit > 0)
+                .then_some(consecutive_success_limit),
         })
     }
 }
 
 /// Whether `name` is a dry-run metric (names may be regular expressions; `.*` matches all).
 pub fn is_dry_run(run: &AnalysisRun, name: &str) -> bool {
-    run.spec.dry_run.iter().any(|d| full_match(&d.metric_name, name))
+    run.spec
+        .dry_run
+        .iter()
+        .any(|d| full_match(&d.metric_name, name))
 }
 
 fn full_match(pattern: &str, name: &str) -> bool {
@@ -116,7 +149,9 @@ pub fn due_metrics(run: &AnalysisRun, status: &AnalysisRunStatus, now: Timestamp
     let mut due = Due::default();
     let started = status.started_at.as_ref().map(|t| t.0).unwrap_or(now);
     for (index, metric) in run.spec.metrics.iter().enumerate() {
-        let Ok(policy) = Policy::of(metric) else { continue };
+        let Ok(policy) = Policy::of(metric) else {
+            continue;
+        };
         let result = status.metric_results.iter().find(|r| r.name == metric.name);
         if result.is_some_and(|r| r.phase.is_completed()) {
             continue;
@@ -143,14 +178,24 @@ pub fn due_metrics(run: &AnalysisRun, status: &AnalysisRunStatus, now: Timestamp
 }
 
 fn add(at: Timestamp, wait: Duration) -> Timestamp {
-    at.checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX)).unwrap_or(at)
+    at.checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(at)
 }
 
 /// Adds a measurement to its metric's result, updating the tallies.
-pub fn record(run: &AnalysisRun, status: &mut AnalysisRunStatus, metric: &Metric, measurement: Measurement) {
+pub fn record(
+    run: &AnalysisRun,
+    status: &mut AnalysisRunStatus,
+    metric: &Metric,
+    measurement: Measurement,
+) {
     let dry_run = is_dry_run(run, &metric.name);
     let keep = retention(run, &metric.name);
-    let index = match status.metric_results.iter().position(|r| r.name == metric.name) {
+    let index = match status
+        .metric_results
+        .iter()
+        .position(|r| r.name == metric.name)
+    {
         Some(index) => index,
         None => {
             status.metric_results.push(MetricResult {
@@ -197,7 +242,10 @@ pub fn record(run: &AnalysisRun, status: &mut AnalysisRunStatus, metric: &Metric
             }
         }
     }
-    result.message = measurement.message.clone().filter(|_| measurement.phase != AnalysisPhase::Successful);
+    result.message = measurement
+        .message
+        .clone()
+        .filter(|_| measurement.phase != AnalysisPhase::Successful);
     result.measurements.push(measurement);
     if result.measurements.len() > keep {
         let excess = result.measurements.len() - keep;
@@ -207,14 +255,27 @@ pub fn record(run: &AnalysisRun, status: &mut AnalysisRunStatus, metric: &Metric
 
 /// A metric's phase from its tallies. Errors never count toward `count`, so
 /// a metric cannot pass on measurements that produced no evidence.
-pub fn metric_phase(policy: &Policy, result: &MetricResult, terminated: bool) -> (AnalysisPhase, Option<String>) {
+pub fn metric_phase(
+    policy: &Policy,
+    result: &MetricResult,
+    terminated: bool,
+) -> (AnalysisPhase, Option<String>) {
     if let Some(limit) = policy.failure_limit
         && i64::from(result.failed) > limit
     {
-        return (AnalysisPhase::Failed, Some(format!("failed {} times, more than failureLimit {limit}", result.failed)));
+        return (
+            AnalysisPhase::Failed,
+            Some(format!(
+                "failed {} times, more than failureLimit {limit}",
+                result.failed
+            )),
+        );
     }
     if i64::from(result.inconclusive) > policy.inconclusive_limit {
-        let message = format!("inconclusive {} times, more than inconclusiveLimit {}", result.inconclusive, policy.inconclusive_limit);
+        let message = format!(
+            "inconclusive {} times, more than inconclusiveLimit {}",
+            result.inconclusive, policy.inconclusive_limit
+        );
         return (AnalysisPhase::Inconclusive, Some(message));
     }
     if i64::from(result.consecutive_error) > policy.consecutive_error_limit {
@@ -229,16 +290,22 @@ pub fn metric_phase(policy: &Policy, result: &MetricResult, terminated: bool) ->
     {
         return (AnalysisPhase::Successful, None);
     }
-    let count_reached = policy.count.is_some_and(|count| i64::from(result.count) >= count);
+    let count_reached = policy
+        .count
+        .is_some_and(|count| i64::from(result.count) >= count);
     if count_reached || terminated {
         return match (policy.consecutive_success_limit, policy.failure_limit) {
             (Some(limit), Some(_)) if !terminated => (
                 AnalysisPhase::Inconclusive,
-                Some(format!("count reached without {limit} consecutive successes")),
+                Some(format!(
+                    "count reached without {limit} consecutive successes"
+                )),
             ),
             (Some(limit), None) if !terminated => (
                 AnalysisPhase::Failed,
-                Some(format!("count reached without {limit} consecutive successes")),
+                Some(format!(
+                    "count reached without {limit} consecutive successes"
+                )),
             ),
             _ => (AnalysisPhase::Successful, None),
         };
@@ -273,7 +340,11 @@ pub fn assess(run: &AnalysisRun, status: &mut AnalysisRunStatus, now: Timestamp)
                 Some(result) => {
                     let (phase, why) = metric_phase(&policy, result, terminated);
                     set_result_phase(run, status, metric, phase, why.clone());
-                    if !dry_run && phase.is_completed() && phase != AnalysisPhase::Successful && worst.severity() < phase.severity() {
+                    if !dry_run
+                        && phase.is_completed()
+                        && phase != AnalysisPhase::Successful
+                        && worst.severity() < phase.severity()
+                    {
                         let detail = status
                             .metric_results
                             .iter()
@@ -282,13 +353,22 @@ pub fn assess(run: &AnalysisRun, status: &mut AnalysisRunStatus, now: Timestamp)
                             .and_then(|m| m.message.clone())
                             .map(|m| format!(" (last measurement: {m})"))
                             .unwrap_or_default();
-                        message = Some(format!("metric {:?} {}: {}{detail}", metric.name, phase.as_str(), why.unwrap_or_default()));
+                        message = Some(format!(
+                            "metric {:?} {}: {}{detail}",
+                            metric.name,
+                            phase.as_str(),
+                            why.unwrap_or_default()
+                        ));
                     }
                     phase
                 }
             },
         };
-        let tally = if dry_run { &mut dry_summary } else { &mut summary };
+        let tally = if dry_run {
+            &mut dry_summary
+        } else {
+            &mut summary
+        };
         tally.count += 1;
         match phase {
             AnalysisPhase::Successful => tally.successful += 1,
@@ -301,8 +381,15 @@ pub fn assess(run: &AnalysisRun, status: &mut AnalysisRunStatus, now: Timestamp)
             worst = phase;
         }
     }
-    let ended_early = matches!(worst, AnalysisPhase::Failed | AnalysisPhase::Error | AnalysisPhase::Inconclusive);
-    let phase = if ended_early || worst == AnalysisPhase::Successful { worst } else { AnalysisPhase::Running };
+    let ended_early = matches!(
+        worst,
+        AnalysisPhase::Failed | AnalysisPhase::Error | AnalysisPhase::Inconclusive
+    );
+    let phase = if ended_early || worst == AnalysisPhase::Successful {
+        worst
+    } else {
+        AnalysisPhase::Running
+    };
     status.run_summary = Some(summary);
     status.dry_run_summary = (dry_summary.count > 0).then_some(dry_summary);
     if status.started_at.is_none() {
@@ -330,8 +417,18 @@ pub fn assess(run: &AnalysisRun, status: &mut AnalysisRunStatus, now: Timestamp)
     status.phase = Some(phase);
 }
 
-fn set_result_phase(run: &AnalysisRun, status: &mut AnalysisRunStatus, metric: &Metric, phase: AnalysisPhase, message: Option<String>) {
-    if let Some(result) = status.metric_results.iter_mut().find(|r| r.name == metric.name) {
+fn set_result_phase(
+    run: &AnalysisRun,
+    status: &mut AnalysisRunStatus,
+    metric: &Metric,
+    phase: AnalysisPhase,
+    message: Option<String>,
+) {
+    if let Some(result) = status
+        .metric_results
+        .iter_mut()
+        .find(|r| r.name == metric.name)
+    {
         result.phase = phase;
         if message.is_some() {
             result.message = message;

@@ -1,6 +1,9 @@
 //! AnalysisTemplate, ClusterAnalysisTemplate and AnalysisRun, following Argo
 //! Rollouts' analysis API (only the Prometheus provider is implemented).
 
+// kube's printcolumn(...) attributes repeat keys like `type_` by design.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
@@ -186,7 +189,11 @@ pub struct MetricProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusMetric>,
     /// Providers Ramp does not implement, kept so validation can name them.
-    #[serde(flatten, default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(
+        flatten,
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
     #[schemars(skip)]
     pub unknown: std::collections::BTreeMap<String, serde_json::Value>,
 }
@@ -244,8 +251,17 @@ pub struct BasicAuth {
     category = "ramp",
     status = "AnalysisRunStatus",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[kube(derive = "PartialEq")]
 #[serde(rename_all = "camelCase")]
@@ -263,7 +279,9 @@ pub struct AnalysisRunSpec {
     pub measurement_retention: Vec<MeasurementRetention>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, PartialOrd, Ord)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, PartialOrd, Ord,
+)]
 pub enum AnalysisPhase {
     Pending,
     Running,

@@ -14,15 +14,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration {text:?}: expected a number before {rest:?}"));
+            return Err(format!(
+                "invalid duration {text:?}: expected a number before {rest:?}"
+            ));
         }
-        let number: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: {:?} is not a number", &rest[..digits]))?;
+        let number: f64 = rest[..digits].parse().map_err(|_| {
+            format!(
+                "invalid duration {text:?}: {:?} is not a number",
+                &rest[..digits]
+            )
+        })?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let seconds_per_unit = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -34,7 +43,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ));
             }
             unit => {
-                return Err(format!("invalid duration {text:?}: unknown unit {unit:?}; use ms, s, m or h"));
+                return Err(format!(
+                    "invalid duration {text:?}: unknown unit {unit:?}; use ms, s, m or h"
+                ));
             }
         };
         rest = &rest[unit_len..];
@@ -58,7 +69,11 @@ pub fn parse_int_or_duration(value: &IntOrString) -> Result<Duration, String> {
 
 /// Resolves a count-or-percentage against `total`. Unlike Argo, a string must
 /// end in `%`: "1" is an error rather than silently meaning 1%.
-pub fn resolve_int_or_percent(value: &IntOrString, total: i32, round_up: bool) -> Result<i32, String> {
+pub fn resolve_int_or_percent(
+    value: &IntOrString,
+    total: i32,
+    round_up: bool,
+) -> Result<i32, String> {
     match value {
         IntOrString::Int(count) if *count >= 0 => Ok(*count),
         IntOrString::Int(count) => Err(format!("must not be negative, got {count}")),
@@ -76,7 +91,11 @@ pub fn resolve_int_or_percent(value: &IntOrString, total: i32, round_up: bool) -
                 return Err(format!("percentage {text:?} must be between 0% and 100%"));
             }
             let scaled = percent * i64::from(total);
-            let value = if round_up { (scaled + 99) / 100 } else { scaled / 100 };
+            let value = if round_up {
+                (scaled + 99) / 100
+            } else {
+                scaled / 100
+            };
             Ok(value as i32)
         }
     }
@@ -110,15 +129,32 @@ mod tests {
     fn rejects_bad_durations_with_a_hint() {
         assert!(parse_duration("").unwrap_err().contains("30s"));
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("3d").unwrap_err().contains("unknown unit \"d\""));
-        assert!(parse_duration("s").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("3d")
+                .unwrap_err()
+                .contains("unknown unit \"d\"")
+        );
+        assert!(
+            parse_duration("s")
+                .unwrap_err()
+                .contains("expected a number")
+        );
     }
 
     #[test]
     fn int_or_duration_accepts_seconds_in_both_forms() {
-        assert_eq!(parse_int_or_duration(&IntOrString::Int(5)), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_int_or_duration(&IntOrString::String("7".into())), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_int_or_duration(&IntOrString::String("2m".into())), Ok(Duration::from_secs(120)));
+        assert_eq!(
+            parse_int_or_duration(&IntOrString::Int(5)),
+            Ok(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_int_or_duration(&IntOrString::String("7".into())),
+            Ok(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_int_or_duration(&IntOrString::String("2m".into())),
+            Ok(Duration::from_secs(120))
+        );
         assert!(parse_int_or_duration(&IntOrString::Int(-1)).is_err());
     }
 
@@ -127,7 +163,10 @@ mod tests {
         let quarter = IntOrString::String("25%".into());
         assert_eq!(resolve_int_or_percent(&quarter, 5, true), Ok(2));
         assert_eq!(resolve_int_or_percent(&quarter, 5, false), Ok(1));
-        assert_eq!(resolve_int_or_percent(&IntOrString::Int(3), 5, false), Ok(3));
+        assert_eq!(
+            resolve_int_or_percent(&IntOrString::Int(3), 5, false),
+            Ok(3)
+        );
         let bare = resolve_int_or_percent(&IntOrString::String("1".into()), 5, false).unwrap_err();
         assert!(bare.contains("\"1%\""), "{bare}");
         assert!(resolve_int_or_percent(&IntOrString::String("120%".into()), 5, false).is_err());

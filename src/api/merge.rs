@@ -38,7 +38,10 @@ mod tests {
     fn merge_diff_sets_changes_and_nulls_removals() {
         let old = json!({"phase": "Paused", "pauseConditions": [{"reason": "x"}], "canary": {"weights": {"canary": 20}, "step": 1}, "abort": false});
         let new = json!({"phase": "Healthy", "pauseConditions": [], "canary": {"weights": {"canary": 20}}, "abort": false});
-        assert_eq!(merge_diff(&old, &new), json!({"phase": "Healthy", "pauseConditions": [], "canary": {"step": null}}));
+        assert_eq!(
+            merge_diff(&old, &new),
+            json!({"phase": "Healthy", "pauseConditions": [], "canary": {"step": null}})
+        );
         assert_eq!(merge_diff(&json!(null), &json!({"a": 1})), json!({"a": 1}));
     }
 }

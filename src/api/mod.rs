@@ -40,7 +40,12 @@ use kube::CustomResourceExt;
 
 /// Every CRD Ramp defines, in install order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Rollout::crd(), AnalysisTemplate::crd(), ClusterAnalysisTemplate::crd(), AnalysisRun::crd()]
+    vec![
+        Rollout::crd(),
+        AnalysisTemplate::crd(),
+        ClusterAnalysisTemplate::crd(),
+        AnalysisRun::crd(),
+    ]
 }
 
 /// The file name under `crds/` for a CRD, e.g. `rollouts.ramp.dev.yaml`.
@@ -50,12 +55,18 @@ pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
 
 /// One YAML document for a CRD, as committed under `crds/`.
 pub fn crd_document(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
-    Ok(format!("# Generated from the Rust types by `make crds`; do not edit.\n{}", serde_yaml::to_string(crd)?))
+    Ok(format!(
+        "# Generated from the Rust types by `make crds`; do not edit.\n{}",
+        serde_yaml::to_string(crd)?
+    ))
 }
 
 /// All CRDs as one multi-document YAML stream.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    let documents = crds().iter().map(crd_document).collect::<Result<Vec<_>, _>>()?;
+    let documents = crds()
+        .iter()
+        .map(crd_document)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(documents.join("---\n"))
 }
 
@@ -87,9 +98,27 @@ mod crd_tests {
         assert!(subresources.status.is_some());
         let scale = subresources.scale.as_ref().expect("scale subresource");
         assert_eq!(scale.spec_replicas_path, ".spec.replicas");
-        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
-        let columns: Vec<String> = version.additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
-        assert_eq!(columns, ["Desired", "Current", "Up-to-date", "Available", "Phase", "Age"]);
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        let columns: Vec<String> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                "Desired",
+                "Current",
+                "Up-to-date",
+                "Available",
+                "Phase",
+                "Age"
+            ]
+        );
         assert_eq!(crd.spec.names.short_names, Some(vec!["ro".to_string()]));
     }
 }

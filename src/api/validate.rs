@@ -25,7 +25,10 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { field: field.into(), message: message.into() });
+        self.0.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -36,9 +39,16 @@ pub fn validate_rollout(spec: &RolloutSpec) -> Vec<Problem> {
         problems.add("spec.replicas", "must not be negative");
     }
     validate_selector(&spec.selector, spec, &mut problems);
-    let has_containers = spec.template.spec.as_ref().is_some_and(|pod| !pod.containers.is_empty());
+    let has_containers = spec
+        .template
+        .spec
+        .as_ref()
+        .is_some_and(|pod| !pod.containers.is_empty());
     if !has_containers {
-        problems.add("spec.template.spec.containers", "the pod template needs at least one container");
+        problems.add(
+            "spec.template.spec.containers",
+            "the pod template needs at least one container",
+        );
     }
     if spec.min_ready_seconds.is_some_and(|s| s < 0) {
         problems.add("spec.minReadySeconds", "must not be negative");
@@ -50,13 +60,22 @@ pub fn validate_rollout(spec: &RolloutSpec) -> Vec<Problem> {
         if deadline <= 0 {
             problems.add("spec.progressDeadlineSeconds", "must be greater than 0");
         } else if deadline <= spec.min_ready_seconds.unwrap_or(0) {
-            problems.add("spec.progressDeadlineSeconds", "must be greater than spec.minReadySeconds");
+            problems.add(
+                "spec.progressDeadlineSeconds",
+                "must be greater than spec.minReadySeconds",
+            );
         }
     }
     if let Some(analysis) = &spec.analysis {
         for (field, value) in [
-            ("successfulRunHistoryLimit", analysis.successful_run_history_limit),
-            ("unsuccessfulRunHistoryLimit", analysis.unsuccessful_run_history_limit),
+            (
+                "successfulRunHistoryLimit",
+                analysis.successful_run_history_limit,
+            ),
+            (
+                "unsuccessfulRunHistoryLimit",
+                analysis.unsuccessful_run_history_limit,
+            ),
         ] {
             if value.is_some_and(|v| v < 0) {
                 problems.add(format!("spec.analysis.{field}"), "must not be negative");
@@ -77,7 +96,10 @@ pub fn validate_rollout(spec: &RolloutSpec) -> Vec<Problem> {
 
 fn validate_selector(selector: &LabelSelector, spec: &RolloutSpec, problems: &mut Problems) {
     let match_labels = selector.match_labels.as_ref().filter(|m| !m.is_empty());
-    let expressions = selector.match_expressions.as_ref().filter(|e| !e.is_empty());
+    let expressions = selector
+        .match_expressions
+        .as_ref()
+        .filter(|e| !e.is_empty());
     if match_labels.is_none() && expressions.is_none() {
         problems.add(
             "spec.selector",
@@ -116,7 +138,10 @@ fn validate_selector(selector: &LabelSelector, spec: &RolloutSpec, problems: &mu
             "Exists" => actual.is_some(),
             "DoesNotExist" => actual.is_none(),
             other => {
-                problems.add(&field, format!("unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"));
+                problems.add(
+                    &field,
+                    format!("unknown operator {other:?}; use In, NotIn, Exists or DoesNotExist"),
+                );
                 continue;
             }
         };
@@ -126,14 +151,19 @@ fn validate_selector(selector: &LabelSelector, spec: &RolloutSpec, problems: &mu
     }
     if template_labels.contains_key(super::POD_TEMPLATE_HASH_LABEL) {
         problems.add(
-            format!("spec.template.metadata.labels.{}", super::POD_TEMPLATE_HASH_LABEL),
+            format!(
+                "spec.template.metadata.labels.{}",
+                super::POD_TEMPLATE_HASH_LABEL
+            ),
             "is set by the controller; remove it from the template",
         );
     }
 }
 
 fn validate_canary(spec: &RolloutSpec, problems: &mut Problems) {
-    let Some(canary) = &spec.strategy.canary else { return };
+    let Some(canary) = &spec.strategy.canary else {
+        return;
+    };
     let base = "spec.strategy.canary";
     if let (Some(c), Some(s)) = (&canary.canary_service, &canary.stable_service)
         && c == s
@@ -143,14 +173,26 @@ fn validate_canary(spec: &RolloutSpec, problems: &mut Problems) {
             format!("canaryService and stableService are both {c:?}; use two different Services"),
         );
     }
-    for (field, service) in [("canaryService", &canary.canary_service), ("stableService", &canary.stable_service)] {
+    for (field, service) in [
+        ("canaryService", &canary.canary_service),
+        ("stableService", &canary.stable_service),
+    ] {
         if service.as_deref().is_some_and(|s| s.trim().is_empty()) {
-            problems.add(format!("{base}.{field}"), "is empty; name a Service or remove the field");
+            problems.add(
+                format!("{base}.{field}"),
+                "is empty; name a Service or remove the field",
+            );
         }
     }
     let replicas = spec.replicas.unwrap_or(1).max(0);
-    let surge = canary.max_surge.as_ref().map(|v| (v, resolve_int_or_percent(v, replicas, true)));
-    let unavailable = canary.max_unavailable.as_ref().map(|v| (v, resolve_int_or_percent(v, replicas, false)));
+    let surge = canary
+        .max_surge
+        .as_ref()
+        .map(|v| (v, resolve_int_or_percent(v, replicas, true)));
+    let unavailable = canary
+        .max_unavailable
+        .as_ref()
+        .map(|v| (v, resolve_int_or_percent(v, replicas, false)));
     for (field, parsed) in [("maxSurge", &surge), ("maxUnavailable", &unavailable)] {
         if let Some((_, Err(message))) = parsed {
             problems.add(format!("{base}.{field}"), message.clone());
@@ -165,7 +207,10 @@ fn validate_canary(spec: &RolloutSpec, problems: &mut Problems) {
     }
     for (field, value) in [
         ("scaleDownDelaySeconds", canary.scale_down_delay_seconds),
-        ("abortScaleDownDelaySeconds", canary.abort_scale_down_delay_seconds),
+        (
+            "abortScaleDownDelaySeconds",
+            canary.abort_scale_down_delay_seconds,
+        ),
     ] {
         if value.is_some() {
             problems.add(
@@ -184,7 +229,11 @@ fn validate_canary(spec: &RolloutSpec, problems: &mut Problems) {
         {
             problems.add(
                 format!("{base}.analysis.startingStep"),
-                format!("{start} is outside the {} steps; use 0..={}", canary.steps.len(), canary.steps.len()),
+                format!(
+                    "{start} is outside the {} steps; use 0..={}",
+                    canary.steps.len(),
+                    canary.steps.len()
+                ),
             );
         }
     }
@@ -212,7 +261,11 @@ fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut P
         return;
     }
     if kinds.len() != 1 {
-        let found = if kinds.is_empty() { "none".to_string() } else { kinds.join(" and ") };
+        let found = if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.join(" and ")
+        };
         problems.add(
             field,
             format!("a step must set exactly one of setWeight, pause, setCanaryScale or analysis; found {found}"),
@@ -222,7 +275,10 @@ fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut P
     if let Some(weight) = step.set_weight
         && !(0..=100).contains(&weight)
     {
-        problems.add(format!("{field}.setWeight"), format!("{weight} is not a percentage; use 0 to 100"));
+        problems.add(
+            format!("{field}.setWeight"),
+            format!("{weight} is not a percentage; use 0 to 100"),
+        );
     }
     if let Some(duration) = step.pause.as_ref().and_then(|p| p.duration.as_ref())
         && let Err(message) = parse_int_or_duration(duration)
@@ -230,7 +286,11 @@ fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut P
         problems.add(format!("{field}.pause.duration"), message);
     }
     if let Some(scale) = &step.set_canary_scale {
-        let set = [scale.replicas.is_some(), scale.weight.is_some(), scale.match_traffic_weight == Some(true)];
+        let set = [
+            scale.replicas.is_some(),
+            scale.weight.is_some(),
+            scale.match_traffic_weight == Some(true),
+        ];
         if set.iter().filter(|s| **s).count() != 1 {
             problems.add(
                 format!("{field}.setCanaryScale"),
@@ -248,7 +308,10 @@ fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut P
         if let Some(weight) = scale.weight
             && !(0..=100).contains(&weight)
         {
-            problems.add(format!("{field}.setCanaryScale.weight"), format!("{weight} is not a percentage; use 0 to 100"));
+            problems.add(
+                format!("{field}.setCanaryScale.weight"),
+                format!("{weight} is not a percentage; use 0 to 100"),
+            );
         }
     }
     if let Some(analysis) = &step.analysis {
@@ -258,11 +321,17 @@ fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut P
 
 fn validate_analysis_ref(field: &str, analysis: &RolloutAnalysis, problems: &mut Problems) {
     if analysis.templates.is_empty() {
-        problems.add(format!("{field}.templates"), "name at least one AnalysisTemplate");
+        problems.add(
+            format!("{field}.templates"),
+            "name at least one AnalysisTemplate",
+        );
     }
     for (index, template) in analysis.templates.iter().enumerate() {
         if template.template_name.trim().is_empty() {
-            problems.add(format!("{field}.templates[{index}].templateName"), "is empty; name an AnalysisTemplate");
+            problems.add(
+                format!("{field}.templates[{index}].templateName"),
+                "is empty; name an AnalysisTemplate",
+            );
         }
     }
     for (index, arg) in analysis.args.iter().enumerate() {
@@ -272,9 +341,13 @@ fn validate_analysis_ref(field: &str, analysis: &RolloutAnalysis, problems: &mut
         }
         match (&arg.value, &arg.value_from) {
             (Some(_), Some(_)) => problems.add(&arg_field, "set value or valueFrom, not both"),
-            (None, None) => problems.add(&arg_field, format!("argument {:?} needs a value or valueFrom", arg.name)),
+            (None, None) => problems.add(
+                &arg_field,
+                format!("argument {:?} needs a value or valueFrom", arg.name),
+            ),
             (None, Some(from)) => {
-                let set = usize::from(from.pod_template_hash_value.is_some()) + usize::from(from.field_ref.is_some());
+                let set = usize::from(from.pod_template_hash_value.is_some())
+                    + usize::from(from.field_ref.is_some());
                 if set != 1 {
                     problems.add(
                         format!("{arg_field}.valueFrom"),
@@ -288,30 +361,46 @@ fn validate_analysis_ref(field: &str, analysis: &RolloutAnalysis, problems: &mut
 }
 
 fn validate_blue_green(spec: &RolloutSpec, problems: &mut Problems) {
-    let Some(bg) = &spec.strategy.blue_green else { return };
+    let Some(bg) = &spec.strategy.blue_green else {
+        return;
+    };
     let base = "spec.strategy.blueGreen";
     if bg.active_service.trim().is_empty() {
-        problems.add(format!("{base}.activeService"), "is required; name the Service that carries production traffic");
+        problems.add(
+            format!("{base}.activeService"),
+            "is required; name the Service that carries production traffic",
+        );
     }
     if bg.preview_service.as_deref() == Some(bg.active_service.as_str()) {
         problems.add(
             format!("{base}.previewService"),
-            format!("is the same Service as activeService ({:?}); use a different Service", bg.active_service),
+            format!(
+                "is the same Service as activeService ({:?}); use a different Service",
+                bg.active_service
+            ),
         );
     }
     for (field, value) in [
         ("autoPromotionSeconds", bg.auto_promotion_seconds),
         ("previewReplicaCount", bg.preview_replica_count),
         ("scaleDownDelaySeconds", bg.scale_down_delay_seconds),
-        ("scaleDownDelayRevisionLimit", bg.scale_down_delay_revision_limit),
-        ("abortScaleDownDelaySeconds", bg.abort_scale_down_delay_seconds),
+        (
+            "scaleDownDelayRevisionLimit",
+            bg.scale_down_delay_revision_limit,
+        ),
+        (
+            "abortScaleDownDelaySeconds",
+            bg.abort_scale_down_delay_seconds,
+        ),
     ] {
         if value.is_some_and(|v| v < 0) {
             problems.add(format!("{base}.{field}"), "must not be negative");
         }
     }
-    if let (Some(limit), Some(history)) = (bg.scale_down_delay_revision_limit, spec.revision_history_limit)
-        && limit > history
+    if let (Some(limit), Some(history)) = (
+        bg.scale_down_delay_revision_limit,
+        spec.revision_history_limit,
+    ) && limit > history
     {
         problems.add(
             format!("{base}.scaleDownDelayRevisionLimit"),

@@ -10,7 +10,11 @@ use ramp::controller::{self, Settings};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "ramp-controller", version, about = "Progressive delivery controller for Kubernetes")]
+#[command(
+    name = "ramp-controller",
+    version,
+    about = "Progressive delivery controller for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -75,7 +79,10 @@ async fn main() -> ExitCode {
     let filter = match EnvFilter::try_new(&cli.log_level) {
         Ok(filter) => filter,
         Err(error) => {
-            eprintln!("error: --log-level {:?} is not a valid filter ({error}); use e.g. info or ramp=debug", cli.log_level);
+            eprintln!(
+                "error: --log-level {:?} is not a valid filter ({error}); use e.g. info or ramp=debug",
+                cli.log_level
+            );
             return ExitCode::from(2);
         }
     };
@@ -125,12 +132,16 @@ async fn main() -> ExitCode {
 
 fn write_crds(out_dir: Option<&std::path::Path>) -> Result<(), String> {
     let Some(dir) = out_dir else {
-        print!("{}", ramp::api::crd_yaml().map_err(|e| format!("rendering CRDs: {e}"))?);
+        print!(
+            "{}",
+            ramp::api::crd_yaml().map_err(|e| format!("rendering CRDs: {e}"))?
+        );
         return Ok(());
     };
     for crd in ramp::api::crds() {
         let path = dir.join(ramp::api::crd_file_name(&crd));
-        let yaml = ramp::api::crd_document(&crd).map_err(|e| format!("rendering {}: {e}", path.display()))?;
+        let yaml = ramp::api::crd_document(&crd)
+            .map_err(|e| format!("rendering {}: {e}", path.display()))?;
         std::fs::write(&path, yaml).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
@@ -139,8 +150,11 @@ fn write_crds(out_dir: Option<&std::path::Path>) -> Result<(), String> {
 async fn client(kubeconfig: Option<&str>) -> Result<Client, String> {
     let config = match kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path).map_err(|e| format!("reading kubeconfig {path}: {e}"))?;
-            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(|e| format!("kubeconfig {path}: {e}"))?
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| format!("reading kubeconfig {path}: {e}"))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {path}: {e}"))?
         }
         None => Config::infer().await.map_err(|e| e.to_string())?,
     };

@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use super::{Context, Error, is_conflict, is_not_found};
-use crate::api::{AnalysisRun, FIELD_MANAGER, MANAGED_BY_ANNOTATION, POD_TEMPLATE_HASH_LABEL, Rollout};
+use crate::api::{
+    AnalysisRun, FIELD_MANAGER, MANAGED_BY_ANNOTATION, POD_TEMPLATE_HASH_LABEL, Rollout,
+};
 use crate::planner::{AnalysisRunChange, Plan, PlannedEvent, ReplicaSetChange};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -16,25 +18,44 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-pub(super) async fn execute(ctx: &Context, rollout: &Rollout, namespace: &str, plan: &Plan) -> Result<(), Error> {
+pub(super) async fn execute(
+    ctx: &Context,
+    rollout: &Rollout,
+    namespace: &str,
+    plan: &Plan,
+) -> Result<(), Error> {
     let name = rollout.name_any();
     let replica_sets: Api<ReplicaSet> = ctx.api(namespace);
     for change in &plan.replica_sets {
         match change {
             ReplicaSetChange::Apply(desired) => {
                 let rs_name = desired.name_any();
-                let result = replica_sets.patch(&rs_name, &apply_params(), &Patch::Apply(desired.as_ref())).await;
+                let result = replica_sets
+                    .patch(&rs_name, &apply_params(), &Patch::Apply(desired.as_ref()))
+                    .await;
                 ctx.metrics.request("apply", "ReplicaSet", result.is_ok());
-                result.map_err(|source| Error::ApplyReplicaSet { namespace: namespace.into(), name: rs_name.clone(), source })?;
+                result.map_err(|source| Error::ApplyReplicaSet {
+                    namespace: namespace.into(),
+                    name: rs_name.clone(),
+                    source,
+                })?;
                 debug!(rollout = %name, replicaset = %rs_name, "applied ReplicaSet");
             }
             ReplicaSetChange::Delete { name: rs_name } => {
-                let result = replica_sets.delete(rs_name, &DeleteParams::background()).await;
+                let result = replica_sets
+                    .delete(rs_name, &DeleteParams::background())
+                    .await;
                 ctx.metrics.request("delete", "ReplicaSet", result.is_ok());
                 match result {
                     Ok(_) => {}
                     Err(source) if is_not_found(&source) => {}
-                    Err(source) => return Err(Error::DeleteReplicaSet { namespace: namespace.into(), name: rs_name.clone(), source }),
+                    Err(source) => {
+                        return Err(Error::DeleteReplicaSet {
+                            namespace: namespace.into(),
+                            name: rs_name.clone(),
+                            source,
+                        });
+                    }
                 }
             }
         }
@@ -50,7 +71,9 @@ pub(super) async fn execute(ctx: &Context, rollout: &Rollout, namespace: &str, p
             "metadata": {"name": change.service, "namespace": namespace, "annotations": {MANAGED_BY_ANNOTATION: name}},
             "spec": {"selector": {POD_TEMPLATE_HASH_LABEL: change.hash}},
         });
-        let result = services.patch(&change.service, &apply_params(), &Patch::Apply(&patch)).await;
+        let result = services
+            .patch(&change.service, &apply_params(), &Patch::Apply(&patch))
+            .await;
         ctx.metrics.request("apply", "Service", result.is_ok());
         result.map_err(|source| Error::PatchService {
             namespace: namespace.into(),
@@ -65,18 +88,32 @@ pub(super) async fn execute(ctx: &Context, rollout: &Rollout, namespace: &str, p
         match change {
             AnalysisRunChange::Create(run) => {
                 let run_name = run.name_any();
-                let result = runs.patch(&run_name, &apply_params(), &Patch::Apply(run.as_ref())).await;
+                let result = runs
+                    .patch(&run_name, &apply_params(), &Patch::Apply(run.as_ref()))
+                    .await;
                 ctx.metrics.request("apply", "AnalysisRun", result.is_ok());
-                result.map_err(|source| Error::CreateAnalysisRun { namespace: namespace.into(), name: run_name.clone(), source })?;
+                result.map_err(|source| Error::CreateAnalysisRun {
+                    namespace: namespace.into(),
+                    name: run_name.clone(),
+                    source,
+                })?;
             }
             AnalysisRunChange::Terminate { name: run_name } => {
                 let patch = json!({"spec": {"terminate": true}});
-                let result = runs.patch(run_name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+                let result = runs
+                    .patch(run_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
                 ctx.metrics.request("patch", "AnalysisRun", result.is_ok());
                 match result {
                     Ok(_) => {}
                     Err(source) if is_not_found(&source) => {}
-                    Err(source) => return Err(Error::TerminateAnalysisRun { namespace: namespace.into(), name: run_name.clone(), source }),
+                    Err(source) => {
+                        return Err(Error::TerminateAnalysisRun {
+                            namespace: namespace.into(),
+                            name: run_name.clone(),
+                            source,
+                        });
+                    }
                 }
             }
             AnalysisRunChange::Delete { name: run_name } => {
@@ -85,7 +122,13 @@ pub(super) async fn execute(ctx: &Context, rollout: &Rollout, namespace: &str, p
                 match result {
                     Ok(_) => {}
                     Err(source) if is_not_found(&source) => {}
-                    Err(source) => return Err(Error::DeleteAnalysisRun { namespace: namespace.into(), name: run_name.clone(), source }),
+                    Err(source) => {
+                        return Err(Error::DeleteAnalysisRun {
+                            namespace: namespace.into(),
+                            name: run_name.clone(),
+                            source,
+                        });
+                    }
                 }
             }
         }
@@ -99,14 +142,35 @@ pub(super) async fn execute(ctx: &Context, rollout: &Rollout, namespace: &str, p
             Ok(_) => {}
             // 429: a PodDisruptionBudget says not now; the next pass tries again.
             Err(kube::Error::Api(status)) if status.code == 429 || status.code == 404 => {}
-            Err(source) => return Err(Error::EvictPod { namespace: namespace.into(), name: pod.clone(), source }),
+            Err(source) => {
+                return Err(Error::EvictPod {
+                    namespace: namespace.into(),
+                    name: pod.clone(),
+                    source,
+                });
+            }
         }
     }
 
     if let Some(status) = &plan.status {
-        let old = serde_json::to_value(&rollout.status).map_err(|source| Error::Serialize { what: "old status".into(), source })?;
-        let new = serde_json::to_value(status).map_err(|source| Error::Serialize { what: "new status".into(), source })?;
-        write_status::<Rollout>(ctx, namespace, &name, rollout.resource_version(), &old, &new, "Rollout").await?;
+        let old = serde_json::to_value(&rollout.status).map_err(|source| Error::Serialize {
+            what: "old status".into(),
+            source,
+        })?;
+        let new = serde_json::to_value(status).map_err(|source| Error::Serialize {
+            what: "new status".into(),
+            source,
+        })?;
+        write_status::<Rollout>(
+            ctx,
+            namespace,
+            &name,
+            rollout.resource_version(),
+            &old,
+            &new,
+            "Rollout",
+        )
+        .await?;
     }
 
     publish_events(ctx, rollout, &plan.events).await;
@@ -126,20 +190,38 @@ pub(super) async fn write_status<K>(
     kind: &'static str,
 ) -> Result<(), Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
     let api: Api<K> = ctx.api(namespace);
     let body = json!({"metadata": {"resourceVersion": resource_version}, "status": crate::api::merge::merge_diff(old, new)});
-    let result = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body)).await;
+    let result = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await;
     ctx.metrics.request("patch_status", kind, result.is_ok());
     match result {
         Ok(_) => Ok(()),
-        Err(source) if is_conflict(&source) => Err(Error::Conflict { kind, namespace: namespace.into(), name: name.into() }),
-        Err(source) => Err(Error::WriteStatus { kind, namespace: namespace.into(), name: name.into(), source }),
+        Err(source) if is_conflict(&source) => Err(Error::Conflict {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
+        Err(source) => Err(Error::WriteStatus {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        }),
     }
 }
 
-pub(super) async fn publish_events<K: Resource<DynamicType = ()>>(ctx: &Context, object: &K, events: &[PlannedEvent]) {
+pub(super) async fn publish_events<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    events: &[PlannedEvent],
+) {
     if events.is_empty() {
         return;
     }
@@ -151,7 +233,11 @@ pub(super) async fn publish_events<K: Resource<DynamicType = ()>>(ctx: &Context,
             .recorder
             .publish(
                 &Event {
-                    type_: if event.warning { EventType::Warning } else { EventType::Normal },
+                    type_: if event.warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
                     reason: event.reason.into(),
                     note: Some(note),
                     action: event.reason.into(),

@@ -22,7 +22,10 @@ pub async fn serve(
                 let metrics = metrics.clone();
                 async move {
                     (
-                        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         metrics.encode(),
                     )
                 }
@@ -44,7 +47,10 @@ pub async fn serve(
         );
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|source| Error::Serve { address: address.to_string(), source })?;
+        .map_err(|source| Error::Serve {
+            address: address.to_string(),
+            source,
+        })?;
     Ok(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "metrics and health server stopped");

@@ -89,21 +89,68 @@ impl Default for Metrics {
             current: Mutex::default(),
             registry: Registry::default(),
         };
-        registry.register("rollout_info", "Rollouts by strategy and phase (value is always 1)", metrics.rollout_info.clone());
-        registry.register("rollout_replicas", "Replica counts of each rollout by kind (desired, available, updated)", metrics.rollout_replicas.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", metrics.reconcile_duration.clone());
-        registry.register("reconcile_errors", "Failed reconciles by error category", metrics.reconcile_errors.clone());
-        registry.register("kube_requests", "Kubernetes API requests made by the controller", metrics.kube_requests.clone());
-        registry.register("analysis_runs_completed", "AnalysisRuns that reached a final phase", metrics.analysis_runs.clone());
-        registry.register("analysis_measurements", "Metric measurements taken, by outcome", metrics.measurements.clone());
-        registry.register("events", "Kubernetes Events emitted, by reason", metrics.events.clone());
-        Metrics { registry, ..metrics }
+        registry.register(
+            "rollout_info",
+            "Rollouts by strategy and phase (value is always 1)",
+            metrics.rollout_info.clone(),
+        );
+        registry.register(
+            "rollout_replicas",
+            "Replica counts of each rollout by kind (desired, available, updated)",
+            metrics.rollout_replicas.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error category",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "kube_requests",
+            "Kubernetes API requests made by the controller",
+            metrics.kube_requests.clone(),
+        );
+        registry.register(
+            "analysis_runs_completed",
+            "AnalysisRuns that reached a final phase",
+            metrics.analysis_runs.clone(),
+        );
+        registry.register(
+            "analysis_measurements",
+            "Metric measurements taken, by outcome",
+            metrics.measurements.clone(),
+        );
+        registry.register(
+            "events",
+            "Kubernetes Events emitted, by reason",
+            metrics.events.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 }
 
 impl Metrics {
-    pub fn observe_rollout(&self, namespace: &str, name: &str, strategy: &str, phase: &str, replicas: [(&str, i64); 3]) {
-        let labels = RolloutLabels { namespace: namespace.into(), name: name.into(), strategy: strategy.into(), phase: phase.into() };
+    pub fn observe_rollout(
+        &self,
+        namespace: &str,
+        name: &str,
+        strategy: &str,
+        phase: &str,
+        replicas: [(&str, i64); 3],
+    ) {
+        let labels = RolloutLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+            strategy: strategy.into(),
+            phase: phase.into(),
+        };
         if let Ok(mut current) = self.current.lock() {
             let key = (namespace.to_string(), name.to_string());
             if let Some(previous) = current.insert(key, labels.clone())
@@ -114,7 +161,11 @@ impl Metrics {
         }
         self.rollout_info.get_or_create(&labels).set(1);
         for (kind, value) in replicas {
-            let labels = ReplicaLabels { namespace: namespace.into(), name: name.into(), kind: kind.into() };
+            let labels = ReplicaLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                kind: kind.into(),
+            };
             self.rollout_replicas.get_or_create(&labels).set(value);
         }
     }
@@ -126,33 +177,64 @@ impl Metrics {
             self.rollout_info.remove(&previous);
         }
         for kind in ["desired", "available", "updated"] {
-            self.rollout_replicas.remove(&ReplicaLabels { namespace: namespace.into(), name: name.into(), kind: kind.into() });
+            self.rollout_replicas.remove(&ReplicaLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                kind: kind.into(),
+            });
         }
     }
 
     pub fn reconciled(&self, controller: &str, took: Duration) {
-        self.reconcile_duration.get_or_create(&ControllerLabels { controller: controller.into() }).observe(took.as_secs_f64());
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels {
+                controller: controller.into(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn reconcile_failed(&self, controller: &str, category: &str) {
-        self.reconcile_errors.get_or_create(&ErrorLabels { controller: controller.into(), category: category.into() }).inc();
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                controller: controller.into(),
+                category: category.into(),
+            })
+            .inc();
     }
 
     pub fn request(&self, verb: &str, kind: &str, ok: bool) {
         let outcome = if ok { "success" } else { "error" };
-        self.kube_requests.get_or_create(&RequestLabels { verb: verb.into(), kind: kind.into(), outcome: outcome.into() }).inc();
+        self.kube_requests
+            .get_or_create(&RequestLabels {
+                verb: verb.into(),
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub fn run_completed(&self, phase: &str) {
-        self.analysis_runs.get_or_create(&PhaseLabels { phase: phase.into() }).inc();
+        self.analysis_runs
+            .get_or_create(&PhaseLabels {
+                phase: phase.into(),
+            })
+            .inc();
     }
 
     pub fn measured(&self, phase: &str) {
-        self.measurements.get_or_create(&PhaseLabels { phase: phase.into() }).inc();
+        self.measurements
+            .get_or_create(&PhaseLabels {
+                phase: phase.into(),
+            })
+            .inc();
     }
 
     pub fn event(&self, reason: &str) {
-        self.events.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.events
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

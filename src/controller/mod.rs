@@ -22,39 +22,90 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::api::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate, POD_TEMPLATE_HASH_LABEL, Rollout};
+use crate::api::{
+    AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate, POD_TEMPLATE_HASH_LABEL, Rollout,
+};
 use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("applying ReplicaSet {namespace}/{name}: {source}")]
-    ApplyReplicaSet { namespace: String, name: String, source: kube::Error },
+    ApplyReplicaSet {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("deleting ReplicaSet {namespace}/{name}: {source}")]
-    DeleteReplicaSet { namespace: String, name: String, source: kube::Error },
+    DeleteReplicaSet {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("pointing Service {namespace}/{name} at hash {hash}: {source}")]
-    PatchService { namespace: String, name: String, hash: String, source: kube::Error },
+    PatchService {
+        namespace: String,
+        name: String,
+        hash: String,
+        source: kube::Error,
+    },
     #[error("creating AnalysisRun {namespace}/{name}: {source}")]
-    CreateAnalysisRun { namespace: String, name: String, source: kube::Error },
+    CreateAnalysisRun {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("terminating AnalysisRun {namespace}/{name}: {source}")]
-    TerminateAnalysisRun { namespace: String, name: String, source: kube::Error },
+    TerminateAnalysisRun {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("deleting AnalysisRun {namespace}/{name}: {source}")]
-    DeleteAnalysisRun { namespace: String, name: String, source: kube::Error },
+    DeleteAnalysisRun {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("listing pods of a restarting rollout in {namespace}: {source}")]
-    ListPods { namespace: String, source: kube::Error },
+    ListPods {
+        namespace: String,
+        source: kube::Error,
+    },
     #[error("evicting pod {namespace}/{name}: {source}")]
-    EvictPod { namespace: String, name: String, source: kube::Error },
+    EvictPod {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("writing status of {kind} {namespace}/{name}: {source}")]
-    WriteStatus { kind: &'static str, namespace: String, name: String, source: kube::Error },
-    #[error("{kind} {namespace}/{name} changed while being reconciled; retrying with the new version")]
-    Conflict { kind: &'static str, namespace: String, name: String },
+    WriteStatus {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "{kind} {namespace}/{name} changed while being reconciled; retrying with the new version"
+    )]
+    Conflict {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
     #[error("{kind} {name} has no namespace")]
     MissingNamespace { kind: &'static str, name: String },
     #[error("serializing {what}: {source}")]
-    Serialize { what: String, source: serde_json::Error },
+    Serialize {
+        what: String,
+        source: serde_json::Error,
+    },
     #[error("leader election: {0}")]
     LeaderElection(#[from] kube_lease_manager::LeaseManagerError),
     #[error("serving metrics and health on {address}: {source}")]
-    Serve { address: String, source: std::io::Error },
+    Serve {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -64,7 +115,9 @@ impl Error {
             Error::ApplyReplicaSet { .. } | Error::DeleteReplicaSet { .. } => "replicaset",
             Error::PatchService { .. } => "service",
             Error::ListPods { .. } | Error::EvictPod { .. } => "pod",
-            Error::CreateAnalysisRun { .. } | Error::TerminateAnalysisRun { .. } | Error::DeleteAnalysisRun { .. } => "analysisrun",
+            Error::CreateAnalysisRun { .. }
+            | Error::TerminateAnalysisRun { .. }
+            | Error::DeleteAnalysisRun { .. } => "analysisrun",
             Error::WriteStatus { .. } => "status",
             Error::Conflict { .. } => "conflict",
             Error::MissingNamespace { .. } | Error::Serialize { .. } => "invalid_object",
@@ -131,7 +184,9 @@ where
 /// Drops what the controller never reads, so the caches stay small.
 fn trim<K: ResourceExt>(object: &mut K) {
     object.managed_fields_mut().clear();
-    object.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+    object
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 /// Runs the controller until SIGTERM/SIGINT, or until leadership is lost.
@@ -190,7 +245,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     Ok(())
 }
 
-type LeaseTask = tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>;
+type LeaseTask = tokio::task::JoinHandle<
+    Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+>;
 
 async fn acquire_leadership(
     client: &Client,
@@ -198,13 +255,14 @@ async fn acquire_leadership(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Option<(watch::Receiver<bool>, LeaseTask)>, Error> {
     let seconds = settings.lease_duration.as_secs().max(2);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
-        .with_namespace(&settings.lease_namespace)
-        .with_identity(&settings.identity)
-        .with_duration(seconds)
-        .with_grace((seconds / 3).max(1))
-        .build()
-        .await?;
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+            .with_namespace(&settings.lease_namespace)
+            .with_identity(&settings.identity)
+            .with_duration(seconds)
+            .with_grace((seconds / 3).max(1))
+            .build()
+            .await?;
     let (mut leading, task) = manager.watch().await;
     info!(lease = %settings.lease_name, identity = %settings.identity, "waiting to become leader");
     tokio::select! {
@@ -239,14 +297,21 @@ async fn start_controllers(
     // Only ReplicaSets carrying the hash label can belong to a Rollout.
     let rs_stream = reflector::reflector(
         rs_writer,
-        watcher(scoped::<ReplicaSet>(&client, namespace), watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL))
-            .modify(trim),
+        watcher(
+            scoped::<ReplicaSet>(&client, namespace),
+            watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+        )
+        .modify(trim),
     )
     .default_backoff()
     .touched_objects();
     let service_stream = reflector::reflector(
         service_writer,
-        watcher(scoped::<Service>(&client, namespace), watcher::Config::default()).modify(|svc: &mut Service| {
+        watcher(
+            scoped::<Service>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .modify(|svc: &mut Service| {
             trim(svc);
             // Only the selector matters to the planner.
             if let Some(spec) = svc.spec.as_mut() {
@@ -261,29 +326,47 @@ async fn start_controllers(
     .touched_objects();
     let run_stream = reflector::reflector(
         run_writer,
-        watcher(scoped::<AnalysisRun>(&client, namespace), watcher::Config::default()).modify(trim),
+        watcher(
+            scoped::<AnalysisRun>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .modify(trim),
     )
     .default_backoff()
     .touched_objects();
     let template_stream = reflector::reflector(
         template_writer,
-        watcher(scoped::<AnalysisTemplate>(&client, namespace), watcher::Config::default()).modify(trim),
+        watcher(
+            scoped::<AnalysisTemplate>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .modify(trim),
     )
     .default_backoff()
     .touched_objects();
     let cluster_template_stream = reflector::reflector(
         cluster_template_writer,
-        watcher(Api::<ClusterAnalysisTemplate>::all(client.clone()), watcher::Config::default()).modify(trim),
+        watcher(
+            Api::<ClusterAnalysisTemplate>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .modify(trim),
     )
     .default_backoff()
     .touched_objects();
 
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: crate::api::FIELD_MANAGER.into(), instance: Some(settings.identity.clone()) },
+        Reporter {
+            controller: crate::api::FIELD_MANAGER.into(),
+            instance: Some(settings.identity.clone()),
+        },
     );
     let http = reqwest::Client::builder().build().unwrap_or_default();
-    let insecure_http = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap_or_default();
+    let insecure_http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap_or_default();
     let context = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -299,12 +382,21 @@ async fn start_controllers(
     });
 
     // Templates are only read, never reconciled: keep their caches current.
-    let drain = |stream: futures::stream::BoxStream<'static, ()>| tokio::spawn(stream.for_each(|_| future::ready(())));
+    let drain = |stream: futures::stream::BoxStream<'static, ()>| {
+        tokio::spawn(stream.for_each(|_| future::ready(())))
+    };
     let template_task = drain(template_stream.map(|_| ()).boxed());
     let cluster_template_task = drain(cluster_template_stream.map(|_| ()).boxed());
 
     let readiness = {
-        let (r, rs, svc, runs, t, ct) = (rollouts.clone(), replica_sets.clone(), services.clone(), analysis_runs.clone(), templates.clone(), cluster_templates.clone());
+        let (r, rs, svc, runs, t, ct) = (
+            rollouts.clone(),
+            replica_sets.clone(),
+            services.clone(),
+            analysis_runs.clone(),
+            templates.clone(),
+            cluster_templates.clone(),
+        );
         async move {
             // Poll rather than await each store's readiness future: a waiter
             // registered while the store initialises was seen to miss its wake-up.
@@ -333,7 +425,14 @@ async fn start_controllers(
     };
     tokio::spawn(readiness);
 
-    let rollout_controller = rollouts::run(rollout_controller, context.clone(), rs_stream, service_stream, run_stream, stop.clone());
+    let rollout_controller = rollouts::run(
+        rollout_controller,
+        context.clone(),
+        rs_stream,
+        service_stream,
+        run_stream,
+        stop.clone(),
+    );
     let run_controller = runs::controller(context.clone(), namespace, stop.clone());
     tokio::join!(rollout_controller, run_controller);
     template_task.abort();
@@ -344,7 +443,10 @@ fn is_ready<K: Resource + Clone>(store: &Store<K>) -> bool
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
 }
 
 async fn shutdown_signal() {

@@ -9,14 +9,14 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::ResourceExt;
 use tracing::{info, warn};
 
 use super::{Context, Error, apply};
-use crate::api::{AnalysisRun, AnalysisTemplateSpec, Rollout, RolloutAnalysis};
 use crate::api::POD_TEMPLATE_HASH_LABEL;
+use crate::api::{AnalysisRun, AnalysisTemplateSpec, Rollout, RolloutAnalysis};
 use crate::planner::{self, PodInfo, Snapshot, referenced_services};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -41,7 +41,9 @@ pub(super) async fn run(
     controller
         .owns_stream(replica_sets)
         .owns_stream(runs)
-        .watches_stream(services, move |service: Service| rollouts_using(&lookup, &service))
+        .watches_stream(services, move |service: Service| {
+            rollouts_using(&lookup, &service)
+        })
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -63,13 +65,18 @@ fn rollouts_using(store: &Store<Rollout>, service: &Service) -> Vec<ObjectRef<Ro
     store
         .state()
         .iter()
-        .filter(|r| r.namespace() == namespace && referenced_services(r).iter().any(|(_, s)| *s == name))
+        .filter(|r| {
+            r.namespace() == namespace && referenced_services(r).iter().any(|(_, s)| *s == name)
+        })
         .map(|r| ObjectRef::from_obj(r.as_ref()))
         .collect()
 }
 
 fn owned_by(references: &Option<Vec<OwnerReference>>, uid: &str) -> bool {
-    references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+    references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
 fn analyses(rollout: &Rollout) -> Vec<&RolloutAnalysis> {
@@ -89,7 +96,10 @@ fn analyses(rollout: &Rollout) -> Vec<&RolloutAnalysis> {
 async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let name = rollout.name_any();
-    let namespace = rollout.namespace().ok_or_else(|| Error::MissingNamespace { kind: "Rollout", name: name.clone() })?;
+    let namespace = rollout.namespace().ok_or_else(|| Error::MissingNamespace {
+        kind: "Rollout",
+        name: name.clone(),
+    })?;
     if rollout.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget_rollout(&namespace, &name);
         return Ok(Action::await_change());
@@ -100,18 +110,25 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         .replica_sets
         .state()
         .into_iter()
-        .filter(|rs| same_namespace(&rs.metadata.namespace) && owned_by(&rs.metadata.owner_references, &uid))
+        .filter(|rs| {
+            same_namespace(&rs.metadata.namespace) && owned_by(&rs.metadata.owner_references, &uid)
+        })
         .collect();
     let runs: Vec<Arc<AnalysisRun>> = ctx
         .analysis_runs
         .state()
         .into_iter()
-        .filter(|run| same_namespace(&run.metadata.namespace) && owned_by(&run.metadata.owner_references, &uid))
+        .filter(|run| {
+            same_namespace(&run.metadata.namespace)
+                && owned_by(&run.metadata.owner_references, &uid)
+        })
         .collect();
     let services: Vec<(String, Arc<Service>)> = referenced_services(&rollout)
         .into_iter()
         .filter_map(|(_, service)| {
-            let found = ctx.services.get(&ObjectRef::new(&service).within(&namespace))?;
+            let found = ctx
+                .services
+                .get(&ObjectRef::new(&service).within(&namespace))?;
             Some((service, found))
         })
         .collect();
@@ -144,9 +161,15 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
     let snapshot = Snapshot {
         rollout: &rollout,
         replica_sets: replica_sets.iter().map(AsRef::as_ref).collect(),
-        services: services.iter().map(|(name, svc)| (name.clone(), svc.as_ref())).collect::<BTreeMap<_, _>>(),
+        services: services
+            .iter()
+            .map(|(name, svc)| (name.clone(), svc.as_ref()))
+            .collect::<BTreeMap<_, _>>(),
         analysis_runs: runs.iter().map(AsRef::as_ref).collect(),
-        analysis_templates: templates.iter().map(|(key, spec)| (key.clone(), spec)).collect(),
+        analysis_templates: templates
+            .iter()
+            .map(|(key, spec)| (key.clone(), spec))
+            .collect(),
         pods,
         now,
     };
@@ -192,19 +215,37 @@ fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Acti
     }
 }
 
-async fn list_pods(ctx: &Context, rollout: &Rollout, namespace: &str) -> Result<Vec<PodInfo>, Error> {
+async fn list_pods(
+    ctx: &Context,
+    rollout: &Rollout,
+    namespace: &str,
+) -> Result<Vec<PodInfo>, Error> {
     let selector = crate::planner::selector_string(rollout);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let listed = api.list_metadata(&ListParams::default().labels(&selector)).await;
+    let listed = api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await;
     ctx.metrics.request("list", "Pod", listed.is_ok());
-    let listed = listed.map_err(|source| Error::ListPods { namespace: namespace.into(), source })?;
+    let listed = listed.map_err(|source| Error::ListPods {
+        namespace: namespace.into(),
+        source,
+    })?;
     Ok(listed
         .items
         .into_iter()
         .map(|pod| PodInfo {
-            hash: pod.labels().get(POD_TEMPLATE_HASH_LABEL).cloned().unwrap_or_default(),
+            hash: pod
+                .labels()
+                .get(POD_TEMPLATE_HASH_LABEL)
+                .cloned()
+                .unwrap_or_default(),
             name: pod.name_any(),
-            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH),
+            created: pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(Timestamp::UNIX_EPOCH),
             terminating: pod.metadata.deletion_timestamp.is_some(),
         })
         .collect())
@@ -216,8 +257,11 @@ async fn prune_metrics(ctx: Arc<Context>, store: Store<Rollout>) {
     let mut known: Vec<(String, String)> = Vec::new();
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let live: Vec<(String, String)> =
-            store.state().iter().map(|r| (r.namespace().unwrap_or_default(), r.name_any())).collect();
+        let live: Vec<(String, String)> = store
+            .state()
+            .iter()
+            .map(|r| (r.namespace().unwrap_or_default(), r.name_any()))
+            .collect();
         for gone in known.iter().filter(|k| !live.contains(k)) {
             ctx.metrics.forget_rollout(&gone.0, &gone.1);
         }

@@ -9,10 +9,10 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use tracing::{info, warn};
 
 use super::{Context, Error, apply, scoped};
@@ -24,7 +24,11 @@ use crate::planner::PlannedEvent;
 
 const CONTROLLER: &str = "analysisrun";
 
-pub(super) async fn controller(ctx: Arc<Context>, namespace: &Option<String>, stop: impl Future<Output = ()> + Send + Sync + 'static) {
+pub(super) async fn controller(
+    ctx: Arc<Context>,
+    namespace: &Option<String>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let api = scoped::<AnalysisRun>(&ctx.client, namespace);
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(stop)
@@ -43,7 +47,10 @@ pub(super) async fn controller(ctx: Arc<Context>, namespace: &Option<String>, st
 async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let name = run.name_any();
-    let namespace = run.namespace().ok_or_else(|| Error::MissingNamespace { kind: "AnalysisRun", name: name.clone() })?;
+    let namespace = run.namespace().ok_or_else(|| Error::MissingNamespace {
+        kind: "AnalysisRun",
+        name: name.clone(),
+    })?;
     let previous = run.status.clone().unwrap_or_default();
     if previous.phase.is_some_and(AnalysisPhase::is_completed) {
         return Ok(Action::await_change());
@@ -60,7 +67,11 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
             let (measurement, query) = measure(&ctx, &run, &namespace, metric).await;
             ctx.metrics.measured(measurement.phase.as_str());
             record(&run, &mut status, metric, measurement);
-            if let Some(result) = status.metric_results.iter_mut().find(|r| r.name == metric.name) {
+            if let Some(result) = status
+                .metric_results
+                .iter_mut()
+                .find(|r| r.name == metric.name)
+            {
                 result.resolved_query = query;
             }
         }
@@ -69,12 +80,30 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
     let phase = status.phase.unwrap_or(AnalysisPhase::Pending);
 
     if status != previous {
-        let old = serde_json::to_value(&run.status).map_err(|source| Error::Serialize { what: "old run status".into(), source })?;
-        let new = serde_json::to_value(&status).map_err(|source| Error::Serialize { what: "new run status".into(), source })?;
-        apply::write_status::<AnalysisRun>(&ctx, &namespace, &name, run.resource_version(), &old, &new, "AnalysisRun").await?;
+        let old = serde_json::to_value(&run.status).map_err(|source| Error::Serialize {
+            what: "old run status".into(),
+            source,
+        })?;
+        let new = serde_json::to_value(&status).map_err(|source| Error::Serialize {
+            what: "new run status".into(),
+            source,
+        })?;
+        apply::write_status::<AnalysisRun>(
+            &ctx,
+            &namespace,
+            &name,
+            run.resource_version(),
+            &old,
+            &new,
+            "AnalysisRun",
+        )
+        .await?;
     }
     if previous.phase != Some(phase) {
-        let warning = matches!(phase, AnalysisPhase::Failed | AnalysisPhase::Error | AnalysisPhase::Inconclusive);
+        let warning = matches!(
+            phase,
+            AnalysisPhase::Failed | AnalysisPhase::Error | AnalysisPhase::Inconclusive
+        );
         let reason = match phase {
             AnalysisPhase::Pending => "AnalysisRunPending",
             AnalysisPhase::Running => "AnalysisRunRunning",
@@ -83,9 +112,26 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
             AnalysisPhase::Error => "AnalysisRunError",
             AnalysisPhase::Inconclusive => "AnalysisRunInconclusive",
         };
-        let message = format!("AnalysisRun {} {}", phase.as_str(), status.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default());
+        let message = format!(
+            "AnalysisRun {} {}",
+            phase.as_str(),
+            status
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
         info!(run = %name, namespace = %namespace, phase = phase.as_str(), message = ?status.message, "analysis run phase changed");
-        apply::publish_events(&ctx, run.as_ref(), &[PlannedEvent { warning, reason, message }]).await;
+        apply::publish_events(
+            &ctx,
+            run.as_ref(),
+            &[PlannedEvent {
+                warning,
+                reason,
+                message,
+            }],
+        )
+        .await;
         if phase.is_completed() {
             ctx.metrics.run_completed(phase.as_str());
         }
@@ -96,14 +142,23 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
     }
     let next = due_metrics(&run, &status, Timestamp::now()).next;
     Ok(match next {
-        Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO).max(Duration::from_millis(50))),
+        Some(at) => Action::requeue(
+            Duration::try_from(at.duration_since(Timestamp::now()))
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(50)),
+        ),
         None => Action::requeue(Duration::from_secs(1)),
     })
 }
 
 /// One measurement: resolve arguments and secrets, query, evaluate. Every
 /// failure becomes an Error measurement whose message says what went wrong.
-async fn measure(ctx: &Context, run: &AnalysisRun, namespace: &str, metric: &Metric) -> (Measurement, Option<String>) {
+async fn measure(
+    ctx: &Context,
+    run: &AnalysisRun,
+    namespace: &str,
+    metric: &Metric,
+) -> (Measurement, Option<String>) {
     let started = Timestamp::now();
     let outcome = async {
         let request = resolve_request(ctx, run, namespace, metric).await?;
@@ -122,14 +177,21 @@ async fn measure(ctx: &Context, run: &AnalysisRun, namespace: &str, metric: &Met
     };
     match outcome {
         Err(message) => (measurement(AnalysisPhase::Error, Some(message), None), None),
-        Ok((query, Err(message))) => (measurement(AnalysisPhase::Error, Some(message), None), Some(query)),
+        Ok((query, Err(message))) => (
+            measurement(AnalysisPhase::Error, Some(message), None),
+            Some(query),
+        ),
         Ok((query, Ok(value))) => {
             let shown = Some(value.display());
-            let assessed = Conditions::compile(metric.success_condition.as_deref(), metric.failure_condition.as_deref())
-                .and_then(|conditions| conditions.assess(&value));
+            let assessed = Conditions::compile(
+                metric.success_condition.as_deref(),
+                metric.failure_condition.as_deref(),
+            )
+            .and_then(|conditions| conditions.assess(&value));
             let measured = match assessed {
                 Ok(phase) => {
-                    let message = (phase != AnalysisPhase::Successful).then(|| format!("result {} is {}", value.display(), phase.as_str()));
+                    let message = (phase != AnalysisPhase::Successful)
+                        .then(|| format!("result {} is {}", value.display(), phase.as_str()));
                     measurement(phase, message, shown)
                 }
                 Err(message) => measurement(AnalysisPhase::Error, Some(message), shown),
@@ -139,13 +201,26 @@ async fn measure(ctx: &Context, run: &AnalysisRun, namespace: &str, metric: &Met
     }
 }
 
-async fn resolve_request(ctx: &Context, run: &AnalysisRun, namespace: &str, metric: &Metric) -> Result<Request, String> {
+async fn resolve_request(
+    ctx: &Context,
+    run: &AnalysisRun,
+    namespace: &str,
+    metric: &Metric,
+) -> Result<Request, String> {
     let Some(provider) = &metric.provider.prometheus else {
-        return Err(format!("metric {:?} has no prometheus provider", metric.name));
+        return Err(format!(
+            "metric {:?} has no prometheus provider",
+            metric.name
+        ));
     };
     let mut args = BTreeMap::new();
     for arg in &run.spec.args {
-        let value = match (&arg.value, arg.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref())) {
+        let value = match (
+            &arg.value,
+            arg.value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref()),
+        ) {
             (Some(value), _) => value.clone(),
             (None, Some(secret)) => read_secret(ctx, namespace, secret).await?,
             (None, None) => return Err(format!("argument {:?} has no value", arg.name)),
@@ -161,16 +236,25 @@ async fn resolve_request(ctx: &Context, run: &AnalysisRun, namespace: &str, metr
     let address = prometheus::substitute(&address, &args)?;
     let mut headers = Vec::new();
     for header in &provider.headers {
-        headers.push((header.key.clone(), prometheus::substitute(&header.value, &args)?));
+        headers.push((
+            header.key.clone(),
+            prometheus::substitute(&header.value, &args)?,
+        ));
     }
     if let Some(auth) = &provider.authentication {
         if let Some(token) = &auth.bearer_token {
-            headers.push(("Authorization".into(), format!("Bearer {}", read_secret(ctx, namespace, token).await?)));
+            headers.push((
+                "Authorization".into(),
+                format!("Bearer {}", read_secret(ctx, namespace, token).await?),
+            ));
         }
         if let Some(basic) = &auth.basic_auth {
             let user = read_secret(ctx, namespace, &basic.username).await?;
             let password = read_secret(ctx, namespace, &basic.password).await?;
-            headers.push(("Authorization".into(), format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))));
+            headers.push((
+                "Authorization".into(),
+                format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
+            ));
         }
     }
     let timeout = match provider.timeout {
@@ -188,7 +272,11 @@ async fn resolve_request(ctx: &Context, run: &AnalysisRun, namespace: &str, metr
 
 /// Secrets are read when needed, never cached: caching every Secret in the
 /// cluster would cost memory and widen what the controller holds.
-async fn read_secret(ctx: &Context, namespace: &str, reference: &SecretKeyRef) -> Result<String, String> {
+async fn read_secret(
+    ctx: &Context,
+    namespace: &str,
+    reference: &SecretKeyRef,
+) -> Result<String, String> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret = api.get_opt(&reference.name).await;
     ctx.metrics.request("get", "Secret", secret.is_ok());
@@ -199,17 +287,31 @@ async fn read_secret(ctx: &Context, namespace: &str, reference: &SecretKeyRef) -
         .data
         .as_ref()
         .and_then(|d| d.get(&reference.key))
-        .ok_or_else(|| format!("Secret {namespace}/{} has no key {:?}", reference.name, reference.key))?;
-    String::from_utf8(bytes.0.clone()).map(|s| s.trim_end_matches('\n').to_string()).map_err(|_| {
-        format!("Secret {namespace}/{} key {:?} is not UTF-8 text", reference.name, reference.key)
-    })
+        .ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{} has no key {:?}",
+                reference.name, reference.key
+            )
+        })?;
+    String::from_utf8(bytes.0.clone())
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .map_err(|_| {
+            format!(
+                "Secret {namespace}/{} key {:?} is not UTF-8 text",
+                reference.name, reference.key
+            )
+        })
 }
 
 fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut output = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let bytes = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let bytes = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -227,7 +329,13 @@ fn error_policy(run: Arc<AnalysisRun>, error: &Error, ctx: Arc<Context>) -> Acti
     if !matches!(error, Error::Conflict { .. }) {
         warn!(run = %run.name_any(), %error, "analysis run reconcile failed; retrying in 5s");
     }
-    Action::requeue(Duration::from_secs(if matches!(error, Error::Conflict { .. }) { 1 } else { 5 }))
+    Action::requeue(Duration::from_secs(
+        if matches!(error, Error::Conflict { .. }) {
+            1
+        } else {
+            5
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -236,7 +344,14 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("user:pass", "dXNlcjpwYXNz")] {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("user:pass", "dXNlcjpwYXNz"),
+        ] {
             assert_eq!(base64(input.as_bytes()), expected);
         }
     }

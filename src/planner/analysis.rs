@@ -8,9 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{AnalysisRunChange, Ctx, owner_reference};
 use crate::api::{
-    ANALYSIS_STEP_LABEL, ANALYSIS_TYPE_LABEL, AnalysisPhase, AnalysisRun, AnalysisRunSpec, Argument, BlueGreenStatus,
-    CanaryStatus, DEFAULT_ANALYSIS_HISTORY_LIMIT, POD_TEMPLATE_HASH_LABEL, PodTemplateHashValue, Rollout,
-    RolloutAnalysis, RolloutAnalysisRunStatus,
+    ANALYSIS_STEP_LABEL, ANALYSIS_TYPE_LABEL, AnalysisPhase, AnalysisRun, AnalysisRunSpec,
+    Argument, BlueGreenStatus, CanaryStatus, DEFAULT_ANALYSIS_HISTORY_LIMIT,
+    POD_TEMPLATE_HASH_LABEL, PodTemplateHashValue, Rollout, RolloutAnalysis,
+    RolloutAnalysisRunStatus,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,61 +73,110 @@ fn run_name(ctx: &Ctx<'_>, kind: AnalysisKind) -> String {
 pub(crate) fn gate(ctx: &mut Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnalysis) -> Gate {
     let name = run_name(ctx, kind);
     ctx.wanted_runs.insert(name.clone());
-    let existing = ctx.snap.analysis_runs.iter().find(|r| r.metadata.name.as_deref() == Some(&name)).copied();
+    let existing = ctx
+        .snap
+        .analysis_runs
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some(&name))
+        .copied();
     let Some(run) = existing else {
         return match build_run(ctx, kind, analysis, &name) {
             Ok(run) => {
-                ctx.analysis_runs.push(AnalysisRunChange::Create(Box::new(run)));
-                ctx.event("AnalysisRunCreated", format!("Created AnalysisRun {name} for {kind}"));
+                ctx.analysis_runs
+                    .push(AnalysisRunChange::Create(Box::new(run)));
+                ctx.event(
+                    "AnalysisRunCreated",
+                    format!("Created AnalysisRun {name} for {kind}"),
+                );
                 record(ctx, kind, &name, AnalysisPhase::Pending, None);
                 Gate::Waiting
             }
             Err(message) => {
-                record(ctx, kind, &name, AnalysisPhase::Error, Some(message.clone()));
+                record(
+                    ctx,
+                    kind,
+                    &name,
+                    AnalysisPhase::Error,
+                    Some(message.clone()),
+                );
                 Gate::Failed(format!("{kind} could not start: {message}"))
             }
         };
     };
     let status = run.status.as_ref();
-    let phase = status.and_then(|s| s.phase).unwrap_or(AnalysisPhase::Pending);
+    let phase = status
+        .and_then(|s| s.phase)
+        .unwrap_or(AnalysisPhase::Pending);
     let message = status.and_then(|s| s.message.clone());
     record(ctx, kind, &name, phase, message.clone());
     let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
     match phase {
         AnalysisPhase::Successful => Gate::Passed,
-        AnalysisPhase::Failed | AnalysisPhase::Error => {
-            Gate::Failed(format!("AnalysisRun {name} ({kind}) ended {}{detail}", phase.as_str()))
-        }
+        AnalysisPhase::Failed | AnalysisPhase::Error => Gate::Failed(format!(
+            "AnalysisRun {name} ({kind}) ended {}{detail}",
+            phase.as_str()
+        )),
         AnalysisPhase::Inconclusive => {
             let promoted = ctx.status.controller_pause && ctx.status.pause_conditions.is_empty();
             if promoted {
                 ctx.status.controller_pause = false;
                 Gate::Passed
             } else {
-                Gate::Inconclusive(format!("InconclusiveAnalysisRun: {name}{detail}; promote to continue or abort"))
+                Gate::Inconclusive(format!(
+                    "InconclusiveAnalysisRun: {name}{detail}; promote to continue or abort"
+                ))
             }
         }
         AnalysisPhase::Pending | AnalysisPhase::Running => Gate::Waiting,
     }
 }
 
-fn record(ctx: &mut Ctx<'_>, kind: AnalysisKind, name: &str, phase: AnalysisPhase, message: Option<String>) {
-    let entry = Some(RolloutAnalysisRunStatus { name: name.to_string(), status: phase.as_str().to_string(), message });
+fn record(
+    ctx: &mut Ctx<'_>,
+    kind: AnalysisKind,
+    name: &str,
+    phase: AnalysisPhase,
+    message: Option<String>,
+) {
+    let entry = Some(RolloutAnalysisRunStatus {
+        name: name.to_string(),
+        status: phase.as_str().to_string(),
+        message,
+    });
     match kind {
-        AnalysisKind::Step(_) => ctx.status.canary.get_or_insert_with(CanaryStatus::default).current_step_analysis_run_status = entry,
+        AnalysisKind::Step(_) => {
+            ctx.status
+                .canary
+                .get_or_insert_with(CanaryStatus::default)
+                .current_step_analysis_run_status = entry
+        }
         AnalysisKind::Background => {
-            ctx.status.canary.get_or_insert_with(CanaryStatus::default).current_background_analysis_run_status = entry
+            ctx.status
+                .canary
+                .get_or_insert_with(CanaryStatus::default)
+                .current_background_analysis_run_status = entry
         }
         AnalysisKind::PrePromotion => {
-            ctx.status.blue_green.get_or_insert_with(BlueGreenStatus::default).pre_promotion_analysis_run_status = entry
+            ctx.status
+                .blue_green
+                .get_or_insert_with(BlueGreenStatus::default)
+                .pre_promotion_analysis_run_status = entry
         }
         AnalysisKind::PostPromotion => {
-            ctx.status.blue_green.get_or_insert_with(BlueGreenStatus::default).post_promotion_analysis_run_status = entry
+            ctx.status
+                .blue_green
+                .get_or_insert_with(BlueGreenStatus::default)
+                .post_promotion_analysis_run_status = entry
         }
     }
 }
 
-fn build_run(ctx: &Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnalysis, name: &str) -> Result<AnalysisRun, String> {
+fn build_run(
+    ctx: &Ctx<'_>,
+    kind: AnalysisKind,
+    analysis: &RolloutAnalysis,
+    name: &str,
+) -> Result<AnalysisRun, String> {
     let rollout = ctx.rollout;
     let namespace = rollout.metadata.namespace.clone().unwrap_or_default();
     let mut spec = AnalysisRunSpec::default();
@@ -145,7 +195,10 @@ fn build_run(ctx: &Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnalysis, name
         })?;
         for metric in &template.metrics {
             if spec.metrics.iter().any(|m| m.name == metric.name) {
-                return Err(format!("metric {:?} is defined by more than one template; rename one", metric.name));
+                return Err(format!(
+                    "metric {:?} is defined by more than one template; rename one",
+                    metric.name
+                ));
             }
             spec.metrics.push(metric.clone());
         }
@@ -153,7 +206,8 @@ fn build_run(ctx: &Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnalysis, name
             args.entry(arg.name.clone()).or_insert_with(|| arg.clone());
         }
         spec.dry_run.extend(template.dry_run.iter().cloned());
-        spec.measurement_retention.extend(template.measurement_retention.iter().cloned());
+        spec.measurement_retention
+            .extend(template.measurement_retention.iter().cloned());
     }
     for arg in &analysis.args {
         let value = match (&arg.value, &arg.value_from) {
@@ -169,9 +223,19 @@ fn build_run(ctx: &Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnalysis, name
             },
             (None, None) => return Err(format!("argument {:?} has no value", arg.name)),
         };
-        args.insert(arg.name.clone(), Argument { name: arg.name.clone(), value: Some(value), value_from: None });
+        args.insert(
+            arg.name.clone(),
+            Argument {
+                name: arg.name.clone(),
+                value: Some(value),
+                value_from: None,
+            },
+        );
     }
-    if let Some(missing) = args.values().find(|a| a.value.is_none() && a.value_from.is_none()) {
+    if let Some(missing) = args
+        .values()
+        .find(|a| a.value.is_none() && a.value_from.is_none())
+    {
         return Err(format!(
             "argument {:?} is required by the template but has no value; add it to the rollout's analysis args",
             missing.name
@@ -179,10 +243,19 @@ fn build_run(ctx: &Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnalysis, name
     }
     spec.args = args.into_values().collect();
     spec.dry_run.extend(analysis.dry_run.iter().cloned());
-    spec.measurement_retention.extend(analysis.measurement_retention.iter().cloned());
+    spec.measurement_retention
+        .extend(analysis.measurement_retention.iter().cloned());
 
-    let mut labels: BTreeMap<String, String> = rollout.spec.selector.match_labels.clone().unwrap_or_default();
-    labels.insert(POD_TEMPLATE_HASH_LABEL.to_string(), ctx.new_set().hash.clone());
+    let mut labels: BTreeMap<String, String> = rollout
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default();
+    labels.insert(
+        POD_TEMPLATE_HASH_LABEL.to_string(),
+        ctx.new_set().hash.clone(),
+    );
     labels.insert(ANALYSIS_TYPE_LABEL.to_string(), kind.label().to_string());
     if let AnalysisKind::Step(index) = kind {
         labels.insert(ANALYSIS_STEP_LABEL.to_string(), index.to_string());
@@ -204,18 +277,23 @@ fn build_run(ctx: &Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnalysis, name
 /// Resolves `metadata.name`, `metadata.labels['key']`, `spec.replicas` and
 /// similar paths against the Rollout.
 pub(crate) fn resolve_field_path(rollout: &Rollout, path: &str) -> Result<String, String> {
-    let document = serde_json::to_value(rollout).map_err(|e| format!("cannot read the rollout: {e}"))?;
+    let document =
+        serde_json::to_value(rollout).map_err(|e| format!("cannot read the rollout: {e}"))?;
     let mut current = &document;
     let mut rest = path.trim();
     while !rest.is_empty() {
         let (key, remainder) = if let Some(bracketed) = rest.strip_prefix("['") {
-            let end = bracketed.find("']").ok_or_else(|| format!("unclosed [' in field path {path:?}"))?;
+            let end = bracketed
+                .find("']")
+                .ok_or_else(|| format!("unclosed [' in field path {path:?}"))?;
             (&bracketed[..end], &bracketed[end + 2..])
         } else {
             let end = rest.find(['.', '[']).unwrap_or(rest.len());
             (&rest[..end], &rest[end..])
         };
-        current = current.get(key).ok_or_else(|| format!("field path {path:?} does not exist on the rollout (no {key:?})"))?;
+        current = current.get(key).ok_or_else(|| {
+            format!("field path {path:?} does not exist on the rollout (no {key:?})")
+        })?;
         rest = remainder.strip_prefix('.').unwrap_or(remainder);
     }
     match current {
@@ -229,17 +307,32 @@ pub(crate) fn resolve_field_path(rollout: &Rollout, path: &str) -> Result<String
 /// beyond the Rollout's history limits (newest kept).
 pub(crate) fn cleanup_history(ctx: &mut Ctx<'_>) {
     let limits = ctx.rollout.spec.analysis.as_ref();
-    let keep_successful = limits.and_then(|l| l.successful_run_history_limit).unwrap_or(DEFAULT_ANALYSIS_HISTORY_LIMIT).max(0) as usize;
-    let keep_unsuccessful = limits.and_then(|l| l.unsuccessful_run_history_limit).unwrap_or(DEFAULT_ANALYSIS_HISTORY_LIMIT).max(0) as usize;
+    let keep_successful = limits
+        .and_then(|l| l.successful_run_history_limit)
+        .unwrap_or(DEFAULT_ANALYSIS_HISTORY_LIMIT)
+        .max(0) as usize;
+    let keep_unsuccessful = limits
+        .and_then(|l| l.unsuccessful_run_history_limit)
+        .unwrap_or(DEFAULT_ANALYSIS_HISTORY_LIMIT)
+        .max(0) as usize;
     let mut runs: Vec<&AnalysisRun> = ctx.snap.analysis_runs.clone();
-    runs.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp).then_with(|| b.metadata.name.cmp(&a.metadata.name)));
+    runs.sort_by(|a, b| {
+        b.metadata
+            .creation_timestamp
+            .cmp(&a.metadata.creation_timestamp)
+            .then_with(|| b.metadata.name.cmp(&a.metadata.name))
+    });
     let mut successful = 0usize;
     let mut unsuccessful = 0usize;
     let mut changes = Vec::new();
     let wanted: &BTreeSet<String> = &ctx.wanted_runs;
     for run in runs {
         let name = run.metadata.name.clone().unwrap_or_default();
-        let phase = run.status.as_ref().and_then(|s| s.phase).unwrap_or(AnalysisPhase::Pending);
+        let phase = run
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(AnalysisPhase::Pending);
         if wanted.contains(&name) {
             continue;
         }

@@ -4,16 +4,18 @@
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::Ctx;
 use super::analysis::{AnalysisKind, Gate, gate};
 use super::canary::pause;
-use super::Ctx;
 use crate::api::{
     BlueGreenStatus, BlueGreenStrategy, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS,
     DEFAULT_BLUE_GREEN_SCALE_DOWN_DELAY_SECONDS, PauseReason,
 };
 
 pub(super) fn plan(ctx: &mut Ctx<'_>) {
-    let Some(bg) = ctx.rollout.spec.strategy.blue_green.as_ref() else { return };
+    let Some(bg) = ctx.rollout.spec.strategy.blue_green.as_ref() else {
+        return;
+    };
     let replicas = ctx.rollout.replicas();
     let new = ctx.new;
     ctx.sets[new].desired_deadline = None;
@@ -43,10 +45,14 @@ fn plan_abort(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
     ctx.sets[stable].desired_deadline = None;
     ctx.route(Some(&bg.active_service), stable);
     ctx.route(bg.preview_service.as_deref(), stable);
-    let delay = bg.abort_scale_down_delay_seconds.unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);
+    let delay = bg
+        .abort_scale_down_delay_seconds
+        .unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);
     // 0 keeps the aborted pods for debugging, as in Argo.
     if delay > 0 && ctx.sets[new].current > 0 {
-        let deadline = ctx.sets[new].deadline.unwrap_or_else(|| after(ctx.now, delay));
+        let deadline = ctx.sets[new]
+            .deadline
+            .unwrap_or_else(|| after(ctx.now, delay));
         if ctx.now >= deadline {
             ctx.sets[new].desired = 0;
         } else {
@@ -59,14 +65,20 @@ fn plan_abort(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
 fn plan_switch(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
     let Some(stable) = ctx.stable else { return };
     let new = ctx.new;
-    let preview_count = bg.preview_replica_count.unwrap_or(replicas).clamp(0, replicas);
+    let preview_count = bg
+        .preview_replica_count
+        .unwrap_or(replicas)
+        .clamp(0, replicas);
     ctx.sets[stable].desired = replicas;
     ctx.sets[stable].desired_deadline = None;
     ctx.route(Some(&bg.active_service), stable);
     ctx.route(bg.preview_service.as_deref(), new);
     ctx.sets[new].desired = preview_count.max(ctx.sets[new].current.min(replicas));
 
-    let status = ctx.status.blue_green.get_or_insert_with(BlueGreenStatus::default);
+    let status = ctx
+        .status
+        .blue_green
+        .get_or_insert_with(BlueGreenStatus::default);
     if !status.scale_up_preview_check_point {
         ctx.sets[new].desired = preview_count;
         if !ctx.sets[new].is_saturated(preview_count) {
@@ -116,7 +128,8 @@ fn plan_switch(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
         match gate(ctx, AnalysisKind::PostPromotion, analysis) {
             Gate::Passed => {}
             Gate::Waiting => {
-                ctx.waiting_for = Some("waiting for post-promotion verification to complete".into());
+                ctx.waiting_for =
+                    Some("waiting for post-promotion verification to complete".into());
                 return;
             }
             Gate::Failed(message) => {
@@ -140,13 +153,20 @@ fn pause_released(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy) -> bool {
     if auto && delay == 0 {
         return true;
     }
-    let existing = ctx.status.pause_conditions.iter().find(|c| c.reason == PauseReason::BlueGreenPause).cloned();
+    let existing = ctx
+        .status
+        .pause_conditions
+        .iter()
+        .find(|c| c.reason == PauseReason::BlueGreenPause)
+        .cloned();
     match existing {
         Some(condition) if auto => {
             let due = after(condition.start_time.0, delay);
             if ctx.now >= due {
                 // Keep controllerPause set: it marks this revision's pause as released.
-                ctx.status.pause_conditions.retain(|c| c.reason != PauseReason::BlueGreenPause);
+                ctx.status
+                    .pause_conditions
+                    .retain(|c| c.reason != PauseReason::BlueGreenPause);
                 true
             } else {
                 ctx.wake_at(due);
@@ -179,11 +199,16 @@ fn promote(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, previous: Option<usize>) {
     ctx.status.controller_pause = false;
     ctx.status.promote_full = false;
     if let Some(previous) = previous {
-        let delay = bg.scale_down_delay_seconds.unwrap_or(DEFAULT_BLUE_GREEN_SCALE_DOWN_DELAY_SECONDS);
+        let delay = bg
+            .scale_down_delay_seconds
+            .unwrap_or(DEFAULT_BLUE_GREEN_SCALE_DOWN_DELAY_SECONDS);
         let deadline = after(ctx.now, delay);
         ctx.sets[previous].desired_deadline = Some(deadline);
     }
-    let message = format!("Rollout completed: revision {} ({}) is active and stable", ctx.sets[new].revision, ctx.sets[new].hash);
+    let message = format!(
+        "Rollout completed: revision {} ({}) is active and stable",
+        ctx.sets[new].revision, ctx.sets[new].hash
+    );
     ctx.event("RolloutCompleted", message);
 }
 
@@ -223,19 +248,27 @@ fn scale_down_old(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy) {
 fn record_selectors(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy) {
     let current = |name: &str| {
         ctx.services.get(name).cloned().or_else(|| {
-            ctx.snap
-                .services
-                .get(name)
-                .and_then(|s| s.spec.as_ref()?.selector.as_ref()?.get(crate::api::POD_TEMPLATE_HASH_LABEL).cloned())
+            ctx.snap.services.get(name).and_then(|s| {
+                s.spec
+                    .as_ref()?
+                    .selector
+                    .as_ref()?
+                    .get(crate::api::POD_TEMPLATE_HASH_LABEL)
+                    .cloned()
+            })
         })
     };
     let active = current(&bg.active_service);
     let preview = bg.preview_service.as_deref().and_then(current);
-    let status = ctx.status.blue_green.get_or_insert_with(BlueGreenStatus::default);
+    let status = ctx
+        .status
+        .blue_green
+        .get_or_insert_with(BlueGreenStatus::default);
     status.active_selector = active;
     status.preview_selector = preview;
 }
 
 fn after(from: Timestamp, seconds: i32) -> Timestamp {
-    from.checked_add(SignedDuration::from_secs(i64::from(seconds))).unwrap_or(from)
+    from.checked_add(SignedDuration::from_secs(i64::from(seconds)))
+        .unwrap_or(from)
 }

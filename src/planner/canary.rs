@@ -5,21 +5,30 @@ use jiff::SignedDuration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::Ctx;
 use super::analysis::{AnalysisKind, Gate, gate};
 use super::replicas::{ScaleInput, fenceposts, rolling_scale, weighted_counts};
-use super::Ctx;
 use crate::api::duration::{parse_int_or_duration, resolve_int_or_percent};
-use crate::api::{CanaryStep, CanaryStatus, CanaryStrategy, PauseCondition, PauseReason, TrafficWeights, WeightDestination};
+use crate::api::{
+    CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, PauseReason, TrafficWeights,
+    WeightDestination,
+};
 
 pub(super) fn plan(ctx: &mut Ctx<'_>) {
-    let Some(canary) = ctx.rollout.spec.strategy.canary.as_ref() else { return };
+    let Some(canary) = ctx.rollout.spec.strategy.canary.as_ref() else {
+        return;
+    };
     let replicas = ctx.rollout.replicas();
     let (surge, unavailable) = budgets(canary, replicas);
     let steps = &canary.steps;
     let step_count = steps.len() as i32;
 
     let promoting_directly = ctx.stable.is_none() || ctx.new_is_stable();
-    let mut index = ctx.status.current_step_index.unwrap_or(0).clamp(0, step_count);
+    let mut index = ctx
+        .status
+        .current_step_index
+        .unwrap_or(0)
+        .clamp(0, step_count);
     if promoting_directly || ctx.status.promote_full {
         index = step_count;
     }
@@ -45,11 +54,22 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
             set.desired = set.current;
         }
     } else {
-        scale(ctx, canary_target, stable_target, replicas, surge, unavailable);
+        scale(
+            ctx,
+            canary_target,
+            stable_target,
+            replicas,
+            surge,
+            unavailable,
+        );
     }
 
     let new = ctx.new;
-    if !ctx.status.abort && index >= step_count && ctx.sets[new].is_saturated(replicas) && !ctx.new_is_stable() {
+    if !ctx.status.abort
+        && index >= step_count
+        && ctx.sets[new].is_saturated(replicas)
+        && !ctx.new_is_stable()
+    {
         promote(ctx);
     }
     route(ctx, canary);
@@ -60,8 +80,18 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
 fn budgets(canary: &CanaryStrategy, replicas: i32) -> (i32, i32) {
     let quarter = IntOrString::String("25%".into());
     // Validation has already rejected unparsable values; the defaults only cover that impossible case.
-    let surge = resolve_int_or_percent(canary.max_surge.as_ref().unwrap_or(&quarter), replicas, true).unwrap_or(1);
-    let unavailable = resolve_int_or_percent(canary.max_unavailable.as_ref().unwrap_or(&quarter), replicas, false).unwrap_or(0);
+    let surge = resolve_int_or_percent(
+        canary.max_surge.as_ref().unwrap_or(&quarter),
+        replicas,
+        true,
+    )
+    .unwrap_or(1);
+    let unavailable = resolve_int_or_percent(
+        canary.max_unavailable.as_ref().unwrap_or(&quarter),
+        replicas,
+        false,
+    )
+    .unwrap_or(0);
     fenceposts(surge, unavailable)
 }
 
@@ -70,7 +100,11 @@ pub fn weight_at(steps: &[CanaryStep], index: i32) -> i32 {
     if index as usize >= steps.len() {
         return 100;
     }
-    steps[..=index as usize].iter().rev().find_map(|s| s.set_weight).unwrap_or(0)
+    steps[..=index as usize]
+        .iter()
+        .rev()
+        .find_map(|s| s.set_weight)
+        .unwrap_or(0)
 }
 
 /// (canary, stable) pod counts while at step `index`. A setCanaryScale
@@ -98,7 +132,13 @@ fn targets_at(steps: &[CanaryStep], index: i32, replicas: i32, surge: i32) -> (i
     }
 }
 
-fn advance_steps(ctx: &mut Ctx<'_>, steps: &[CanaryStep], mut index: i32, replicas: i32, surge: i32) -> i32 {
+fn advance_steps(
+    ctx: &mut Ctx<'_>,
+    steps: &[CanaryStep],
+    mut index: i32,
+    replicas: i32,
+    surge: i32,
+) -> i32 {
     while (index as usize) < steps.len() && !ctx.status.abort {
         let step = &steps[index as usize];
         let done = if step.set_weight.is_some() || step.set_canary_scale.is_some() {
@@ -125,7 +165,15 @@ fn advance_steps(ctx: &mut Ctx<'_>, steps: &[CanaryStep], mut index: i32, replic
         if !done {
             break;
         }
-        ctx.event("RolloutStepCompleted", format!("Rollout step {}/{} completed ({})", index + 1, steps.len(), describe(step)));
+        ctx.event(
+            "RolloutStepCompleted",
+            format!(
+                "Rollout step {}/{} completed ({})",
+                index + 1,
+                steps.len(),
+                describe(step)
+            ),
+        );
         index += 1;
     }
     index
@@ -133,22 +181,41 @@ fn advance_steps(ctx: &mut Ctx<'_>, steps: &[CanaryStep], mut index: i32, replic
 
 fn split_reached(ctx: &Ctx<'_>, canary: i32, stable: i32) -> bool {
     let new = ctx.new_set();
-    let stable_ok = ctx.stable_set().is_some_and(|s| s.current == stable && s.available >= stable);
-    let others_down = ctx.sets.iter().enumerate().all(|(i, s)| i == ctx.new || Some(i) == ctx.stable || s.current == 0);
+    let stable_ok = ctx
+        .stable_set()
+        .is_some_and(|s| s.current == stable && s.available >= stable);
+    let others_down = ctx
+        .sets
+        .iter()
+        .enumerate()
+        .all(|(i, s)| i == ctx.new || Some(i) == ctx.stable || s.current == 0);
     new.is_saturated(canary) && stable_ok && others_down
 }
 
 /// A pause step: paused until promoted, or until its duration has passed.
 fn pause_released(ctx: &mut Ctx<'_>, duration: Option<&IntOrString>, index: i32) -> bool {
-    let existing = ctx.status.pause_conditions.iter().find(|c| c.reason == PauseReason::CanaryPauseStep).cloned();
+    let existing = ctx
+        .status
+        .pause_conditions
+        .iter()
+        .find(|c| c.reason == PauseReason::CanaryPauseStep)
+        .cloned();
     match existing {
         Some(condition) => {
             // Validation guarantees the duration parses.
-            let Some(length) = duration.and_then(|d| parse_int_or_duration(d).ok()) else { return false };
+            let Some(length) = duration.and_then(|d| parse_int_or_duration(d).ok()) else {
+                return false;
+            };
             let length = SignedDuration::try_from(length).unwrap_or(SignedDuration::MAX);
-            let due = condition.start_time.0.checked_add(length).unwrap_or(condition.start_time.0);
+            let due = condition
+                .start_time
+                .0
+                .checked_add(length)
+                .unwrap_or(condition.start_time.0);
             if ctx.now >= due {
-                ctx.status.pause_conditions.retain(|c| c.reason != PauseReason::CanaryPauseStep);
+                ctx.status
+                    .pause_conditions
+                    .retain(|c| c.reason != PauseReason::CanaryPauseStep);
                 ctx.status.controller_pause = false;
                 true
             } else {
@@ -178,17 +245,26 @@ fn pause_released(ctx: &mut Ctx<'_>, duration: Option<&IntOrString>, index: i32)
 }
 
 pub(super) fn pause(ctx: &mut Ctx<'_>, reason: PauseReason, why: &str) {
-    if ctx.status.pause_conditions.iter().any(|c| c.reason == reason) {
+    if ctx
+        .status
+        .pause_conditions
+        .iter()
+        .any(|c| c.reason == reason)
+    {
         return;
     }
     let start_time = Time(ctx.now);
-    ctx.status.pause_conditions.push(PauseCondition { reason, start_time });
+    ctx.status
+        .pause_conditions
+        .push(PauseCondition { reason, start_time });
     ctx.status.controller_pause = true;
     ctx.waiting_for = Some(why.to_string());
 }
 
 fn run_background_analysis(ctx: &mut Ctx<'_>, canary: &CanaryStrategy, index: i32) {
-    let Some(background) = &canary.analysis else { return };
+    let Some(background) = &canary.analysis else {
+        return;
+    };
     if index < background.starting_step.unwrap_or(0) {
         return;
     }
@@ -201,7 +277,9 @@ fn run_background_analysis(ctx: &mut Ctx<'_>, canary: &CanaryStrategy, index: i3
 
 fn scale(ctx: &mut Ctx<'_>, canary: i32, stable: i32, replicas: i32, surge: i32, unavailable: i32) {
     // Scale-down priority: oldest others first, then stable, then the canary.
-    let mut order: Vec<usize> = (0..ctx.sets.len()).filter(|&i| i != ctx.new && Some(i) != ctx.stable).collect();
+    let mut order: Vec<usize> = (0..ctx.sets.len())
+        .filter(|&i| i != ctx.new && Some(i) != ctx.stable)
+        .collect();
     order.extend(ctx.stable.filter(|&s| s != ctx.new));
     order.push(ctx.new);
     let inputs: Vec<ScaleInput> = order
@@ -209,13 +287,21 @@ fn scale(ctx: &mut Ctx<'_>, canary: i32, stable: i32, replicas: i32, surge: i32,
         .map(|&i| {
             let set = &ctx.sets[i];
             let target = if i == ctx.new {
-                if ctx.new_is_stable() { replicas } else { canary }
+                if ctx.new_is_stable() {
+                    replicas
+                } else {
+                    canary
+                }
             } else if Some(i) == ctx.stable {
                 stable
             } else {
                 0
             };
-            ScaleInput { current: set.current, available: set.available, target }
+            ScaleInput {
+                current: set.current,
+                available: set.available,
+                target,
+            }
         })
         .collect();
     let counts = rolling_scale(replicas, surge, unavailable, &inputs);
@@ -232,7 +318,10 @@ fn promote(ctx: &mut Ctx<'_>) {
     ctx.status.pause_conditions.clear();
     ctx.status.controller_pause = false;
     ctx.status.promote_full = false;
-    let message = format!("Rollout completed: revision {} ({}) is stable", ctx.sets[new].revision, ctx.sets[new].hash);
+    let message = format!(
+        "Rollout completed: revision {} ({}) is stable",
+        ctx.sets[new].revision, ctx.sets[new].hash
+    );
     ctx.event("RolloutCompleted", message);
 }
 
@@ -265,7 +354,10 @@ fn record_weights(ctx: &mut Ctx<'_>, canary: &CanaryStrategy) {
             pod_template_hash: ctx.stable_set().map(|s| s.hash.clone()),
         },
     };
-    ctx.status.canary.get_or_insert_with(CanaryStatus::default).weights = Some(weights);
+    ctx.status
+        .canary
+        .get_or_insert_with(CanaryStatus::default)
+        .weights = Some(weights);
 }
 
 fn waiting_message(ctx: &Ctx<'_>, index: i32, step_count: i32) -> String {
@@ -277,7 +369,12 @@ fn waiting_message(ctx: &Ctx<'_>, index: i32, step_count: i32) -> String {
         "updated replicas are still becoming available".into()
     } else if index < step_count {
         format!("waiting for step {}/{step_count}", index + 1)
-    } else if ctx.sets.iter().enumerate().any(|(i, s)| i != ctx.new && s.current > 0) {
+    } else if ctx
+        .sets
+        .iter()
+        .enumerate()
+        .any(|(i, s)| i != ctx.new && s.current > 0)
+    {
         "old replicas are pending termination".into()
     } else {
         "more replicas need to be updated".into()
@@ -299,7 +396,11 @@ pub(crate) fn describe(step: &CanaryStep) -> String {
             _ => "setCanaryScale: matchTrafficWeight".into(),
         }
     } else if let Some(analysis) = &step.analysis {
-        let names: Vec<&str> = analysis.templates.iter().map(|t| t.template_name.as_str()).collect();
+        let names: Vec<&str> = analysis
+            .templates
+            .iter()
+            .map(|t| t.template_name.as_str())
+            .collect();
         format!("analysis: {}", names.join(", "))
     } else {
         "unknown".into()

@@ -83,7 +83,11 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
     ctx.status.selector = Some(selector_string(rollout));
 
     let new = ctx.new_set();
-    let others_down = ctx.sets.iter().enumerate().all(|(i, s)| i == ctx.new || s.current == 0 || s.desired_deadline.is_some());
+    let others_down = ctx
+        .sets
+        .iter()
+        .enumerate()
+        .all(|(i, s)| i == ctx.new || s.current == 0 || s.desired_deadline.is_some());
     let restarting = ctx.waiting_for.as_deref() == Some("rollout is restarting");
     let complete = ctx.new_is_stable() && new.is_saturated(replicas) && others_down && !restarting;
     let user_paused = rollout.is_paused_by_user();
@@ -91,17 +95,31 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
     let new_name = new.name.clone();
 
     if ctx.status.abort && ctx.prev.aborted_at.is_none() {
-        let message = ctx.abort_reason.clone().unwrap_or_else(|| "Rollout aborted".to_string());
-        ctx.warning("RolloutAborted", format!("{message}; returning all traffic and replicas to stable"));
+        let message = ctx
+            .abort_reason
+            .clone()
+            .unwrap_or_else(|| "Rollout aborted".to_string());
+        ctx.warning(
+            "RolloutAborted",
+            format!("{message}; returning all traffic and replicas to stable"),
+        );
     }
-    let was_paused = ctx.conditions.get("Paused").is_some_and(|c| c.status == "True");
+    let was_paused = ctx
+        .conditions
+        .get("Paused")
+        .is_some_and(|c| c.status == "True");
     if paused {
-        let reason = if user_paused { "manually paused".to_string() } else { pause_reason(ctx) };
+        let reason = if user_paused {
+            "manually paused".to_string()
+        } else {
+            pause_reason(ctx)
+        };
         if ctx.conditions.set("Paused", true, "RolloutPaused", &reason) && !was_paused {
             ctx.event("RolloutPaused", format!("Rollout paused: {reason}"));
         }
     } else if was_paused {
-        ctx.conditions.set("Paused", false, "RolloutResumed", "Rollout resumed");
+        ctx.conditions
+            .set("Paused", false, "RolloutResumed", "Rollout resumed");
         ctx.event("RolloutResumed", "Rollout resumed");
     }
 
@@ -120,34 +138,63 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
             .get("Progressing")
             .filter(|c| c.reason.as_deref() == Some("RolloutAborted"))
             .and_then(|c| c.message.clone());
-        let message = ctx.abort_reason.clone().or(previous).unwrap_or_else(|| "Rollout aborted by user".into());
-        ctx.conditions.set("Progressing", false, "RolloutAborted", &message);
+        let message = ctx
+            .abort_reason
+            .clone()
+            .or(previous)
+            .unwrap_or_else(|| "Rollout aborted by user".into());
+        ctx.conditions
+            .set("Progressing", false, "RolloutAborted", &message);
     } else if complete {
-        ctx.conditions.set("Progressing", true, "NewReplicaSetAvailable", &format!("ReplicaSet {new_name} has successfully progressed"));
+        ctx.conditions.set(
+            "Progressing",
+            true,
+            "NewReplicaSetAvailable",
+            &format!("ReplicaSet {new_name} has successfully progressed"),
+        );
     } else if paused {
         // Time spent paused does not count against the progress deadline.
-        ctx.conditions.set("Progressing", true, "RolloutPaused", "Rollout is paused");
+        ctx.conditions
+            .set("Progressing", true, "RolloutPaused", "Rollout is paused");
     } else {
-        let reason = ctx.conditions.get("Progressing").and_then(|c| c.reason.clone());
+        let reason = ctx
+            .conditions
+            .get("Progressing")
+            .and_then(|c| c.reason.clone());
         let exceeded = reason.as_deref() == Some(deadline_reason);
         // Coming back from a pause, completion or a missed deadline also restarts the clock.
         let resumed = !exceeded && reason.as_deref() != Some("ReplicaSetUpdated");
         let message = format!("ReplicaSet {new_name} is progressing");
         if progressed || resumed {
-            ctx.conditions.set("Progressing", true, "ReplicaSetUpdated", &message);
+            ctx.conditions
+                .set("Progressing", true, "ReplicaSetUpdated", &message);
             ctx.conditions.touch("Progressing");
         } else if !exceeded {
-            let seconds = rollout.spec.progress_deadline_seconds.unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS);
-            let last = ctx.conditions.get("Progressing").and_then(|c| c.last_update_time.clone()).map(|t| t.0).unwrap_or(ctx.now);
-            let due = last.checked_add(SignedDuration::from_secs(i64::from(seconds))).unwrap_or(last);
+            let seconds = rollout
+                .spec
+                .progress_deadline_seconds
+                .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS);
+            let last = ctx
+                .conditions
+                .get("Progressing")
+                .and_then(|c| c.last_update_time.clone())
+                .map(|t| t.0)
+                .unwrap_or(ctx.now);
+            let due = last
+                .checked_add(SignedDuration::from_secs(i64::from(seconds)))
+                .unwrap_or(last);
             if ctx.now >= due {
                 let message = format!("ReplicaSet {new_name} has made no progress for {seconds}s");
-                ctx.conditions.set("Progressing", false, deadline_reason, &message);
+                ctx.conditions
+                    .set("Progressing", false, deadline_reason, &message);
                 ctx.warning("ProgressDeadlineExceeded", message.clone());
                 if rollout.spec.progress_deadline_abort.unwrap_or(false) {
                     ctx.status.abort = true;
                     ctx.status.aborted_at = Some(Time(ctx.now));
-                    ctx.warning("RolloutAborted", format!("{message}; progressDeadlineAbort is set, returning to stable"));
+                    ctx.warning(
+                        "RolloutAborted",
+                        format!("{message}; progressDeadlineAbort is set, returning to stable"),
+                    );
                     ctx.wake_at(ctx.now);
                 }
             } else {
@@ -160,27 +207,60 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
     ctx.conditions.set(
         "Available",
         available,
-        if available { "AvailableReplicas" } else { "NotEnoughAvailableReplicas" },
-        &format!("{} of {replicas} replicas available", ctx.status.available_replicas),
+        if available {
+            "AvailableReplicas"
+        } else {
+            "NotEnoughAvailableReplicas"
+        },
+        &format!(
+            "{} of {replicas} replicas available",
+            ctx.status.available_replicas
+        ),
     );
     if complete {
-        ctx.conditions.set("Completed", true, "RolloutCompleted", "Rollout completed: the new revision is stable");
+        ctx.conditions.set(
+            "Completed",
+            true,
+            "RolloutCompleted",
+            "Rollout completed: the new revision is stable",
+        );
     } else {
-        ctx.conditions.set("Completed", false, "RolloutNotCompleted", "Rollout is not completed");
+        ctx.conditions.set(
+            "Completed",
+            false,
+            "RolloutNotCompleted",
+            "Rollout is not completed",
+        );
     }
 
-    let exceeded = ctx.conditions.get("Progressing").filter(|c| c.reason.as_deref() == Some(deadline_reason)).and_then(|c| c.message.clone());
+    let exceeded = ctx
+        .conditions
+        .get("Progressing")
+        .filter(|c| c.reason.as_deref() == Some(deadline_reason))
+        .and_then(|c| c.message.clone());
     let (phase, message) = if ctx.status.abort {
-        let reason = ctx.conditions.get("Progressing").and_then(|c| c.message.clone()).unwrap_or_default();
+        let reason = ctx
+            .conditions
+            .get("Progressing")
+            .and_then(|c| c.message.clone())
+            .unwrap_or_default();
         (RolloutPhase::Degraded, format!("RolloutAborted: {reason}"))
     } else if let Some(message) = exceeded {
-        (RolloutPhase::Degraded, format!("ProgressDeadlineExceeded: {message}"))
+        (
+            RolloutPhase::Degraded,
+            format!("ProgressDeadlineExceeded: {message}"),
+        )
     } else if user_paused {
         (RolloutPhase::Paused, "manually paused".to_string())
     } else if paused {
         (RolloutPhase::Paused, pause_reason(ctx))
     } else if !complete {
-        (RolloutPhase::Progressing, ctx.waiting_for.clone().unwrap_or_else(|| "more replicas need to be updated".into()))
+        (
+            RolloutPhase::Progressing,
+            ctx.waiting_for
+                .clone()
+                .unwrap_or_else(|| "more replicas need to be updated".into()),
+        )
     } else {
         (RolloutPhase::Healthy, String::new())
     };
@@ -188,8 +268,16 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
     ctx.conditions.set(
         "Healthy",
         healthy,
-        if healthy { "RolloutHealthy" } else { "RolloutNotHealthy" },
-        if healthy { "Rollout is healthy" } else { "Rollout is not healthy" },
+        if healthy {
+            "RolloutHealthy"
+        } else {
+            "RolloutNotHealthy"
+        },
+        if healthy {
+            "Rollout is healthy"
+        } else {
+            "Rollout is not healthy"
+        },
     );
     if healthy && ctx.prev.phase != Some(RolloutPhase::Healthy) && ctx.prev.phase.is_some() {
         ctx.event("RolloutHealthy", "Rollout is healthy");
@@ -209,8 +297,12 @@ fn pause_reason(ctx: &Ctx<'_>) -> String {
 /// `key=value,...` form of the Rollout's selector for the scale subresource.
 pub fn selector_string(rollout: &crate::api::Rollout) -> String {
     let selector = &rollout.spec.selector;
-    let mut parts: Vec<String> =
-        selector.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     for expression in selector.match_expressions.iter().flatten() {
         let values = expression.values.clone().unwrap_or_default().join(",");
         parts.push(match expression.operator.as_str() {

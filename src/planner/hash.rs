@@ -33,21 +33,29 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
         bytes.extend_from_slice(&(count as u32).to_le_bytes());
         bytes.extend_from_slice(&[0, 0, 0, 0]);
     }
-    TemplateHash { short: encode(fnv1a32(&bytes)), digest: format!("{:016x}", fnv1a64(&bytes)) }
+    TemplateHash {
+        short: encode(fnv1a32(&bytes)),
+        digest: format!("{:016x}", fnv1a64(&bytes)),
+    }
 }
 
 fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn encode(sum: u32) -> String {
-    sum.to_string().bytes().map(|digit| SAFE_ALPHABET[usize::from(digit) % SAFE_ALPHABET.len()] as char).collect()
+    sum.to_string()
+        .bytes()
+        .map(|digit| SAFE_ALPHABET[usize::from(digit) % SAFE_ALPHABET.len()] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -59,7 +67,11 @@ mod tests {
         PodTemplateSpec {
             metadata: None,
             spec: Some(PodSpec {
-                containers: vec![Container { name: "app".into(), image: Some(image.into()), ..Default::default() }],
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         }
@@ -74,8 +86,14 @@ mod tests {
 
     #[test]
     fn same_template_same_hash_and_image_change_changes_it() {
-        assert_eq!(template_hash(&template("app:1"), None), template_hash(&template("app:1"), None));
-        assert_ne!(template_hash(&template("app:1"), None).short, template_hash(&template("app:2"), None).short);
+        assert_eq!(
+            template_hash(&template("app:1"), None),
+            template_hash(&template("app:1"), None)
+        );
+        assert_ne!(
+            template_hash(&template("app:1"), None).short,
+            template_hash(&template("app:2"), None).short
+        );
     }
 
     #[test]
@@ -89,6 +107,9 @@ mod tests {
     #[test]
     fn hash_uses_only_the_safe_alphabet() {
         let hash = template_hash(&template("app:1"), None).short;
-        assert!(!hash.is_empty() && hash.bytes().all(|b| SAFE_ALPHABET.contains(&b)), "{hash}");
+        assert!(
+            !hash.is_empty() && hash.bytes().all(|b| SAFE_ALPHABET.contains(&b)),
+            "{hash}"
+        );
     }
 }

@@ -7,9 +7,9 @@ mod analysis;
 mod bluegreen;
 mod canary;
 mod conditions;
-pub mod restart;
 pub mod hash;
 pub mod replicas;
+pub mod restart;
 
 pub use canary::weight_at;
 pub use conditions::selector_string;
@@ -20,13 +20,15 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ObjectMeta, OwnerReference, Time,
+};
 use kube::Resource;
 
 use crate::api::validate::{summarize, validate_rollout};
 use crate::api::{
-    AnalysisRun, AnalysisTemplateSpec, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout, RolloutPhase,
-    RolloutStatus, SCALE_DOWN_DEADLINE_ANNOTATION, TEMPLATE_DIGEST_ANNOTATION,
+    AnalysisRun, AnalysisTemplateSpec, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout,
+    RolloutPhase, RolloutStatus, SCALE_DOWN_DEADLINE_ANNOTATION, TEMPLATE_DIGEST_ANNOTATION,
 };
 use conditions::Conditions;
 use hash::{TemplateHash, template_hash};
@@ -75,7 +77,9 @@ pub struct Plan {
 pub enum ReplicaSetChange {
     /// Server-side apply of the complete desired object.
     Apply(Box<ReplicaSet>),
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 /// Point the Service's `rollouts-pod-template-hash` selector key at `hash`.
@@ -151,11 +155,19 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn event(&mut self, reason: &'static str, message: impl Into<String>) {
-        self.events.push(PlannedEvent { warning: false, reason, message: message.into() });
+        self.events.push(PlannedEvent {
+            warning: false,
+            reason,
+            message: message.into(),
+        });
     }
 
     pub fn warning(&mut self, reason: &'static str, message: impl Into<String>) {
-        self.events.push(PlannedEvent { warning: true, reason, message: message.into() });
+        self.events.push(PlannedEvent {
+            warning: true,
+            reason,
+            message: message.into(),
+        });
     }
 
     pub fn wake_at(&mut self, at: Timestamp) {
@@ -185,7 +197,8 @@ impl<'a> Ctx<'a> {
         if target.available == 0 {
             return;
         }
-        self.services.insert(service.to_string(), target.hash.clone());
+        self.services
+            .insert(service.to_string(), target.hash.clone());
     }
 
     pub fn abort(&mut self, reason: String) {
@@ -214,7 +227,11 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         let message = format!("invalid spec: {}", summarize(&problems));
         let mut events = Vec::new();
         if conditions.set("InvalidSpec", true, "InvalidSpec", &message) {
-            events.push(PlannedEvent { warning: true, reason: "InvalidSpec", message: message.clone() });
+            events.push(PlannedEvent {
+                warning: true,
+                reason: "InvalidSpec",
+                message: message.clone(),
+            });
         }
         conditions.set("Healthy", false, "InvalidSpec", &message);
         status.conditions = conditions.into_vec();
@@ -222,23 +239,42 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         status.message = Some(message);
         // Services are not watched unless Ramp manages them, so look again for a missing one.
         let requeue_after = missing_services.then_some(Duration::from_secs(15));
-        return Plan { status: (status != prev).then_some(status), events, requeue_after, ..Plan::default() };
+        return Plan {
+            status: (status != prev).then_some(status),
+            events,
+            requeue_after,
+            ..Plan::default()
+        };
     }
     conditions.remove("InvalidSpec");
 
     let hash = template_hash(&rollout.spec.template, status.collision_count);
     let own_name = rollout.metadata.name.clone().unwrap_or_default();
     let new_name = format!("{own_name}-{}", hash.short);
-    if let Some(existing) = snap.replica_sets.iter().find(|rs| rs.metadata.name.as_deref() == Some(&new_name)) {
-        let digest = existing.metadata.annotations.as_ref().and_then(|a| a.get(TEMPLATE_DIGEST_ANNOTATION));
+    if let Some(existing) = snap
+        .replica_sets
+        .iter()
+        .find(|rs| rs.metadata.name.as_deref() == Some(&new_name))
+    {
+        let digest = existing
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TEMPLATE_DIGEST_ANNOTATION));
         if digest.is_some_and(|d| *d != hash.digest) {
             let count = status.collision_count.unwrap_or(0) + 1;
             status.collision_count = Some(count);
             status.conditions = conditions.into_vec();
-            let message = format!("ReplicaSet {new_name} already exists with a different template; collisionCount is now {count}");
+            let message = format!(
+                "ReplicaSet {new_name} already exists with a different template; collisionCount is now {count}"
+            );
             return Plan {
                 status: Some(status),
-                events: vec![PlannedEvent { warning: false, reason: "HashCollision", message }],
+                events: vec![PlannedEvent {
+                    warning: false,
+                    reason: "HashCollision",
+                    message,
+                }],
                 requeue_after: Some(Duration::ZERO),
                 ..Plan::default()
             };
@@ -246,7 +282,11 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     }
 
     let mut sets: Vec<RsState<'_>> = snap.replica_sets.iter().map(|rs| observe(rs)).collect();
-    sets.sort_by(|a, b| a.revision.cmp(&b.revision).then_with(|| a.name.cmp(&b.name)));
+    sets.sort_by(|a, b| {
+        a.revision
+            .cmp(&b.revision)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     let max_revision = sets.iter().map(|s| s.revision).max().unwrap_or(0);
     let new = match sets.iter().position(|s| s.hash == hash.short) {
         Some(index) => index,
@@ -267,7 +307,10 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
             sets.len() - 1
         }
     };
-    let stable = status.stable_rs.as_ref().and_then(|h| sets.iter().position(|s| &s.hash == h));
+    let stable = status
+        .stable_rs
+        .as_ref()
+        .and_then(|h| sets.iter().position(|s| &s.hash == h));
 
     let mut ctx = Ctx {
         snap,
@@ -294,7 +337,10 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         start_new_revision(&mut ctx);
     }
     // A rollback to an old template makes that ReplicaSet the newest revision again.
-    if ctx.sets[ctx.new].rs.is_some() && ctx.sets[ctx.new].revision < max_revision && !ctx.new_is_stable() {
+    if ctx.sets[ctx.new].rs.is_some()
+        && ctx.sets[ctx.new].revision < max_revision
+        && !ctx.new_is_stable()
+    {
         ctx.sets[ctx.new].revision = max_revision + 1;
     }
     check_steps_changed(&mut ctx);
@@ -325,24 +371,51 @@ pub fn referenced_services(rollout: &Rollout) -> Vec<(&'static str, String)> {
     let strategy = &rollout.spec.strategy;
     let mut names = Vec::new();
     if let Some(canary) = &strategy.canary {
-        names.extend(canary.canary_service.clone().map(|n| ("spec.strategy.canary.canaryService", n)));
-        names.extend(canary.stable_service.clone().map(|n| ("spec.strategy.canary.stableService", n)));
+        names.extend(
+            canary
+                .canary_service
+                .clone()
+                .map(|n| ("spec.strategy.canary.canaryService", n)),
+        );
+        names.extend(
+            canary
+                .stable_service
+                .clone()
+                .map(|n| ("spec.strategy.canary.stableService", n)),
+        );
     }
     if let Some(bg) = &strategy.blue_green {
-        names.push(("spec.strategy.blueGreen.activeService", bg.active_service.clone()));
-        names.extend(bg.preview_service.clone().map(|n| ("spec.strategy.blueGreen.previewService", n)));
+        names.push((
+            "spec.strategy.blueGreen.activeService",
+            bg.active_service.clone(),
+        ));
+        names.extend(
+            bg.preview_service
+                .clone()
+                .map(|n| ("spec.strategy.blueGreen.previewService", n)),
+        );
     }
     names
 }
 
-fn add_missing_services(snap: &Snapshot<'_>, problems: &mut Vec<crate::api::validate::Problem>) -> bool {
-    let namespace = snap.rollout.metadata.namespace.as_deref().unwrap_or("default");
+fn add_missing_services(
+    snap: &Snapshot<'_>,
+    problems: &mut Vec<crate::api::validate::Problem>,
+) -> bool {
+    let namespace = snap
+        .rollout
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or("default");
     let before = problems.len();
     for (field, name) in referenced_services(snap.rollout) {
         if !snap.services.contains_key(&name) {
             problems.push(crate::api::validate::Problem {
                 field: field.to_string(),
-                message: format!("Service {name:?} not found in namespace {namespace}; create it or fix the name"),
+                message: format!(
+                    "Service {name:?} not found in namespace {namespace}; create it or fix the name"
+                ),
             });
         }
     }
@@ -351,7 +424,10 @@ fn add_missing_services(snap: &Snapshot<'_>, problems: &mut Vec<crate::api::vali
 
 fn observe(rs: &ReplicaSet) -> RsState<'_> {
     let annotations = rs.metadata.annotations.as_ref();
-    let revision = annotations.and_then(|a| a.get(REVISION_ANNOTATION)).and_then(|r| r.parse().ok()).unwrap_or(0);
+    let revision = annotations
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
     let deadline = annotations
         .and_then(|a| a.get(SCALE_DOWN_DEADLINE_ANNOTATION))
         .and_then(|d| d.parse::<Timestamp>().ok());
@@ -365,7 +441,10 @@ fn observe(rs: &ReplicaSet) -> RsState<'_> {
     let current = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let status = rs.status.as_ref();
     // Right after a scale-down the status still counts pods being removed.
-    let available = status.and_then(|s| s.available_replicas).unwrap_or(0).min(current);
+    let available = status
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+        .min(current);
     RsState {
         rs: Some(rs),
         name: rs.metadata.name.clone().unwrap_or_default(),
@@ -373,7 +452,10 @@ fn observe(rs: &ReplicaSet) -> RsState<'_> {
         revision,
         current,
         available,
-        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0).min(current),
+        ready: status
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+            .min(current),
         observed_replicas: status.map(|s| s.replicas).unwrap_or(0),
         deadline,
         desired: current,
@@ -402,7 +484,13 @@ fn start_new_revision(ctx: &mut Ctx<'_>) {
     }
     ctx.conditions.remove("Completed");
     if let Some(previous) = previous {
-        ctx.event("RolloutUpdated", format!("Pod template changed: rolling out revision {} (hash {} replaces {previous})", ctx.sets[ctx.new].revision, ctx.hash.short));
+        ctx.event(
+            "RolloutUpdated",
+            format!(
+                "Pod template changed: rolling out revision {} (hash {} replaces {previous})",
+                ctx.sets[ctx.new].revision, ctx.hash.short
+            ),
+        );
     }
 }
 
@@ -415,25 +503,43 @@ fn retry(ctx: &mut Ctx<'_>) {
     if let Some(bg) = ctx.status.blue_green.as_mut() {
         bg.scale_up_preview_check_point = false;
     }
-    ctx.event("RolloutRetry", format!("Retrying the rollout of revision {} (attempt {})", ctx.sets[ctx.new].revision, ctx.status.retry_count + 1));
+    ctx.event(
+        "RolloutRetry",
+        format!(
+            "Retrying the rollout of revision {} (attempt {})",
+            ctx.sets[ctx.new].revision,
+            ctx.status.retry_count + 1
+        ),
+    );
 }
 
 fn check_steps_changed(ctx: &mut Ctx<'_>) {
-    let steps = ctx.rollout.spec.strategy.canary.as_ref().map(|c| serde_json::to_vec(&c.steps).unwrap_or_default());
+    let steps = ctx
+        .rollout
+        .spec
+        .strategy
+        .canary
+        .as_ref()
+        .map(|c| serde_json::to_vec(&c.steps).unwrap_or_default());
     let step_hash = steps.map(|bytes| template_hash_of_bytes(&bytes));
     if step_hash != ctx.status.current_step_hash {
         if ctx.status.current_step_hash.is_some() && !ctx.new_is_stable() {
             ctx.status.current_step_index = Some(0);
             ctx.status.pause_conditions.clear();
             ctx.status.controller_pause = false;
-            ctx.event("RolloutUpdated", "Canary steps changed: restarting from step 0");
+            ctx.event(
+                "RolloutUpdated",
+                "Canary steps changed: restarting from step 0",
+            );
         }
         ctx.status.current_step_hash = step_hash;
     }
 }
 
 fn template_hash_of_bytes(bytes: &[u8]) -> String {
-    let sum = bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
+    let sum = bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    });
     format!("{sum:08x}")
 }
 
@@ -448,9 +554,17 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
         let desired_annotation = set.desired_deadline.map(|d| d.to_string());
         let observed_annotation = set.deadline.map(|d| d.to_string());
         let revision_changed = set.rs.is_some_and(|rs| {
-            rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION)) != Some(&set.revision.to_string())
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REVISION_ANNOTATION))
+                != Some(&set.revision.to_string())
         });
-        if set.rs.is_some() && set.desired == set.current && desired_annotation == observed_annotation && !revision_changed {
+        if set.rs.is_some()
+            && set.desired == set.current
+            && desired_annotation == observed_annotation
+            && !revision_changed
+        {
             continue;
         }
         if set.rs.is_none() && index != ctx.new {
@@ -466,25 +580,45 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
             ""
         };
         let message = match verb {
-            "Created" => Some(("NewReplicaSetCreated", format!("Created ReplicaSet {} (revision {}) with {} replicas", set.name, set.revision, set.desired))),
+            "Created" => Some((
+                "NewReplicaSetCreated",
+                format!(
+                    "Created ReplicaSet {} (revision {}) with {} replicas",
+                    set.name, set.revision, set.desired
+                ),
+            )),
             "" => None,
-            verb => Some(("ScalingReplicaSet", format!("{verb} ReplicaSet {} (revision {}) from {} to {}", set.name, set.revision, set.current, set.desired))),
+            verb => Some((
+                "ScalingReplicaSet",
+                format!(
+                    "{verb} ReplicaSet {} (revision {}) from {} to {}",
+                    set.name, set.revision, set.current, set.desired
+                ),
+            )),
         };
         let desired = desired_replica_set(rollout, set, &ctx.hash);
-        plan.replica_sets.push(ReplicaSetChange::Apply(Box::new(desired)));
+        plan.replica_sets
+            .push(ReplicaSetChange::Apply(Box::new(desired)));
         if let Some((reason, message)) = message {
             ctx.event(reason, message);
         }
     }
     for (service, hash) in std::mem::take(&mut ctx.services) {
         let current = ctx.snap.services.get(&service).and_then(|s| {
-            s.spec.as_ref().and_then(|spec| spec.selector.as_ref()).and_then(|sel| sel.get(POD_TEMPLATE_HASH_LABEL)).cloned()
+            s.spec
+                .as_ref()
+                .and_then(|spec| spec.selector.as_ref())
+                .and_then(|sel| sel.get(POD_TEMPLATE_HASH_LABEL))
+                .cloned()
         });
         if current.as_deref() == Some(hash.as_str()) {
             continue;
         }
         let from = current.unwrap_or_else(|| "(none)".into());
-        ctx.event("SwitchService", format!("Switched selector for Service {service} from {from} to {hash}"));
+        ctx.event(
+            "SwitchService",
+            format!("Switched selector for Service {service} from {from} to {hash}"),
+        );
         plan.services.push(ServiceSelectorChange { service, hash });
     }
     conditions::finish_status(&mut ctx);
@@ -492,7 +626,11 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
     plan.evictions = std::mem::take(&mut ctx.evictions);
     if let Some(at) = ctx.wake_at {
         let wait = at.duration_since(ctx.now);
-        plan.requeue_after = Some(Duration::try_from(wait).unwrap_or(Duration::ZERO).max(Duration::from_millis(100)));
+        plan.requeue_after = Some(
+            Duration::try_from(wait)
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(100)),
+        );
     }
     plan.events = std::mem::take(&mut ctx.events);
     let mut status = ctx.status;
@@ -503,7 +641,12 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
 
 /// Deletes scaled-down ReplicaSets beyond revisionHistoryLimit, oldest first.
 fn cleanup_old_replica_sets(ctx: &mut Ctx<'_>, plan: &mut Plan) {
-    let limit = ctx.rollout.spec.revision_history_limit.unwrap_or(crate::api::DEFAULT_REVISION_HISTORY_LIMIT).max(0) as usize;
+    let limit = ctx
+        .rollout
+        .spec
+        .revision_history_limit
+        .unwrap_or(crate::api::DEFAULT_REVISION_HISTORY_LIMIT)
+        .max(0) as usize;
     let removable: Vec<usize> = (0..ctx.sets.len())
         .filter(|&i| i != ctx.new && Some(i) != ctx.stable)
         .filter(|&i| {
@@ -514,8 +657,12 @@ fn cleanup_old_replica_sets(ctx: &mut Ctx<'_>, plan: &mut Plan) {
     let excess = removable.len().saturating_sub(limit);
     for &index in removable.iter().take(excess) {
         let name = ctx.sets[index].name.clone();
-        plan.replica_sets.push(ReplicaSetChange::Delete { name: name.clone() });
-        ctx.event("ReplicaSetDeleted", format!("Deleted old ReplicaSet {name} (beyond revisionHistoryLimit {limit})"));
+        plan.replica_sets
+            .push(ReplicaSetChange::Delete { name: name.clone() });
+        ctx.event(
+            "ReplicaSetDeleted",
+            format!("Deleted old ReplicaSet {name} (beyond revisionHistoryLimit {limit})"),
+        );
     }
 }
 
@@ -526,20 +673,34 @@ fn desired_replica_set(rollout: &Rollout, set: &RsState<'_>, hash: &TemplateHash
     let mut annotations = BTreeMap::new();
     annotations.insert(REVISION_ANNOTATION.to_string(), set.revision.to_string());
     if let Some(deadline) = set.desired_deadline {
-        annotations.insert(SCALE_DOWN_DEADLINE_ANNOTATION.to_string(), deadline.to_string());
+        annotations.insert(
+            SCALE_DOWN_DEADLINE_ANNOTATION.to_string(),
+            deadline.to_string(),
+        );
     }
     let (template, selector, digest) = match set.rs {
         Some(rs) => {
             let spec = rs.spec.clone().unwrap_or_default();
-            let digest = rs.metadata.annotations.as_ref().and_then(|a| a.get(TEMPLATE_DIGEST_ANNOTATION)).cloned();
+            let digest = rs
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TEMPLATE_DIGEST_ANNOTATION))
+                .cloned();
             (spec.template.unwrap_or_default(), spec.selector, digest)
         }
         None => {
             let mut template: PodTemplateSpec = rollout.spec.template.clone();
             let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
-            metadata.labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
+            metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
             let mut selector: LabelSelector = rollout.spec.selector.clone();
-            selector.match_labels.get_or_insert_with(BTreeMap::new).insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
+            selector
+                .match_labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
             (template, selector, Some(hash.digest.clone()))
         }
     };

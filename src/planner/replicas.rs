@@ -20,7 +20,13 @@ pub fn weighted_counts(replicas: i32, weight: i32, max_surge: i32) -> (i32, i32)
         return (replicas, 0);
     }
     if replicas == 1 {
-        return if max_surge > 0 { (1, 1) } else if weight >= 50 { (1, 0) } else { (0, 1) };
+        return if max_surge > 0 {
+            (1, 1)
+        } else if weight >= 50 {
+            (1, 0)
+        } else {
+            (0, 1)
+        };
     }
     let canary = ((replicas * weight + 50) / 100).clamp(1, replicas - 1);
     (canary, replicas - canary)
@@ -29,7 +35,11 @@ pub fn weighted_counts(replicas: i32, weight: i32, max_surge: i32) -> (i32, i32)
 /// Resolved surge and unavailability budgets. When both resolve to zero,
 /// unavailability is forced to one so a rollout can always make progress.
 pub fn fenceposts(max_surge: i32, max_unavailable: i32) -> (i32, i32) {
-    if max_surge == 0 && max_unavailable == 0 { (0, 1) } else { (max_surge, max_unavailable) }
+    if max_surge == 0 && max_unavailable == 0 {
+        (0, 1)
+    } else {
+        (max_surge, max_unavailable)
+    }
 }
 
 /// One ReplicaSet as the scaler sees it.
@@ -44,7 +54,12 @@ pub struct ScaleInput {
 /// `replicas + max_surge` pods in total or dropping below
 /// `replicas - max_unavailable` available pods. Inputs are in scale-down
 /// priority order (oldest first). Returns the new count for each input.
-pub fn rolling_scale(replicas: i32, max_surge: i32, max_unavailable: i32, sets: &[ScaleInput]) -> Vec<i32> {
+pub fn rolling_scale(
+    replicas: i32,
+    max_surge: i32,
+    max_unavailable: i32,
+    sets: &[ScaleInput],
+) -> Vec<i32> {
     let mut counts: Vec<i32> = sets.iter().map(|s| s.current).collect();
     let min_available = (replicas - max_unavailable).max(0);
     let mut removable_available = sets.iter().map(|s| s.available).sum::<i32>() - min_available;
@@ -90,7 +105,11 @@ mod tests {
             (0, 50, (0, 0)),
         ];
         for (replicas, weight, expected) in cases {
-            assert_eq!(weighted_counts(replicas, weight, 1), expected, "{replicas} @ {weight}%");
+            assert_eq!(
+                weighted_counts(replicas, weight, 1),
+                expected,
+                "{replicas} @ {weight}%"
+            );
         }
     }
 
@@ -108,40 +127,65 @@ mod tests {
     }
 
     fn set(current: i32, available: i32, target: i32) -> ScaleInput {
-        ScaleInput { current, available, target }
+        ScaleInput {
+            current,
+            available,
+            target,
+        }
     }
 
     #[test]
     fn first_canary_step_moves_one_pod_in_one_pass() {
         // 5 replicas, 25% budgets: surge 2, unavailable 1; stable 5 -> 4, canary 0 -> 1.
-        assert_eq!(rolling_scale(5, 2, 1, &[set(5, 5, 4), set(0, 0, 1)]), vec![4, 1]);
+        assert_eq!(
+            rolling_scale(5, 2, 1, &[set(5, 5, 4), set(0, 0, 1)]),
+            vec![4, 1]
+        );
     }
 
     #[test]
     fn scale_down_waits_for_new_pods_to_become_available() {
         // Full promotion from 4/1 with nothing new available yet: stable may lose
         // one pod, canary may grow to the surge limit.
-        assert_eq!(rolling_scale(5, 2, 1, &[set(4, 4, 0), set(1, 1, 5)]), vec![3, 4]);
+        assert_eq!(
+            rolling_scale(5, 2, 1, &[set(4, 4, 0), set(1, 1, 5)]),
+            vec![3, 4]
+        );
         // Canary pods still starting: no further stable scale-down.
-        assert_eq!(rolling_scale(5, 2, 1, &[set(3, 3, 0), set(4, 1, 5)]), vec![3, 4]);
+        assert_eq!(
+            rolling_scale(5, 2, 1, &[set(3, 3, 0), set(4, 1, 5)]),
+            vec![3, 4]
+        );
     }
 
     #[test]
     fn unavailable_pods_are_removed_freely() {
         // An aborted canary whose pods never became ready is removed at once.
-        assert_eq!(rolling_scale(5, 2, 1, &[set(3, 0, 0), set(4, 4, 5)]), vec![0, 5]);
+        assert_eq!(
+            rolling_scale(5, 2, 1, &[set(3, 0, 0), set(4, 4, 5)]),
+            vec![0, 5]
+        );
     }
 
     #[test]
     fn abort_returns_replicas_to_stable_within_budgets() {
         // Canary 3, stable 2 aborted: canary loses one available pod, stable grows to 5.
-        assert_eq!(rolling_scale(5, 2, 1, &[set(3, 3, 0), set(2, 2, 5)]), vec![2, 5]);
+        assert_eq!(
+            rolling_scale(5, 2, 1, &[set(3, 3, 0), set(2, 2, 5)]),
+            vec![2, 5]
+        );
         // Once stable is available the rest of the canary goes.
-        assert_eq!(rolling_scale(5, 2, 1, &[set(2, 2, 0), set(5, 5, 5)]), vec![0, 5]);
+        assert_eq!(
+            rolling_scale(5, 2, 1, &[set(2, 2, 0), set(5, 5, 5)]),
+            vec![0, 5]
+        );
     }
 
     #[test]
     fn nothing_moves_when_targets_are_met() {
-        assert_eq!(rolling_scale(5, 2, 1, &[set(4, 4, 4), set(1, 1, 1)]), vec![4, 1]);
+        assert_eq!(
+            rolling_scale(5, 2, 1, &[set(4, 4, 4), set(1, 1, 1)]),
+            vec![4, 1]
+        );
     }
 }

@@ -111,9 +111,19 @@ impl World {
                 ReplicaSetChange::Apply(rs) => {
                     let mut rs = (**rs).clone();
                     let name = rs.metadata.name.clone().unwrap_or_default();
-                    let hash = rs.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)).cloned().unwrap_or_default();
+                    let hash = rs
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+                        .cloned()
+                        .unwrap_or_default();
                     let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-                    let available = if self.broken.contains(&hash) { 0 } else { replicas };
+                    let available = if self.broken.contains(&hash) {
+                        0
+                    } else {
+                        replicas
+                    };
                     rs.status = Some(ReplicaSetStatus {
                         replicas,
                         ready_replicas: Some(available),
@@ -128,7 +138,11 @@ impl World {
             }
         }
         for change in &plan.services {
-            let selector = self.services.get_mut(&change.service).and_then(|s| s.spec.as_mut()).and_then(|s| s.selector.as_mut());
+            let selector = self
+                .services
+                .get_mut(&change.service)
+                .and_then(|s| s.spec.as_mut())
+                .and_then(|s| s.selector.as_mut());
             if let Some(selector) = selector {
                 selector.insert(POD_TEMPLATE_HASH_LABEL.to_string(), change.hash.clone());
             }
@@ -138,7 +152,8 @@ impl World {
                 AnalysisRunChange::Create(run) => {
                     let mut run = (**run).clone();
                     run.metadata.creation_timestamp = Some(Time(self.now));
-                    self.runs.insert(run.metadata.name.clone().unwrap_or_default(), run);
+                    self.runs
+                        .insert(run.metadata.name.clone().unwrap_or_default(), run);
                 }
                 AnalysisRunChange::Terminate { name } => {
                     if let Some(run) = self.runs.get_mut(name) {
@@ -169,7 +184,10 @@ impl World {
     }
 
     fn advance(&mut self, seconds: i64) {
-        self.now = self.now.checked_add(SignedDuration::from_secs(seconds)).expect("time in range");
+        self.now = self
+            .now
+            .checked_add(SignedDuration::from_secs(seconds))
+            .expect("time in range");
     }
 
     fn status(&self) -> RolloutStatus {
@@ -199,13 +217,25 @@ impl World {
         let hash = self.hash_for(image);
         self.replica_sets
             .values()
-            .find(|rs| rs.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)) == Some(&hash))
+            .find(|rs| {
+                rs.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+                    == Some(&hash)
+            })
             .and_then(|rs| rs.spec.as_ref()?.replicas)
             .unwrap_or(0)
     }
 
     fn selector(&self, service: &str) -> Option<String> {
-        self.services[service].spec.as_ref()?.selector.as_ref()?.get(POD_TEMPLATE_HASH_LABEL).cloned()
+        self.services[service]
+            .spec
+            .as_ref()?
+            .selector
+            .as_ref()?
+            .get(POD_TEMPLATE_HASH_LABEL)
+            .cloned()
     }
 
     fn promote(&mut self) {
@@ -232,21 +262,36 @@ impl World {
     }
 
     fn set_run_phase(&mut self, name_suffix: &str, phase: AnalysisPhase) {
-        let run = self.runs.values_mut().find(|r| r.metadata.name.as_deref().is_some_and(|n| n.ends_with(name_suffix)));
+        let run = self.runs.values_mut().find(|r| {
+            r.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.ends_with(name_suffix))
+        });
         let run = run.unwrap_or_else(|| panic!("no AnalysisRun ending in {name_suffix}"));
-        run.status = Some(AnalysisRunStatus { phase: Some(phase), message: Some(format!("metric says {phase:?}")), ..Default::default() });
+        run.status = Some(AnalysisRunStatus {
+            phase: Some(phase),
+            message: Some(format!("metric says {phase:?}")),
+            ..Default::default()
+        });
     }
 }
 
 fn deployed(world: &mut World) {
     world.settle();
-    assert_eq!(world.phase(), RolloutPhase::Healthy, "{:#?}", world.status());
+    assert_eq!(
+        world.phase(),
+        RolloutPhase::Healthy,
+        "{:#?}",
+        world.status()
+    );
 }
 
 // ---------- canary ----------
 
 fn standard_canary() -> World {
-    let steps = json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {"duration": "5s"}}]);
+    let steps =
+        json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {"duration": "5s"}}]);
     World::new(rollout(canary(steps), 5))
 }
 
@@ -270,24 +315,46 @@ fn canary_walks_its_steps_with_documented_counts() {
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (1, 4));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (1, 4)
+    );
     assert_eq!(world.phase(), RolloutPhase::Paused);
-    assert_eq!(world.status().pause_conditions[0].reason, PauseReason::CanaryPauseStep);
+    assert_eq!(
+        world.status().pause_conditions[0].reason,
+        PauseReason::CanaryPauseStep
+    );
     assert_eq!(world.selector("web-canary"), Some(world.hash_for("web:2")));
     assert_eq!(world.selector("web-stable"), Some(world.hash_for("web:1")));
-    assert_eq!(world.status().canary.and_then(|c| c.weights).map(|w| w.canary.weight), Some(20));
+    assert_eq!(
+        world
+            .status()
+            .canary
+            .and_then(|c| c.weights)
+            .map(|w| w.canary.weight),
+        Some(20)
+    );
 
     world.promote();
     world.settle();
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (3, 2));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (3, 2)
+    );
     assert_eq!(world.phase(), RolloutPhase::Paused);
     assert_eq!(world.status().current_step_index, Some(3));
     let wait = world.last_plan.requeue_after;
-    assert!(wait.is_some_and(|w| w <= Duration::from_secs(5)), "timed pause must requeue: {wait:?}");
+    assert!(
+        wait.is_some_and(|w| w <= Duration::from_secs(5)),
+        "timed pause must requeue: {wait:?}"
+    );
 
     world.advance(5);
     world.settle();
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (5, 0));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (5, 0)
+    );
     assert_eq!(world.phase(), RolloutPhase::Healthy);
     assert_eq!(world.status().stable_rs, Some(world.hash_for("web:2")));
     assert_eq!(world.selector("web-stable"), Some(world.hash_for("web:2")));
@@ -297,7 +364,10 @@ fn canary_walks_its_steps_with_documented_counts() {
 
 #[test]
 fn timed_pause_does_not_resume_early() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 40}, {"pause": {"duration": 30}}])), 5));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 40}, {"pause": {"duration": 30}}])),
+        5,
+    ));
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
@@ -317,21 +387,41 @@ fn abort_returns_replicas_and_services_to_stable_and_retry_runs_steps_again() {
     world.settle();
     world.promote();
     world.settle();
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (3, 2));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (3, 2)
+    );
 
     world.abort();
     world.settle();
     let stable = world.hash_for("web:1");
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (0, 5));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (0, 5)
+    );
     assert_eq!(world.selector("web-canary"), Some(stable.clone()));
     assert_eq!(world.selector("web-stable"), Some(stable));
     assert_eq!(world.phase(), RolloutPhase::Degraded);
-    assert!(world.status().message.unwrap_or_default().contains("RolloutAborted"));
-    assert!(world.events.iter().any(|e| e.reason == "RolloutAborted" && e.warning));
+    assert!(
+        world
+            .status()
+            .message
+            .unwrap_or_default()
+            .contains("RolloutAborted")
+    );
+    assert!(
+        world
+            .events
+            .iter()
+            .any(|e| e.reason == "RolloutAborted" && e.warning)
+    );
 
     world.retry();
     world.settle();
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (1, 4));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (1, 4)
+    );
     assert_eq!(world.phase(), RolloutPhase::Paused);
     assert_eq!(world.status().current_step_index, Some(1));
     assert!(world.has_event("RolloutRetry"));
@@ -347,7 +437,10 @@ fn promote_full_skips_remaining_steps() {
         status.promote_full = true;
     }
     world.settle();
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (5, 0));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (5, 0)
+    );
     assert_eq!(world.phase(), RolloutPhase::Healthy);
     assert!(!world.status().promote_full);
 }
@@ -361,14 +454,20 @@ fn new_template_mid_rollout_supersedes_the_old_canary() {
     world.set_image("web:3");
     world.settle();
     assert_eq!(world.replicas_of("web:2"), 0);
-    assert_eq!((world.replicas_of("web:3"), world.replicas_of("web:1")), (1, 4));
+    assert_eq!(
+        (world.replicas_of("web:3"), world.replicas_of("web:1")),
+        (1, 4)
+    );
     assert_eq!(world.status().current_step_index, Some(1));
     assert_eq!(world.selector("web-canary"), Some(world.hash_for("web:3")));
 }
 
 #[test]
 fn canary_that_never_becomes_available_hits_the_progress_deadline() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, {"pause": {}}])), 5));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, {"pause": {}}])),
+        5,
+    ));
     world.rollout.spec.progress_deadline_seconds = Some(60);
     deployed(&mut world);
     let bad = world.hash_for("web:bad");
@@ -383,7 +482,13 @@ fn canary_that_never_becomes_available_hits_the_progress_deadline() {
     world.advance(61);
     world.settle();
     assert_eq!(world.phase(), RolloutPhase::Degraded);
-    assert!(world.status().message.unwrap_or_default().contains("ProgressDeadlineExceeded"));
+    assert!(
+        world
+            .status()
+            .message
+            .unwrap_or_default()
+            .contains("ProgressDeadlineExceeded")
+    );
     assert!(world.has_event("ProgressDeadlineExceeded"));
     assert_eq!(world.replicas_of("web:1"), 4, "stable keeps serving");
     assert!(!world.status().abort);
@@ -391,7 +496,10 @@ fn canary_that_never_becomes_available_hits_the_progress_deadline() {
 
 #[test]
 fn progress_deadline_abort_returns_to_stable() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, {"pause": {}}])), 5));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, {"pause": {}}])),
+        5,
+    ));
     world.rollout.spec.progress_deadline_seconds = Some(60);
     world.rollout.spec.progress_deadline_abort = Some(true);
     deployed(&mut world);
@@ -402,13 +510,19 @@ fn progress_deadline_abort_returns_to_stable() {
     world.advance(61);
     world.settle();
     assert!(world.status().abort);
-    assert_eq!((world.replicas_of("web:bad"), world.replicas_of("web:1")), (0, 5));
+    assert_eq!(
+        (world.replicas_of("web:bad"), world.replicas_of("web:1")),
+        (0, 5)
+    );
     assert_eq!(world.phase(), RolloutPhase::Degraded);
 }
 
 #[test]
 fn manual_pause_freezes_and_resume_continues() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, {"setWeight": 60}])), 5));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, {"setWeight": 60}])),
+        5,
+    ));
     deployed(&mut world);
     world.rollout.spec.paused = Some(true);
     world.set_image("web:2");
@@ -428,7 +542,10 @@ fn set_canary_scale_overrides_the_canary_count_only() {
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (3, 4));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (3, 4)
+    );
 }
 
 #[test]
@@ -436,11 +553,20 @@ fn no_writes_when_everything_is_in_the_desired_state() {
     let mut world = standard_canary();
     deployed(&mut world);
     let plan = world.plan();
-    assert_eq!(plan, Plan { requeue_after: plan.requeue_after, ..Plan::default() });
+    assert_eq!(
+        plan,
+        Plan {
+            requeue_after: plan.requeue_after,
+            ..Plan::default()
+        }
+    );
     world.set_image("web:2");
     world.settle();
     let plan = world.plan();
-    assert!(plan.replica_sets.is_empty() && plan.services.is_empty() && plan.status.is_none(), "{plan:#?}");
+    assert!(
+        plan.replica_sets.is_empty() && plan.services.is_empty() && plan.status.is_none(),
+        "{plan:#?}"
+    );
 }
 
 #[test]
@@ -452,7 +578,12 @@ fn old_replica_sets_beyond_history_limit_are_deleted() {
         world.set_image(image);
         world.settle();
     }
-    assert_eq!(world.replica_sets.len(), 2, "{:?}", world.replica_sets.keys().collect::<Vec<_>>());
+    assert_eq!(
+        world.replica_sets.len(),
+        2,
+        "{:?}",
+        world.replica_sets.keys().collect::<Vec<_>>()
+    );
     assert!(world.has_event("ReplicaSetDeleted"));
 }
 
@@ -462,15 +593,33 @@ fn replica_set_carries_hash_revision_owner_and_digest() {
     deployed(&mut world);
     let hash = world.hash_for("web:1");
     let rs = &world.replica_sets[&format!("web-{hash}")];
-    let labels = rs.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
+    let labels = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
     assert_eq!(labels.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
-    let template_labels = rs.spec.as_ref().and_then(|s| s.template.as_ref()?.metadata.as_ref()?.labels.clone()).unwrap_or_default();
+    let template_labels = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref()?.metadata.as_ref()?.labels.clone())
+        .unwrap_or_default();
     assert_eq!(template_labels.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
     let annotations = rs.metadata.annotations.clone().unwrap_or_default();
-    assert_eq!(annotations.get(REVISION_ANNOTATION).map(String::as_str), Some("1"));
+    assert_eq!(
+        annotations.get(REVISION_ANNOTATION).map(String::as_str),
+        Some("1")
+    );
     assert!(annotations.contains_key(TEMPLATE_DIGEST_ANNOTATION));
-    let owner = &rs.metadata.owner_references.as_ref().expect("owner reference")[0];
-    assert_eq!((owner.kind.as_str(), owner.controller), ("Rollout", Some(true)));
+    let owner = &rs
+        .metadata
+        .owner_references
+        .as_ref()
+        .expect("owner reference")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("Rollout", Some(true))
+    );
 }
 
 #[test]
@@ -499,14 +648,30 @@ fn invalid_spec_sets_condition_and_touches_nothing() {
     let mut world = standard_canary();
     deployed(&mut world);
     let before = world.replica_sets.clone();
-    world.rollout.spec.strategy.blue_green = Some(serde_json::from_value(json!({"activeService": "web-active"})).expect("fixture"));
+    world.rollout.spec.strategy.blue_green =
+        Some(serde_json::from_value(json!({"activeService": "web-active"})).expect("fixture"));
     let plan = world.plan();
     assert!(plan.replica_sets.is_empty() && plan.services.is_empty());
     world.step();
     assert_eq!(world.phase(), RolloutPhase::Degraded);
-    let condition = world.status().conditions.into_iter().find(|c| c.type_ == "InvalidSpec").expect("InvalidSpec condition");
-    assert!(condition.message.unwrap_or_default().contains("keep exactly one strategy"));
-    assert!(world.events.iter().any(|e| e.reason == "InvalidSpec" && e.warning));
+    let condition = world
+        .status()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "InvalidSpec")
+        .expect("InvalidSpec condition");
+    assert!(
+        condition
+            .message
+            .unwrap_or_default()
+            .contains("keep exactly one strategy")
+    );
+    assert!(
+        world
+            .events
+            .iter()
+            .any(|e| e.reason == "InvalidSpec" && e.warning)
+    );
     assert_eq!(world.replica_sets, before);
     // The Event is emitted once, not on every pass.
     let again = world.plan();
@@ -520,24 +685,50 @@ fn missing_service_is_reported_and_retried() {
     world.step();
     assert_eq!(world.phase(), RolloutPhase::Degraded);
     let message = world.status().message.unwrap_or_default();
-    assert!(message.contains("web-canary") && message.contains("not found"), "{message}");
+    assert!(
+        message.contains("web-canary") && message.contains("not found"),
+        "{message}"
+    );
     assert!(world.replica_sets.is_empty());
     assert!(world.last_plan.requeue_after.is_some());
-    world.services.insert("web-canary".into(), service("web-canary"));
+    world
+        .services
+        .insert("web-canary".into(), service("web-canary"));
     deployed(&mut world);
 }
 
 #[test]
 fn validation_messages_name_the_field_and_the_fix() {
     let cases: &[(Value, &str)] = &[
-        (canary(json!([{"setWeight": 120}])), "spec.strategy.canary.steps[0].setWeight: 120 is not a percentage"),
-        (canary(json!([{"pause": {"duration": "5x"}}])), "steps[0].pause.duration: invalid duration \"5x\""),
-        (canary(json!([{"experiment": {}}])), "unknown step \"experiment\""),
-        (canary(json!([{"setWeight": 10, "pause": {}}])), "found setWeight and pause"),
-        (json!({"canary": {"canaryService": "a", "stableService": "a"}}), "use two different Services"),
-        (json!({"canary": {"maxSurge": "1"}}), "\"1%\" for a percentage"),
+        (
+            canary(json!([{"setWeight": 120}])),
+            "spec.strategy.canary.steps[0].setWeight: 120 is not a percentage",
+        ),
+        (
+            canary(json!([{"pause": {"duration": "5x"}}])),
+            "steps[0].pause.duration: invalid duration \"5x\"",
+        ),
+        (
+            canary(json!([{"experiment": {}}])),
+            "unknown step \"experiment\"",
+        ),
+        (
+            canary(json!([{"setWeight": 10, "pause": {}}])),
+            "found setWeight and pause",
+        ),
+        (
+            json!({"canary": {"canaryService": "a", "stableService": "a"}}),
+            "use two different Services",
+        ),
+        (
+            json!({"canary": {"maxSurge": "1"}}),
+            "\"1%\" for a percentage",
+        ),
         (json!({}), "set either canary or blueGreen"),
-        (blue_green(json!({"activeService": "web-preview"})), "same Service as activeService"),
+        (
+            blue_green(json!({"activeService": "web-preview"})),
+            "same Service as activeService",
+        ),
     ];
     for (strategy, expected) in cases {
         let problems = crate::api::validate::validate_rollout(&rollout(strategy.clone(), 3).spec);
@@ -545,16 +736,23 @@ fn validation_messages_name_the_field_and_the_fix() {
         assert!(text.contains(expected), "expected {expected:?} in {text:?}");
     }
     let mut bad_selector = rollout(canary(json!([])), 3);
-    bad_selector.spec.selector.match_labels = Some(BTreeMap::from([("app".to_string(), "other".to_string())]));
+    bad_selector.spec.selector.match_labels =
+        Some(BTreeMap::from([("app".to_string(), "other".to_string())]));
     let text = summarize(&crate::api::validate::validate_rollout(&bad_selector.spec));
-    assert!(text.contains("spec.selector.matchLabels.app") && text.contains("make them equal"), "{text}");
+    assert!(
+        text.contains("spec.selector.matchLabels.app") && text.contains("make them equal"),
+        "{text}"
+    );
 }
 
 // ---------- blue/green ----------
 
 #[test]
 fn blue_green_preview_then_manual_promotion_then_delayed_scale_down() {
-    let mut world = World::new(rollout(blue_green(json!({"autoPromotionEnabled": false, "scaleDownDelaySeconds": 10})), 3));
+    let mut world = World::new(rollout(
+        blue_green(json!({"autoPromotionEnabled": false, "scaleDownDelaySeconds": 10})),
+        3,
+    ));
     deployed(&mut world);
     let old = world.hash_for("web:1");
     assert_eq!(world.selector("web-active"), Some(old.clone()));
@@ -565,15 +763,25 @@ fn blue_green_preview_then_manual_promotion_then_delayed_scale_down() {
     let new = world.hash_for("web:2");
     assert_eq!(world.selector("web-preview"), Some(new.clone()));
     assert_eq!(world.selector("web-active"), Some(old.clone()));
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (3, 3));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (3, 3)
+    );
     assert_eq!(world.phase(), RolloutPhase::Paused);
-    assert_eq!(world.status().pause_conditions[0].reason, PauseReason::BlueGreenPause);
+    assert_eq!(
+        world.status().pause_conditions[0].reason,
+        PauseReason::BlueGreenPause
+    );
 
     world.promote();
     world.settle();
     assert_eq!(world.selector("web-active"), Some(new.clone()));
     assert_eq!(world.status().stable_rs, Some(new.clone()));
-    assert_eq!(world.replicas_of("web:1"), 3, "old ReplicaSet waits for its delay");
+    assert_eq!(
+        world.replicas_of("web:1"),
+        3,
+        "old ReplicaSet waits for its delay"
+    );
     assert_eq!(world.phase(), RolloutPhase::Healthy);
     let blue_green = world.status().blue_green.expect("blue/green status");
     assert_eq!(blue_green.active_selector, Some(new.clone()));
@@ -598,7 +806,10 @@ fn blue_green_auto_promotion_after_seconds() {
 
 #[test]
 fn blue_green_preview_replica_count_scales_up_before_the_switch() {
-    let mut world = World::new(rollout(blue_green(json!({"autoPromotionEnabled": false, "previewReplicaCount": 1})), 4));
+    let mut world = World::new(rollout(
+        blue_green(json!({"autoPromotionEnabled": false, "previewReplicaCount": 1})),
+        4,
+    ));
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
@@ -611,7 +822,10 @@ fn blue_green_preview_replica_count_scales_up_before_the_switch() {
 
 #[test]
 fn blue_green_abort_keeps_active_on_stable_and_scales_preview_down_after_delay() {
-    let mut world = World::new(rollout(blue_green(json!({"autoPromotionEnabled": false, "abortScaleDownDelaySeconds": 5})), 2));
+    let mut world = World::new(rollout(
+        blue_green(json!({"autoPromotionEnabled": false, "abortScaleDownDelaySeconds": 5})),
+        2,
+    ));
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
@@ -648,7 +862,9 @@ fn with_template(world: &mut World) {
             "provider": {"prometheus": {"query": "errors{service=\"{{args.service}}\"}"}}}]
     }))
     .expect("fixture");
-    world.templates.insert((false, "error-rate".into()), template);
+    world
+        .templates
+        .insert((false, "error-rate".into()), template);
 }
 
 fn analysis_step() -> Value {
@@ -657,14 +873,24 @@ fn analysis_step() -> Value {
 
 #[test]
 fn analysis_step_blocks_until_the_run_succeeds() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step(), {"setWeight": 60}])), 5));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, analysis_step(), {"setWeight": 60}])),
+        5,
+    ));
     with_template(&mut world);
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
     assert_eq!(world.runs.len(), 1);
     let run = world.runs.values().next().expect("run");
-    assert!(run.metadata.name.as_deref().is_some_and(|n| n.ends_with("-2-1")), "{:?}", run.metadata.name);
+    assert!(
+        run.metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.ends_with("-2-1")),
+        "{:?}",
+        run.metadata.name
+    );
     assert_eq!(run.spec.args[0].value.as_deref(), Some("web"));
     assert_eq!(world.status().current_step_index, Some(1));
     assert_eq!(world.phase(), RolloutPhase::Progressing);
@@ -675,7 +901,10 @@ fn analysis_step_blocks_until_the_run_succeeds() {
 
 #[test]
 fn failed_analysis_aborts_back_to_stable() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step(), {"setWeight": 60}])), 5));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, analysis_step(), {"setWeight": 60}])),
+        5,
+    ));
     with_template(&mut world);
     deployed(&mut world);
     world.set_image("web:2");
@@ -683,20 +912,33 @@ fn failed_analysis_aborts_back_to_stable() {
     world.set_run_phase("-1", AnalysisPhase::Failed);
     world.settle();
     assert!(world.status().abort);
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (0, 5));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (0, 5)
+    );
     assert_eq!(world.selector("web-canary"), Some(world.hash_for("web:1")));
     let message = world.status().message.unwrap_or_default();
-    assert!(message.contains("Failed") && message.contains("metric says"), "{message}");
+    assert!(
+        message.contains("Failed") && message.contains("metric says"),
+        "{message}"
+    );
     // Retrying creates a fresh run rather than reusing the failed one.
     world.retry();
     world.settle();
-    assert!(world.runs.keys().any(|n| n.ends_with("-try2")), "{:?}", world.runs.keys().collect::<Vec<_>>());
+    assert!(
+        world.runs.keys().any(|n| n.ends_with("-try2")),
+        "{:?}",
+        world.runs.keys().collect::<Vec<_>>()
+    );
     assert_eq!(world.phase(), RolloutPhase::Progressing);
 }
 
 #[test]
 fn inconclusive_analysis_pauses_for_a_human() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step()])), 5));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, analysis_step()])),
+        5,
+    ));
     with_template(&mut world);
     deployed(&mut world);
     world.set_image("web:2");
@@ -704,7 +946,10 @@ fn inconclusive_analysis_pauses_for_a_human() {
     world.set_run_phase("-1", AnalysisPhase::Inconclusive);
     world.settle();
     assert_eq!(world.phase(), RolloutPhase::Paused);
-    assert_eq!(world.status().pause_conditions[0].reason, PauseReason::InconclusiveAnalysisRun);
+    assert_eq!(
+        world.status().pause_conditions[0].reason,
+        PauseReason::InconclusiveAnalysisRun
+    );
     world.promote();
     world.settle();
     assert_eq!(world.phase(), RolloutPhase::Healthy);
@@ -712,29 +957,44 @@ fn inconclusive_analysis_pauses_for_a_human() {
 
 #[test]
 fn missing_template_aborts_with_a_clear_message() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step()])), 5));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, analysis_step()])),
+        5,
+    ));
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
     assert!(world.status().abort);
     let message = world.status().message.unwrap_or_default();
-    assert!(message.contains("AnalysisTemplate \"error-rate\" not found in namespace shop"), "{message}");
+    assert!(
+        message.contains("AnalysisTemplate \"error-rate\" not found in namespace shop"),
+        "{message}"
+    );
 }
 
 #[test]
 fn required_argument_without_value_is_an_error() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "error-rate"}]}}])), 5));
+    let mut world = World::new(rollout(
+        canary(
+            json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "error-rate"}]}}]),
+        ),
+        5,
+    ));
     with_template(&mut world);
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
     let message = world.status().message.unwrap_or_default();
-    assert!(message.contains("argument \"service\" is required"), "{message}");
+    assert!(
+        message.contains("argument \"service\" is required"),
+        "{message}"
+    );
 }
 
 #[test]
 fn background_analysis_failure_aborts_mid_rollout_and_completion_terminates_it() {
-    let mut strategy = canary(json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}]));
+    let mut strategy =
+        canary(json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}]));
     strategy["canary"]["analysis"] = json!({"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}], "startingStep": 1});
     let mut world = World::new(rollout(strategy.clone(), 5));
     with_template(&mut world);
@@ -747,7 +1007,10 @@ fn background_analysis_failure_aborts_mid_rollout_and_completion_terminates_it()
     world.set_run_phase("-2", AnalysisPhase::Failed);
     world.settle();
     assert!(world.status().abort);
-    assert_eq!((world.replicas_of("web:2"), world.replicas_of("web:1")), (0, 5));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (0, 5)
+    );
 
     let mut world = World::new(rollout(strategy, 5));
     with_template(&mut world);
@@ -759,13 +1022,18 @@ fn background_analysis_failure_aborts_mid_rollout_and_completion_terminates_it()
     }
     world.settle();
     assert_eq!(world.phase(), RolloutPhase::Healthy);
-    assert!(world.runs.values().all(|r| r.spec.terminate == Some(true)), "background run terminated on completion");
+    assert!(
+        world.runs.values().all(|r| r.spec.terminate == Some(true)),
+        "background run terminated on completion"
+    );
 }
 
 #[test]
 fn blue_green_pre_promotion_failure_never_switches_active() {
     let mut world = World::new(rollout(
-        blue_green(json!({"prePromotionAnalysis": {"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}]}})),
+        blue_green(
+            json!({"prePromotionAnalysis": {"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}]}}),
+        ),
         2,
     ));
     with_template(&mut world);
@@ -782,15 +1050,25 @@ fn blue_green_pre_promotion_failure_never_switches_active() {
 #[test]
 fn blue_green_post_promotion_failure_switches_active_back() {
     let mut world = World::new(rollout(
-        blue_green(json!({"postPromotionAnalysis": {"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}]}})),
+        blue_green(
+            json!({"postPromotionAnalysis": {"templates": [{"templateName": "error-rate"}], "args": [{"name": "service", "value": "web"}]}}),
+        ),
         2,
     ));
     with_template(&mut world);
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
-    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:2")), "switched before post analysis");
-    assert_eq!(world.replicas_of("web:1"), 2, "old stays up during verification");
+    assert_eq!(
+        world.selector("web-active"),
+        Some(world.hash_for("web:2")),
+        "switched before post analysis"
+    );
+    assert_eq!(
+        world.replicas_of("web:1"),
+        2,
+        "old stays up during verification"
+    );
     world.set_run_phase("-post", AnalysisPhase::Failed);
     world.settle();
     assert_eq!(world.selector("web-active"), Some(world.hash_for("web:1")));
@@ -799,8 +1077,12 @@ fn blue_green_post_promotion_failure_switches_active_back() {
 
 #[test]
 fn analysis_history_is_bounded() {
-    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, analysis_step()])), 2));
-    world.rollout.spec.analysis = Some(serde_json::from_value(json!({"successfulRunHistoryLimit": 1})).expect("fixture"));
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, analysis_step()])),
+        2,
+    ));
+    world.rollout.spec.analysis =
+        Some(serde_json::from_value(json!({"successfulRunHistoryLimit": 1})).expect("fixture"));
     with_template(&mut world);
     deployed(&mut world);
     for (revision, image) in [(2, "web:2"), (3, "web:3"), (4, "web:4")] {
@@ -809,17 +1091,34 @@ fn analysis_history_is_bounded() {
         world.set_run_phase(&format!("-{revision}-1"), AnalysisPhase::Successful);
         world.settle();
     }
-    assert!(world.runs.len() <= 2, "{:?}", world.runs.keys().collect::<Vec<_>>());
+    assert!(
+        world.runs.len() <= 2,
+        "{:?}",
+        world.runs.keys().collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn field_ref_arguments_resolve_against_the_rollout() {
     let mut ro = rollout(canary(json!([])), 1);
     ro.metadata.labels = Some(BTreeMap::from([("region".to_string(), "eu-1".to_string())]));
-    assert_eq!(analysis::resolve_field_path(&ro, "metadata.labels['region']").as_deref(), Ok("eu-1"));
-    assert_eq!(analysis::resolve_field_path(&ro, "metadata.name").as_deref(), Ok("web"));
-    assert_eq!(analysis::resolve_field_path(&ro, "spec.replicas").as_deref(), Ok("1"));
-    assert!(analysis::resolve_field_path(&ro, "metadata.labels['zone']").unwrap_err().contains("does not exist"));
+    assert_eq!(
+        analysis::resolve_field_path(&ro, "metadata.labels['region']").as_deref(),
+        Ok("eu-1")
+    );
+    assert_eq!(
+        analysis::resolve_field_path(&ro, "metadata.name").as_deref(),
+        Ok("web")
+    );
+    assert_eq!(
+        analysis::resolve_field_path(&ro, "spec.replicas").as_deref(),
+        Ok("1")
+    );
+    assert!(
+        analysis::resolve_field_path(&ro, "metadata.labels['zone']")
+            .unwrap_err()
+            .contains("does not exist")
+    );
 }
 
 // ---------- restart ----------
@@ -832,32 +1131,58 @@ fn restart_evicts_one_old_pod_at_a_time_then_records_completion() {
     let created = world.now;
     world.advance(60);
     world.rollout.spec.restart_at = Some(Time(world.now));
-    let pod = |name: &str, at: Timestamp, terminating: bool| PodInfo { name: name.into(), hash: hash.clone(), created: at, terminating };
-    world.pods = Some(vec![pod("a", created, false), pod("b", created, false), pod("c", created, false)]);
+    let pod = |name: &str, at: Timestamp, terminating: bool| PodInfo {
+        name: name.into(),
+        hash: hash.clone(),
+        created: at,
+        terminating,
+    };
+    world.pods = Some(vec![
+        pod("a", created, false),
+        pod("b", created, false),
+        pod("c", created, false),
+    ]);
     let plan = world.plan();
     assert_eq!(plan.evictions, vec!["a".to_string()]);
-    assert_eq!(plan.status.and_then(|s| s.phase), Some(RolloutPhase::Progressing));
+    assert_eq!(
+        plan.status.and_then(|s| s.phase),
+        Some(RolloutPhase::Progressing)
+    );
 
     // While a pod is terminating nothing else is evicted.
-    world.pods = Some(vec![pod("a", created, true), pod("b", created, false), pod("c", created, false)]);
+    world.pods = Some(vec![
+        pod("a", created, true),
+        pod("b", created, false),
+        pod("c", created, false),
+    ]);
     assert!(world.plan().evictions.is_empty());
 
     let later = world.now;
-    world.pods = Some(vec![pod("a2", later, false), pod("b2", later, false), pod("c2", later, false)]);
+    world.pods = Some(vec![
+        pod("a2", later, false),
+        pod("b2", later, false),
+        pod("c2", later, false),
+    ]);
     world.step();
     assert_eq!(world.status().restarted_at.map(|t| t.0), Some(later));
     assert_eq!(world.phase(), RolloutPhase::Healthy);
     assert!(world.has_event("RolloutRestarted"));
-    assert!(!restart::pending_restart(&world.rollout, world.now).is_some());
+    assert!(restart::pending_restart(&world.rollout, world.now).is_none());
 }
 
 #[test]
 fn restart_in_the_future_only_schedules_a_wake_up() {
     let mut world = World::new(rollout(canary(json!([])), 1));
     deployed(&mut world);
-    let at = world.now.checked_add(SignedDuration::from_secs(30)).expect("time");
+    let at = world
+        .now
+        .checked_add(SignedDuration::from_secs(30))
+        .expect("time");
     world.rollout.spec.restart_at = Some(Time(at));
     let plan = world.plan();
     assert!(plan.evictions.is_empty());
-    assert!(plan.requeue_after.is_some_and(|d| d <= Duration::from_secs(30)));
+    assert!(
+        plan.requeue_after
+            .is_some_and(|d| d <= Duration::from_secs(30))
+    );
 }

@@ -51,15 +51,28 @@ pub fn promote(rollout: &Rollout, full: bool) -> Result<Change, Refusal> {
     let status = rollout.status.clone().unwrap_or_default();
     let who = name(rollout);
     if status.abort {
-        return Err(Refusal(format!("rollout '{who}' is aborted; use `kubectl ramp retry {who}` to run it again")));
+        return Err(Refusal(format!(
+            "rollout '{who}' is aborted; use `kubectl ramp retry {who}` to run it again"
+        )));
     }
     if full {
         if !in_progress(rollout) {
-            return Err(Refusal(format!("rollout '{who}' has nothing to promote: its current revision is already stable")));
+            return Err(Refusal(format!(
+                "rollout '{who}' has nothing to promote: its current revision is already stable"
+            )));
         }
-        let spec = rollout.is_paused_by_user().then(|| with_version(rollout, json!({"spec": {"paused": false}})));
-        let status = with_version(rollout, json!({"status": {"promoteFull": true, "pauseConditions": null}}));
-        return Ok(Change { spec, status: Some(status), summary: format!("rollout '{who}' fully promoted") });
+        let spec = rollout
+            .is_paused_by_user()
+            .then(|| with_version(rollout, json!({"spec": {"paused": false}})));
+        let status = with_version(
+            rollout,
+            json!({"status": {"promoteFull": true, "pauseConditions": null}}),
+        );
+        return Ok(Change {
+            spec,
+            status: Some(status),
+            summary: format!("rollout '{who}' fully promoted"),
+        });
     }
     let user_paused = rollout.is_paused_by_user();
     if status.pause_conditions.is_empty() && !user_paused {
@@ -69,8 +82,13 @@ pub fn promote(rollout: &Rollout, full: bool) -> Result<Change, Refusal> {
         )));
     }
     let spec = user_paused.then(|| with_version(rollout, json!({"spec": {"paused": false}})));
-    let status = (!status.pause_conditions.is_empty()).then(|| with_version(rollout, json!({"status": {"pauseConditions": null}})));
-    Ok(Change { spec, status, summary: format!("rollout '{who}' promoted") })
+    let status = (!status.pause_conditions.is_empty())
+        .then(|| with_version(rollout, json!({"status": {"pauseConditions": null}})));
+    Ok(Change {
+        spec,
+        status,
+        summary: format!("rollout '{who}' promoted"),
+    })
 }
 
 pub fn abort(rollout: &Rollout) -> Result<Change, Refusal> {
@@ -80,19 +98,31 @@ pub fn abort(rollout: &Rollout) -> Result<Change, Refusal> {
         return Err(Refusal(format!("rollout '{who}' is already aborted")));
     }
     if !in_progress(rollout) {
-        return Err(Refusal(format!("rollout '{who}' has no update in progress to abort")));
+        return Err(Refusal(format!(
+            "rollout '{who}' has no update in progress to abort"
+        )));
     }
     let patch = with_version(rollout, json!({"status": {"abort": true}}));
-    Ok(Change { spec: None, status: Some(patch), summary: format!("rollout '{who}' aborted") })
+    Ok(Change {
+        spec: None,
+        status: Some(patch),
+        summary: format!("rollout '{who}' aborted"),
+    })
 }
 
 pub fn retry(rollout: &Rollout) -> Result<Change, Refusal> {
     let who = name(rollout);
     if !rollout.status.as_ref().is_some_and(|s| s.abort) {
-        return Err(Refusal(format!("rollout '{who}' is not aborted; only an aborted rollout can be retried")));
+        return Err(Refusal(format!(
+            "rollout '{who}' is not aborted; only an aborted rollout can be retried"
+        )));
     }
     let patch = with_version(rollout, json!({"status": {"abort": false}}));
-    Ok(Change { spec: None, status: Some(patch), summary: format!("rollout '{who}' restarted its steps") })
+    Ok(Change {
+        spec: None,
+        status: Some(patch),
+        summary: format!("rollout '{who}' restarted its steps"),
+    })
 }
 
 pub fn pause(rollout: &Rollout) -> Result<Change, Refusal> {
@@ -101,7 +131,11 @@ pub fn pause(rollout: &Rollout) -> Result<Change, Refusal> {
         return Err(Refusal(format!("rollout '{who}' is already paused")));
     }
     let patch = with_version(rollout, json!({"spec": {"paused": true}}));
-    Ok(Change { spec: Some(patch), status: None, summary: format!("rollout '{who}' paused") })
+    Ok(Change {
+        spec: Some(patch),
+        status: None,
+        summary: format!("rollout '{who}' paused"),
+    })
 }
 
 pub fn resume(rollout: &Rollout) -> Result<Change, Refusal> {
@@ -112,19 +146,29 @@ pub fn resume(rollout: &Rollout) -> Result<Change, Refusal> {
         )));
     }
     let patch = with_version(rollout, json!({"spec": {"paused": false}}));
-    Ok(Change { spec: Some(patch), status: None, summary: format!("rollout '{who}' resumed") })
+    Ok(Change {
+        spec: Some(patch),
+        status: None,
+        summary: format!("rollout '{who}' resumed"),
+    })
 }
 
 pub fn restart(rollout: &Rollout, at: Timestamp) -> Result<Change, Refusal> {
     let who = name(rollout);
     let patch = with_version(rollout, json!({"spec": {"restartAt": at.to_string()}}));
-    Ok(Change { spec: Some(patch), status: None, summary: format!("rollout '{who}' restarts pods created before {at}") })
+    Ok(Change {
+        spec: Some(patch),
+        status: None,
+        summary: format!("rollout '{who}' restarts pods created before {at}"),
+    })
 }
 
 /// Parses `container=image` pairs; `*` selects every container.
 pub fn parse_image_specs(specs: &[String]) -> Result<Vec<(String, String)>, Refusal> {
     if specs.is_empty() {
-        return Err(Refusal("give at least one CONTAINER=IMAGE (use *=IMAGE for every container)".into()));
+        return Err(Refusal(
+            "give at least one CONTAINER=IMAGE (use *=IMAGE for every container)".into(),
+        ));
     }
     specs
         .iter()
@@ -147,64 +191,118 @@ pub fn set_image(rollout: &Rollout, pairs: &[(String, String)]) -> Result<Change
     names.extend(pod.init_containers.iter().flatten().map(|c| c.name.clone()));
     for (container, _) in pairs {
         if container != "*" && !names.contains(container) {
-            return Err(Refusal(format!("rollout '{who}' has no container {container:?}; its containers are {}", names.join(", "))));
+            return Err(Refusal(format!(
+                "rollout '{who}' has no container {container:?}; its containers are {}",
+                names.join(", ")
+            )));
         }
     }
     let mut changed = false;
-    let containers = pod.containers.iter_mut().chain(pod.init_containers.iter_mut().flatten());
+    let containers = pod
+        .containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().flatten());
     for container in containers {
         for (wanted, image) in pairs {
-            if (wanted == "*" || *wanted == container.name) && container.image.as_deref() != Some(image.as_str()) {
+            if (wanted == "*" || *wanted == container.name)
+                && container.image.as_deref() != Some(image.as_str())
+            {
                 container.image = Some(image.clone());
                 changed = true;
             }
         }
     }
     if !changed {
-        return Err(Refusal(format!("rollout '{who}' already runs those images; nothing changed")));
+        return Err(Refusal(format!(
+            "rollout '{who}' already runs those images; nothing changed"
+        )));
     }
     let shown: Vec<String> = pairs.iter().map(|(c, i)| format!("{c}={i}")).collect();
     let patch = template_patch(rollout, &template)?;
-    Ok(Change { spec: Some(patch), status: None, summary: format!("rollout '{who}' image updated ({})", shown.join(", ")) })
+    Ok(Change {
+        spec: Some(patch),
+        status: None,
+        summary: format!("rollout '{who}' image updated ({})", shown.join(", ")),
+    })
 }
 
 /// `undo`: put back the pod template of an earlier revision (0 = the previous one).
-pub fn undo(rollout: &Rollout, replica_sets: &[ReplicaSet], to_revision: i64) -> Result<Change, Refusal> {
+pub fn undo(
+    rollout: &Rollout,
+    replica_sets: &[ReplicaSet],
+    to_revision: i64,
+) -> Result<Change, Refusal> {
     let who = name(rollout);
-    let current = rollout.status.as_ref().and_then(|s| s.current_pod_hash.clone());
+    let current = rollout
+        .status
+        .as_ref()
+        .and_then(|s| s.current_pod_hash.clone());
     let mut revisions: Vec<(i64, &ReplicaSet)> = replica_sets
         .iter()
-        .filter_map(|rs| Some((rs.metadata.annotations.as_ref()?.get(REVISION_ANNOTATION)?.parse().ok()?, rs)))
+        .filter_map(|rs| {
+            Some((
+                rs.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(REVISION_ANNOTATION)?
+                    .parse()
+                    .ok()?,
+                rs,
+            ))
+        })
         .collect();
     revisions.sort_by_key(|(revision, _)| std::cmp::Reverse(*revision));
-    let hash_of = |rs: &ReplicaSet| rs.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)).cloned();
+    let hash_of = |rs: &ReplicaSet| {
+        rs.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+            .cloned()
+    };
     let target = if to_revision == 0 {
         revisions.iter().find(|(_, rs)| hash_of(rs) != current)
     } else {
-        revisions.iter().find(|(revision, _)| *revision == to_revision)
+        revisions
+            .iter()
+            .find(|(revision, _)| *revision == to_revision)
     };
     let Some((revision, rs)) = target else {
         let known: Vec<String> = revisions.iter().map(|(r, _)| r.to_string()).collect();
         return Err(Refusal(if to_revision == 0 {
             format!("rollout '{who}' has no previous revision to go back to")
         } else {
-            format!("rollout '{who}' has no revision {to_revision}; known revisions: {}", known.join(", "))
+            format!(
+                "rollout '{who}' has no revision {to_revision}; known revisions: {}",
+                known.join(", ")
+            )
         }));
     };
     if hash_of(rs) == current {
-        return Err(Refusal(format!("revision {revision} is already the current template of rollout '{who}'")));
+        return Err(Refusal(format!(
+            "revision {revision} is already the current template of rollout '{who}'"
+        )));
     }
-    let mut template: PodTemplateSpec = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+    let mut template: PodTemplateSpec = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
     if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         labels.remove(POD_TEMPLATE_HASH_LABEL);
     }
     let patch = template_patch(rollout, &template)?;
-    Ok(Change { spec: Some(patch), status: None, summary: format!("rollout '{who}' rolled back to revision {revision}") })
+    Ok(Change {
+        spec: Some(patch),
+        status: None,
+        summary: format!("rollout '{who}' rolled back to revision {revision}"),
+    })
 }
 
 /// A merge patch that makes `spec.template` exactly `template`.
 fn template_patch(rollout: &Rollout, template: &PodTemplateSpec) -> Result<Value, Refusal> {
-    let serialize = |t: &PodTemplateSpec| serde_json::to_value(t).map_err(|e| Refusal(format!("cannot serialize the template: {e}")));
+    let serialize = |t: &PodTemplateSpec| {
+        serde_json::to_value(t).map_err(|e| Refusal(format!("cannot serialize the template: {e}")))
+    };
     let diff = merge_diff(&serialize(&rollout.spec.template)?, &serialize(template)?);
     Ok(with_version(rollout, json!({"spec": {"template": diff}})))
 }
@@ -237,50 +335,127 @@ mod tests {
     }
 
     fn paused_canary() -> Rollout {
-        rollout(json!({"phase": "Paused", "currentPodHash": "b", "stableRS": "a",
-            "pauseConditions": [{"reason": "CanaryPauseStep", "startTime": "2026-01-01T00:00:00Z"}]}), false)
+        rollout(
+            json!({"phase": "Paused", "currentPodHash": "b", "stableRS": "a",
+            "pauseConditions": [{"reason": "CanaryPauseStep", "startTime": "2026-01-01T00:00:00Z"}]}),
+            false,
+        )
     }
 
     #[test]
     fn promote_clears_pause_conditions_with_a_version_precondition() {
         let change = promote(&paused_canary(), false).expect("promotable");
-        assert_eq!(change.status, Some(json!({"metadata": {"resourceVersion": "42"}, "status": {"pauseConditions": null}})));
+        assert_eq!(
+            change.status,
+            Some(
+                json!({"metadata": {"resourceVersion": "42"}, "status": {"pauseConditions": null}})
+            )
+        );
         assert_eq!(change.spec, None);
         assert_eq!(change.summary, "rollout 'web' promoted");
     }
 
     #[test]
     fn promote_refuses_when_not_paused_and_full_skips_steps() {
-        let running = rollout(json!({"phase": "Progressing", "currentPodHash": "b", "stableRS": "a"}), false);
+        let running = rollout(
+            json!({"phase": "Progressing", "currentPodHash": "b", "stableRS": "a"}),
+            false,
+        );
         let refusal = promote(&running, false).unwrap_err();
-        assert!(refusal.0.contains("is not paused (phase Progressing)") && refusal.0.contains("--full"), "{refusal}");
+        assert!(
+            refusal.0.contains("is not paused (phase Progressing)") && refusal.0.contains("--full"),
+            "{refusal}"
+        );
         let full = promote(&running, true).expect("full promotion");
-        assert_eq!(full.status.and_then(|s| s["status"]["promoteFull"].as_bool()), Some(true));
-        let healthy = rollout(json!({"phase": "Healthy", "currentPodHash": "a", "stableRS": "a"}), false);
-        assert!(promote(&healthy, true).unwrap_err().0.contains("already stable"));
+        assert_eq!(
+            full.status
+                .and_then(|s| s["status"]["promoteFull"].as_bool()),
+            Some(true)
+        );
+        let healthy = rollout(
+            json!({"phase": "Healthy", "currentPodHash": "a", "stableRS": "a"}),
+            false,
+        );
+        assert!(
+            promote(&healthy, true)
+                .unwrap_err()
+                .0
+                .contains("already stable")
+        );
     }
 
     #[test]
     fn abort_retry_pause_resume_preconditions() {
-        assert_eq!(abort(&paused_canary()).expect("abortable").status.map(|s| s["status"].clone()), Some(json!({"abort": true})));
-        let healthy = rollout(json!({"phase": "Healthy", "currentPodHash": "a", "stableRS": "a"}), false);
-        assert!(abort(&healthy).unwrap_err().0.contains("no update in progress"));
-        assert!(retry(&paused_canary()).unwrap_err().0.contains("not aborted"));
-        let aborted = rollout(json!({"abort": true, "currentPodHash": "b", "stableRS": "a"}), false);
-        assert_eq!(retry(&aborted).expect("retry").status.map(|s| s["status"].clone()), Some(json!({"abort": false})));
-        assert_eq!(pause(&healthy).expect("pause").spec.map(|s| s["spec"].clone()), Some(json!({"paused": true})));
-        assert!(resume(&healthy).unwrap_err().0.contains("kubectl ramp promote web"));
+        assert_eq!(
+            abort(&paused_canary())
+                .expect("abortable")
+                .status
+                .map(|s| s["status"].clone()),
+            Some(json!({"abort": true}))
+        );
+        let healthy = rollout(
+            json!({"phase": "Healthy", "currentPodHash": "a", "stableRS": "a"}),
+            false,
+        );
+        assert!(
+            abort(&healthy)
+                .unwrap_err()
+                .0
+                .contains("no update in progress")
+        );
+        assert!(
+            retry(&paused_canary())
+                .unwrap_err()
+                .0
+                .contains("not aborted")
+        );
+        let aborted = rollout(
+            json!({"abort": true, "currentPodHash": "b", "stableRS": "a"}),
+            false,
+        );
+        assert_eq!(
+            retry(&aborted)
+                .expect("retry")
+                .status
+                .map(|s| s["status"].clone()),
+            Some(json!({"abort": false}))
+        );
+        assert_eq!(
+            pause(&healthy)
+                .expect("pause")
+                .spec
+                .map(|s| s["spec"].clone()),
+            Some(json!({"paused": true}))
+        );
+        assert!(
+            resume(&healthy)
+                .unwrap_err()
+                .0
+                .contains("kubectl ramp promote web")
+        );
         let user_paused = rollout(json!({}), true);
         assert!(pause(&user_paused).is_err());
-        assert_eq!(resume(&user_paused).expect("resume").spec.map(|s| s["spec"].clone()), Some(json!({"paused": false})));
+        assert_eq!(
+            resume(&user_paused)
+                .expect("resume")
+                .spec
+                .map(|s| s["spec"].clone()),
+            Some(json!({"paused": false}))
+        );
     }
 
     #[test]
     fn image_specs_are_parsed_strictly() {
-        assert_eq!(parse_image_specs(&["app=web:2".into()]), Ok(vec![("app".into(), "web:2".into())]));
+        assert_eq!(
+            parse_image_specs(&["app=web:2".into()]),
+            Ok(vec![("app".into(), "web:2".into())])
+        );
         for bad in ["app", "=web:2", "app=", "app=web 2"] {
             let refusal = parse_image_specs(&[bad.into()]).unwrap_err();
-            assert!(refusal.0.contains("expected CONTAINER=IMAGE"), "{bad}: {refusal}");
+            assert!(
+                refusal.0.contains("expected CONTAINER=IMAGE"),
+                "{bad}: {refusal}"
+            );
         }
     }
 
@@ -288,13 +463,27 @@ mod tests {
     fn set_image_patches_only_the_containers_list() {
         let ro = paused_canary();
         let change = set_image(&ro, &[("app".into(), "web:2".into())]).expect("changed");
-        let containers = &change.spec.expect("spec patch")["spec"]["template"]["spec"]["containers"];
+        let containers =
+            &change.spec.expect("spec patch")["spec"]["template"]["spec"]["containers"];
         assert_eq!(containers[0]["image"], "web:2");
         assert_eq!(containers[1]["image"], "proxy:1");
         let all = set_image(&ro, &[("*".into(), "img:9".into())]).expect("changed");
-        assert_eq!(all.spec.expect("spec")["spec"]["template"]["spec"]["containers"][1]["image"], "img:9");
-        assert!(set_image(&ro, &[("nope".into(), "x:1".into())]).unwrap_err().0.contains("its containers are app, sidecar"));
-        assert!(set_image(&ro, &[("app".into(), "web:1".into())]).unwrap_err().0.contains("nothing changed"));
+        assert_eq!(
+            all.spec.expect("spec")["spec"]["template"]["spec"]["containers"][1]["image"],
+            "img:9"
+        );
+        assert!(
+            set_image(&ro, &[("nope".into(), "x:1".into())])
+                .unwrap_err()
+                .0
+                .contains("its containers are app, sidecar")
+        );
+        assert!(
+            set_image(&ro, &[("app".into(), "web:1".into())])
+                .unwrap_err()
+                .0
+                .contains("nothing changed")
+        );
     }
 
     #[test]
@@ -312,9 +501,25 @@ mod tests {
         let sets = vec![rs(1, "h1", "web:0"), rs(2, "h2", "web:1")];
         let change = undo(&ro, &sets, 0).expect("undo");
         let patch = change.spec.expect("spec");
-        assert_eq!(patch["spec"]["template"]["spec"]["containers"], json!([{"name": "app", "image": "web:0"}]));
-        assert!(patch["spec"]["template"]["metadata"].is_null(), "hash label is not copied back: {patch}");
-        assert!(undo(&ro, &sets, 7).unwrap_err().0.contains("known revisions: 2, 1"));
-        assert!(undo(&ro, &sets, 2).unwrap_err().0.contains("already the current template"));
+        assert_eq!(
+            patch["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "app", "image": "web:0"}])
+        );
+        assert!(
+            patch["spec"]["template"]["metadata"].is_null(),
+            "hash label is not copied back: {patch}"
+        );
+        assert!(
+            undo(&ro, &sets, 7)
+                .unwrap_err()
+                .0
+                .contains("known revisions: 2, 1")
+        );
+        assert!(
+            undo(&ro, &sets, 2)
+                .unwrap_err()
+                .0
+                .contains("already the current template")
+        );
     }
 }

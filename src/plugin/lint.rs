@@ -19,7 +19,11 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "document {} ({}): {}", self.document, self.object, self.problem)
+        write!(
+            f,
+            "document {} ({}): {}",
+            self.document, self.object, self.problem
+        )
     }
 }
 
@@ -34,19 +38,37 @@ pub fn lint(text: &str) -> (Vec<Finding>, usize) {
             Ok(Value::Null) => continue,
             Ok(value) => value,
             Err(error) => {
-                findings.push(finding(number, "unparsable", "yaml", format!("not valid YAML: {error}")));
+                findings.push(finding(
+                    number,
+                    "unparsable",
+                    "yaml",
+                    format!("not valid YAML: {error}"),
+                ));
                 continue;
             }
         };
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
-        let name = value["metadata"]["name"].as_str().unwrap_or("<unnamed>").to_string();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or("<unnamed>")
+            .to_string();
         let object = format!("{kind}/{name}");
         let api_version = value["apiVersion"].as_str().unwrap_or_default();
-        if !matches!(kind.as_str(), "Rollout" | "AnalysisTemplate" | "ClusterAnalysisTemplate" | "AnalysisRun") {
+        if !matches!(
+            kind.as_str(),
+            "Rollout" | "AnalysisTemplate" | "ClusterAnalysisTemplate" | "AnalysisRun"
+        ) {
             continue;
         }
         if api_version == "argoproj.io/v1alpha1" {
-            findings.push(finding(number, &object, "apiVersion", format!("is argoproj.io/v1alpha1; change it to {API_VERSION} to run this under Ramp")));
+            findings.push(finding(
+                number,
+                &object,
+                "apiVersion",
+                format!(
+                    "is argoproj.io/v1alpha1; change it to {API_VERSION} to run this under Ramp"
+                ),
+            ));
             continue;
         }
         if api_version != API_VERSION {
@@ -55,20 +77,38 @@ pub fn lint(text: &str) -> (Vec<Finding>, usize) {
         checked += 1;
         let problems = match kind.as_str() {
             "Rollout" => typed::<Rollout>(&value).map(|r| validate_rollout(&r.spec)),
-            "AnalysisTemplate" => typed::<AnalysisTemplate>(&value).map(|t| validate_template(&t.spec)),
-            "ClusterAnalysisTemplate" => typed::<ClusterAnalysisTemplate>(&value).map(|t| validate_template(&t.spec.template)),
+            "AnalysisTemplate" => {
+                typed::<AnalysisTemplate>(&value).map(|t| validate_template(&t.spec))
+            }
+            "ClusterAnalysisTemplate" => typed::<ClusterAnalysisTemplate>(&value)
+                .map(|t| validate_template(&t.spec.template)),
             _ => Ok(Vec::new()),
         };
         match problems {
-            Ok(problems) => findings.extend(problems.into_iter().map(|problem| Finding { document: number, object: object.clone(), problem })),
-            Err(problem) => findings.push(Finding { document: number, object: object.clone(), problem }),
+            Ok(problems) => findings.extend(problems.into_iter().map(|problem| Finding {
+                document: number,
+                object: object.clone(),
+                problem,
+            })),
+            Err(problem) => findings.push(Finding {
+                document: number,
+                object: object.clone(),
+                problem,
+            }),
         }
     }
     (findings, checked)
 }
 
 fn finding(document: usize, object: &str, field: &str, message: String) -> Finding {
-    Finding { document, object: object.to_string(), problem: Problem { field: field.to_string(), message } }
+    Finding {
+        document,
+        object: object.to_string(),
+        problem: Problem {
+            field: field.to_string(),
+            message,
+        },
+    }
 }
 
 /// Decodes into the Rust type, reporting the exact field path on a type error.
@@ -116,8 +156,14 @@ metadata: {name: argo}
         let shown: Vec<String> = findings.iter().map(ToString::to_string).collect();
         assert_eq!(checked, 2, "{shown:?}");
         assert!(shown[0].contains("document 2 (Rollout/web): spec.strategy.canary.steps[0].setWeight: 120 is not a percentage"), "{shown:?}");
-        assert!(shown[1].contains("document 3 (Rollout/typo): spec.replicas: invalid type"), "{shown:?}");
-        assert!(shown[2].contains("change it to ramp.dev/v1alpha1"), "{shown:?}");
+        assert!(
+            shown[1].contains("document 3 (Rollout/typo): spec.replicas: invalid type"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[2].contains("change it to ramp.dev/v1alpha1"),
+            "{shown:?}"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 
 use crate::api::duration::parse_duration;
-use crate::api::{AnalysisRun, PLUGIN_FIELD_MANAGER, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
+use crate::api::{
+    AnalysisRun, PLUGIN_FIELD_MANAGER, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase,
+};
 use actions::{Change, Refusal};
 
 #[derive(Parser)]
@@ -159,11 +161,15 @@ enum Output {
 pub enum PluginError {
     #[error("{0}")]
     Refused(#[from] Refusal),
-    #[error("rollout {name:?} not found in namespace {namespace:?}; run `kubectl ramp list rollouts` (or `-A`) to see what exists")]
+    #[error(
+        "rollout {name:?} not found in namespace {namespace:?}; run `kubectl ramp list rollouts` (or `-A`) to see what exists"
+    )]
     NotFound { name: String, namespace: String },
     #[error("cannot reach the cluster ({0}); check --kubeconfig and --context")]
     Unreachable(String),
-    #[error("Ramp is not installed on this cluster (no rollouts.ramp.dev CRD); install crds/ first")]
+    #[error(
+        "Ramp is not installed on this cluster (no rollouts.ramp.dev CRD); install crds/ first"
+    )]
     NotInstalled,
     #[error("{0}")]
     Usage(String),
@@ -196,7 +202,12 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
             return Ok(());
         }
         Command::Completion { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "kubectl-ramp", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "kubectl-ramp",
+                &mut std::io::stdout(),
+            );
             return Ok(());
         }
         Command::Lint { file } => return run_lint(file),
@@ -210,8 +221,18 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
         async move { get_rollout(&rollouts, &name, &namespace).await }
     };
     match cli.command {
-        Command::Get { what: GetWhat::Rollout { name, watch, no_color, output } } => {
-            let color = !no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
+        Command::Get {
+            what:
+                GetWhat::Rollout {
+                    name,
+                    watch,
+                    no_color,
+                    output,
+                },
+        } => {
+            let color = !no_color
+                && std::env::var_os("NO_COLOR").is_none()
+                && std::io::stdout().is_terminal();
             if let Some(format) = output {
                 return print_data(&fetch(name).await?, format);
             }
@@ -223,58 +244,121 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
                 Ok(())
             }
         }
-        Command::Get { what: GetWhat::Other(args) } | Command::List { what: ListWhat::Other(args) } => Err(PluginError::Usage(format!(
+        Command::Get {
+            what: GetWhat::Other(args),
+        }
+        | Command::List {
+            what: ListWhat::Other(args),
+        } => Err(PluginError::Usage(format!(
             "unknown resource kind {:?}; kubectl ramp works with rollouts (ro), e.g. `kubectl ramp get rollout NAME`",
             args.first().cloned().unwrap_or_default()
         ))),
-        Command::List { what: ListWhat::Rollouts { all_namespaces, no_color, output } } => {
-            let api: Api<Rollout> = if all_namespaces { Api::all(client.clone()) } else { rollouts.clone() };
-            let list = api.list(&ListParams::default()).await.map_err(|e| api_error("listing rollouts", e))?;
+        Command::List {
+            what:
+                ListWhat::Rollouts {
+                    all_namespaces,
+                    no_color,
+                    output,
+                },
+        } => {
+            let api: Api<Rollout> = if all_namespaces {
+                Api::all(client.clone())
+            } else {
+                rollouts.clone()
+            };
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| api_error("listing rollouts", e))?;
             let mut items = list.items;
-            items.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+            items.sort_by(|a, b| {
+                (&a.metadata.namespace, &a.metadata.name)
+                    .cmp(&(&b.metadata.namespace, &b.metadata.name))
+            });
             if let Some(format) = output {
                 return print_data(&items, format);
             }
             if items.is_empty() {
-                println!("No rollouts found{}.", if all_namespaces { String::new() } else { format!(" in namespace {namespace}") });
+                println!(
+                    "No rollouts found{}.",
+                    if all_namespaces {
+                        String::new()
+                    } else {
+                        format!(" in namespace {namespace}")
+                    }
+                );
                 return Ok(());
             }
-            let color = !no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
+            let color = !no_color
+                && std::env::var_os("NO_COLOR").is_none()
+                && std::io::stdout().is_terminal();
             let refs: Vec<&Rollout> = items.iter().collect();
             print!("{}", render::render_list(&refs, all_namespaces, color));
             Ok(())
         }
-        Command::Status { name, watch, timeout, output } => {
-            let timeout = timeout.map(|t| parse_duration(&t).map_err(|e| PluginError::Usage(format!("--timeout: {e}")))).transpose()?;
+        Command::Status {
+            name,
+            watch,
+            timeout,
+            output,
+        } => {
+            let timeout = timeout
+                .map(|t| {
+                    parse_duration(&t).map_err(|e| PluginError::Usage(format!("--timeout: {e}")))
+                })
+                .transpose()?;
             status(&rollouts, &namespace, &name, watch, timeout, output).await
         }
-        Command::Promote { name, full } => act(&rollouts, &fetch(name).await?, |r| actions::promote(r, full)).await,
+        Command::Promote { name, full } => {
+            act(&rollouts, &fetch(name).await?, |r| {
+                actions::promote(r, full)
+            })
+            .await
+        }
         Command::Abort { name } => act(&rollouts, &fetch(name).await?, actions::abort).await,
         Command::Retry { args } => {
             let name = match args.as_slice() {
                 [name] => name.clone(),
-                [kind, name] if matches!(kind.as_str(), "rollout" | "ro" | "rollouts") => name.clone(),
-                _ => return Err(PluginError::Usage("usage: kubectl ramp retry [rollout] NAME".into())),
+                [kind, name] if matches!(kind.as_str(), "rollout" | "ro" | "rollouts") => {
+                    name.clone()
+                }
+                _ => {
+                    return Err(PluginError::Usage(
+                        "usage: kubectl ramp retry [rollout] NAME".into(),
+                    ));
+                }
             };
             act(&rollouts, &fetch(name).await?, actions::retry).await
         }
         Command::Pause { name } => act(&rollouts, &fetch(name).await?, actions::pause).await,
         Command::Resume { name } => act(&rollouts, &fetch(name).await?, actions::resume).await,
         Command::Restart { name, delay } => {
-            let delay = delay.map(|d| parse_duration(&d).map_err(|e| PluginError::Usage(format!("--in: {e}")))).transpose()?;
+            let delay = delay
+                .map(|d| parse_duration(&d).map_err(|e| PluginError::Usage(format!("--in: {e}"))))
+                .transpose()?;
             let at = Timestamp::now()
-                .checked_add(SignedDuration::try_from(delay.unwrap_or_default()).unwrap_or_default())
+                .checked_add(
+                    SignedDuration::try_from(delay.unwrap_or_default()).unwrap_or_default(),
+                )
                 .map_err(|e| PluginError::Usage(format!("--in: {e}")))?;
             act(&rollouts, &fetch(name).await?, |r| actions::restart(r, at)).await
         }
         Command::Undo { name, to_revision } => {
             let rollout = fetch(name).await?;
             let sets = owned_replica_sets(&client, &namespace, &rollout).await?;
-            act(&rollouts, &rollout, |r| actions::undo(r, &sets, to_revision)).await
+            act(&rollouts, &rollout, |r| {
+                actions::undo(r, &sets, to_revision)
+            })
+            .await
         }
-        Command::Set { what: SetWhat::Image { name, images } } => {
+        Command::Set {
+            what: SetWhat::Image { name, images },
+        } => {
             let pairs = actions::parse_image_specs(&images)?;
-            act(&rollouts, &fetch(name).await?, |r| actions::set_image(r, &pairs)).await
+            act(&rollouts, &fetch(name).await?, |r| {
+                actions::set_image(r, &pairs)
+            })
+            .await
         }
         Command::Version | Command::Completion { .. } | Command::Lint { .. } => Ok(()),
     }
@@ -282,9 +366,11 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
 
 fn run_lint(file: &str) -> Result<(), PluginError> {
     let text = if file == "-" {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| PluginError::Io(format!("reading stdin: {e}")))?
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| PluginError::Io(format!("reading stdin: {e}")))?
     } else {
-        std::fs::read_to_string(file).map_err(|e| PluginError::Io(format!("reading {file}: {e}")))?
+        std::fs::read_to_string(file)
+            .map_err(|e| PluginError::Io(format!("reading {file}: {e}")))?
     };
     let (findings, checked) = lint::lint(&text);
     for finding in &findings {
@@ -292,61 +378,107 @@ fn run_lint(file: &str) -> Result<(), PluginError> {
     }
     if findings.is_empty() {
         if checked == 0 {
-            return Err(PluginError::Usage(format!("{file} contains no ramp.dev/v1alpha1 Rollout or AnalysisTemplate")));
+            return Err(PluginError::Usage(format!(
+                "{file} contains no ramp.dev/v1alpha1 Rollout or AnalysisTemplate"
+            )));
         }
         println!("{file}: {checked} object(s) valid");
         Ok(())
     } else {
-        Err(PluginError::Unhealthy(format!("{} problem(s) in {file}", findings.len())))
+        Err(PluginError::Unhealthy(format!(
+            "{} problem(s) in {file}",
+            findings.len()
+        )))
     }
 }
 
 async fn connect(cli: &Cli) -> Result<(Client, String), PluginError> {
-    let options = KubeConfigOptions { context: cli.context.clone(), ..KubeConfigOptions::default() };
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..KubeConfigOptions::default()
+    };
     let config = match &cli.kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path).map_err(|e| PluginError::Unreachable(format!("reading kubeconfig {path}: {e}")))?;
-            Config::from_custom_kubeconfig(file, &options).await.map_err(|e| PluginError::Unreachable(e.to_string()))?
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| PluginError::Unreachable(format!("reading kubeconfig {path}: {e}")))?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| PluginError::Unreachable(e.to_string()))?
         }
         None => match Config::from_kubeconfig(&options).await {
             Ok(config) => config,
-            Err(kubeconfig_error) => Config::incluster()
-                .map_err(|_| PluginError::Unreachable(format!("no usable kubeconfig ({kubeconfig_error}) and not running in a cluster")))?,
+            Err(kubeconfig_error) => Config::incluster().map_err(|_| {
+                PluginError::Unreachable(format!(
+                    "no usable kubeconfig ({kubeconfig_error}) and not running in a cluster"
+                ))
+            })?,
         },
     };
-    let namespace = cli.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|e| PluginError::Unreachable(e.to_string()))?;
-    client.apiserver_version().await.map_err(|e| PluginError::Unreachable(format!("{server}: {e}")))?;
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| PluginError::Unreachable(format!("{server}: {e}")))?;
     Ok((client, namespace))
 }
 
 fn api_error(action: &str, source: kube::Error) -> PluginError {
     match &source {
         kube::Error::Api(status) if status.code == 409 => PluginError::Conflict,
-        kube::Error::Api(status) if status.code == 404 && status.details.as_ref().is_some_and(|d| d.kind == "rollouts") && action.contains("list") => {
+        kube::Error::Api(status)
+            if status.code == 404
+                && status
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.kind == "rollouts")
+                && action.contains("list") =>
+        {
             PluginError::NotInstalled
         }
-        _ => PluginError::Api { action: action.to_string(), source },
+        _ => PluginError::Api {
+            action: action.to_string(),
+            source,
+        },
     }
 }
 
-async fn get_rollout(api: &Api<Rollout>, name: &str, namespace: &str) -> Result<Rollout, PluginError> {
+async fn get_rollout(
+    api: &Api<Rollout>,
+    name: &str,
+    namespace: &str,
+) -> Result<Rollout, PluginError> {
     match api.get_opt(name).await {
         Ok(Some(rollout)) => Ok(rollout),
-        Ok(None) => Err(PluginError::NotFound { name: name.into(), namespace: namespace.into() }),
+        Ok(None) => Err(PluginError::NotFound {
+            name: name.into(),
+            namespace: namespace.into(),
+        }),
         Err(kube::Error::Api(status)) if status.code == 404 => Err(PluginError::NotInstalled),
         Err(error) => Err(api_error(&format!("reading rollout {name}"), error)),
     }
 }
 
 /// Decides with `decide`, then writes spec and status patches.
-async fn act(api: &Api<Rollout>, rollout: &Rollout, decide: impl FnOnce(&Rollout) -> Result<Change, Refusal>) -> Result<(), PluginError> {
+async fn act(
+    api: &Api<Rollout>,
+    rollout: &Rollout,
+    decide: impl FnOnce(&Rollout) -> Result<Change, Refusal>,
+) -> Result<(), PluginError> {
     let change = decide(rollout)?;
     let name = rollout.metadata.name.clone().unwrap_or_default();
-    let params = PatchParams { field_manager: Some(PLUGIN_FIELD_MANAGER.into()), ..PatchParams::default() };
+    let params = PatchParams {
+        field_manager: Some(PLUGIN_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
     if let Some(spec) = &change.spec {
-        api.patch(&name, &params, &Patch::Merge(spec)).await.map_err(|e| api_error(&format!("updating rollout {name}"), e))?;
+        api.patch(&name, &params, &Patch::Merge(spec))
+            .await
+            .map_err(|e| api_error(&format!("updating rollout {name}"), e))?;
     }
     if let Some(status) = &change.status {
         let mut status = status.clone();
@@ -364,31 +496,67 @@ async fn act(api: &Api<Rollout>, rollout: &Rollout, decide: impl FnOnce(&Rollout
 
 fn print_data<T: serde::Serialize>(data: &T, format: Output) -> Result<(), PluginError> {
     let text = match format {
-        Output::Json => serde_json::to_string_pretty(data).map_err(|e| PluginError::Io(e.to_string()))? + "\n",
+        Output::Json => {
+            serde_json::to_string_pretty(data).map_err(|e| PluginError::Io(e.to_string()))? + "\n"
+        }
         Output::Yaml => serde_yaml::to_string(data).map_err(|e| PluginError::Io(e.to_string()))?,
     };
     print!("{text}");
     Ok(())
 }
 
-async fn owned_replica_sets(client: &Client, namespace: &str, rollout: &Rollout) -> Result<Vec<ReplicaSet>, PluginError> {
+async fn owned_replica_sets(
+    client: &Client,
+    namespace: &str,
+    rollout: &Rollout,
+) -> Result<Vec<ReplicaSet>, PluginError> {
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
     let uid = rollout.metadata.uid.clone().unwrap_or_default();
-    let list = api.list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL)).await.map_err(|e| api_error("listing ReplicaSets", e))?;
-    Ok(list.items.into_iter().filter(|rs| rs.metadata.owner_references.iter().flatten().any(|o| o.uid == uid)).collect())
+    let list = api
+        .list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL))
+        .await
+        .map_err(|e| api_error("listing ReplicaSets", e))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+        })
+        .collect())
 }
 
-async fn draw(client: &Client, namespace: &str, name: &str, color: bool) -> Result<String, PluginError> {
+async fn draw(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    color: bool,
+) -> Result<String, PluginError> {
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), namespace);
     let rollout = get_rollout(&rollouts, name, namespace).await?;
     let sets = owned_replica_sets(client, namespace, &rollout).await?;
-    let hashes: Vec<String> = sets.iter().filter_map(|rs| rs.metadata.labels.as_ref()?.get(POD_TEMPLATE_HASH_LABEL).cloned()).collect();
+    let hashes: Vec<String> = sets
+        .iter()
+        .filter_map(|rs| {
+            rs.metadata
+                .labels
+                .as_ref()?
+                .get(POD_TEMPLATE_HASH_LABEL)
+                .cloned()
+        })
+        .collect();
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pods = if hashes.is_empty() {
         Vec::new()
     } else {
         let selector = format!("{POD_TEMPLATE_HASH_LABEL} in ({})", hashes.join(","));
-        pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| api_error("listing pods", e))?.items
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| api_error("listing pods", e))?
+            .items
     };
     let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), namespace);
     let uid = rollout.metadata.uid.clone().unwrap_or_default();
@@ -398,7 +566,13 @@ async fn draw(client: &Client, namespace: &str, name: &str, color: bool) -> Resu
         .map_err(|e| api_error("listing AnalysisRuns", e))?
         .items
         .into_iter()
-        .filter(|r| r.metadata.owner_references.iter().flatten().any(|o| o.uid == uid))
+        .filter(|r| {
+            r.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+        })
         .collect();
     let view = render::View {
         rollout: &rollout,
@@ -412,21 +586,41 @@ async fn draw(client: &Client, namespace: &str, name: &str, color: bool) -> Resu
 }
 
 /// Redraws when the rollout, its ReplicaSets, pods or runs change, at most every 200 ms.
-async fn watch_rollout(client: &Client, namespace: &str, name: &str, color: bool) -> Result<(), PluginError> {
+async fn watch_rollout(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    color: bool,
+) -> Result<(), PluginError> {
     let config = watcher::Config::default();
-    let rollouts = watcher(Api::<Rollout>::namespaced(client.clone(), namespace), config.clone().fields(&format!("metadata.name={name}")))
-        .touched_objects()
-        .map_ok(|_| ())
-        .boxed();
-    let sets = watcher(Api::<ReplicaSet>::namespaced(client.clone(), namespace), config.clone().labels(POD_TEMPLATE_HASH_LABEL))
-        .touched_objects()
-        .map_ok(|_| ())
-        .boxed();
-    let pods = watcher(Api::<Pod>::namespaced(client.clone(), namespace), config.clone().labels(POD_TEMPLATE_HASH_LABEL))
-        .touched_objects()
-        .map_ok(|_| ())
-        .boxed();
-    let runs = watcher(Api::<AnalysisRun>::namespaced(client.clone(), namespace), config).touched_objects().map_ok(|_| ()).boxed();
+    let rollouts = watcher(
+        Api::<Rollout>::namespaced(client.clone(), namespace),
+        config.clone().fields(&format!("metadata.name={name}")),
+    )
+    .touched_objects()
+    .map_ok(|_| ())
+    .boxed();
+    let sets = watcher(
+        Api::<ReplicaSet>::namespaced(client.clone(), namespace),
+        config.clone().labels(POD_TEMPLATE_HASH_LABEL),
+    )
+    .touched_objects()
+    .map_ok(|_| ())
+    .boxed();
+    let pods = watcher(
+        Api::<Pod>::namespaced(client.clone(), namespace),
+        config.clone().labels(POD_TEMPLATE_HASH_LABEL),
+    )
+    .touched_objects()
+    .map_ok(|_| ())
+    .boxed();
+    let runs = watcher(
+        Api::<AnalysisRun>::namespaced(client.clone(), namespace),
+        config,
+    )
+    .touched_objects()
+    .map_ok(|_| ())
+    .boxed();
     let mut changes = futures::stream::select_all([rollouts, sets, pods, runs]);
     let mut stdout = std::io::stdout();
     loop {
@@ -443,11 +637,21 @@ async fn watch_rollout(client: &Client, namespace: &str, name: &str, color: bool
     }
 }
 
-async fn status(api: &Api<Rollout>, namespace: &str, name: &str, watch: bool, timeout: Option<Duration>, output: Option<Output>) -> Result<(), PluginError> {
+async fn status(
+    api: &Api<Rollout>,
+    namespace: &str,
+    name: &str,
+    watch: bool,
+    timeout: Option<Duration>,
+    output: Option<Output>,
+) -> Result<(), PluginError> {
     let describe = |rollout: &Rollout| -> (Option<RolloutPhase>, String) {
         let status = rollout.status.clone().unwrap_or_default();
         if status.observed_generation != rollout.metadata.generation {
-            return (Some(RolloutPhase::Progressing), "waiting for the controller to observe the new spec".into());
+            return (
+                Some(RolloutPhase::Progressing),
+                "waiting for the controller to observe the new spec".into(),
+            );
         }
         (status.phase, status.message.unwrap_or_default())
     };
@@ -458,14 +662,20 @@ async fn status(api: &Api<Rollout>, namespace: &str, name: &str, watch: bool, ti
     let verdict = |phase: Option<RolloutPhase>, message: &str| -> Option<Result<(), PluginError>> {
         match phase {
             Some(RolloutPhase::Healthy) => Some(Ok(())),
-            Some(RolloutPhase::Degraded) => Some(Err(PluginError::Unhealthy(format!("rollout '{name}' is Degraded: {message}")))),
+            Some(RolloutPhase::Degraded) => Some(Err(PluginError::Unhealthy(format!(
+                "rollout '{name}' is Degraded: {message}"
+            )))),
             _ => None,
         }
     };
     let (phase, message) = describe(&rollout);
     let line = |phase: Option<RolloutPhase>, message: &str| {
         let word = render::phase_label(phase).1;
-        if message.is_empty() { word.to_string() } else { format!("{word} - {message}") }
+        if message.is_empty() {
+            word.to_string()
+        } else {
+            format!("{word} - {message}")
+        }
     };
     println!("{}", line(phase, &message));
     if let Some(done) = verdict(phase, &message) {
@@ -475,10 +685,18 @@ async fn status(api: &Api<Rollout>, namespace: &str, name: &str, watch: bool, ti
         return Ok(());
     }
     let mut last = (phase, message);
-    let stream = watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).applied_objects();
+    let stream = watcher(
+        api.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects();
     let follow = async {
         futures::pin_mut!(stream);
-        while let Some(rollout) = stream.try_next().await.map_err(|e| PluginError::Unreachable(e.to_string()))? {
+        while let Some(rollout) = stream
+            .try_next()
+            .await
+            .map_err(|e| PluginError::Unreachable(e.to_string()))?
+        {
             let now = describe(&rollout);
             if now != last {
                 println!("{}", line(now.0, &now.1));
@@ -493,7 +711,11 @@ async fn status(api: &Api<Rollout>, namespace: &str, name: &str, watch: bool, ti
     match timeout {
         Some(limit) => tokio::time::timeout(limit, follow)
             .await
-            .unwrap_or_else(|_| Err(PluginError::Unhealthy(format!("rollout '{name}' did not become Healthy within {limit:?}")))),
+            .unwrap_or_else(|_| {
+                Err(PluginError::Unhealthy(format!(
+                    "rollout '{name}' did not become Healthy within {limit:?}"
+                )))
+            }),
         None => follow.await,
     }
 }

@@ -7,7 +7,10 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{AnalysisPhase, AnalysisRun, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout, RolloutPhase, SCALE_DOWN_DEADLINE_ANNOTATION};
+use crate::api::{
+    AnalysisPhase, AnalysisRun, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION, Rollout,
+    RolloutPhase, SCALE_DOWN_DEADLINE_ANNOTATION,
+};
 use crate::planner::replicas::weighted_counts;
 
 /// Everything `get rollout` shows.
@@ -24,7 +27,11 @@ struct Paint(bool);
 
 impl Paint {
     fn wrap(&self, code: &str, text: &str) -> String {
-        if self.0 { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
     }
     fn green(&self, text: &str) -> String {
         self.wrap("32", text)
@@ -68,7 +75,9 @@ fn paint_phase(paint: &Paint, phase: Option<RolloutPhase>) -> String {
 
 /// Short human age: 45s, 3m, 2h, 5d.
 pub fn age(created: Option<&Time>, now: Timestamp) -> String {
-    let Some(created) = created else { return "-".into() };
+    let Some(created) = created else {
+        return "-".into();
+    };
     let seconds = now.duration_since(created.0).as_secs().max(0);
     match seconds {
         s if s < 120 => format!("{s}s"),
@@ -79,18 +88,34 @@ pub fn age(created: Option<&Time>, now: Timestamp) -> String {
 }
 
 fn hash_of(rs: &ReplicaSet) -> String {
-    rs.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)).cloned().unwrap_or_default()
+    rs.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn revision_of(rs: &ReplicaSet) -> i64 {
-    rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION)).and_then(|r| r.parse().ok()).unwrap_or(0)
+    rs.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 fn image_of(rs: &ReplicaSet) -> String {
     rs.spec
         .as_ref()
         .and_then(|s| s.template.as_ref()?.spec.as_ref())
-        .map(|p| p.containers.iter().filter_map(|c| c.image.clone()).collect::<Vec<_>>().join(", "))
+        .map(|p| {
+            p.containers
+                .iter()
+                .filter_map(|c| c.image.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -105,7 +130,9 @@ fn roles(rollout: &Rollout, hash: &str) -> Vec<&'static str> {
         if bg.active_selector.as_deref() == Some(hash) {
             tags.push("active");
         }
-        if bg.preview_selector.as_deref() == Some(hash) && bg.active_selector.as_deref() != Some(hash) {
+        if bg.preview_selector.as_deref() == Some(hash)
+            && bg.active_selector.as_deref() != Some(hash)
+        {
             tags.push("preview");
         }
         if stable && !tags.contains(&"active") {
@@ -123,7 +150,11 @@ fn roles(rollout: &Rollout, hash: &str) -> Vec<&'static str> {
 }
 
 fn pod_ready(pod: &Pod) -> (usize, usize) {
-    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
     let total = pod.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
     (statuses.iter().filter(|c| c.ready).count(), total)
 }
@@ -141,7 +172,11 @@ fn canary_progress(rollout: &Rollout) -> Option<(String, i32, i32)> {
     } else {
         crate::planner::weight_at(&canary.steps, index)
     };
-    let actual = status.canary.and_then(|c| c.weights).map(|w| w.canary.weight).unwrap_or(set_weight);
+    let actual = status
+        .canary
+        .and_then(|c| c.weights)
+        .map(|w| w.canary.weight)
+        .unwrap_or(set_weight);
     Some((format!("{index}/{total}"), set_weight, actual))
 }
 
@@ -151,12 +186,24 @@ pub fn render_rollout(view: &View<'_>) -> String {
     let status = rollout.status.clone().unwrap_or_default();
     let mut out = String::new();
     let field = |out: &mut String, label: &str, value: &str| {
-        let label = if label.is_empty() { String::new() } else { format!("{label}:") };
+        let label = if label.is_empty() {
+            String::new()
+        } else {
+            format!("{label}:")
+        };
         let line = format!("{label:<16}{value}");
         let _ = writeln!(out, "{}", line.trim_end());
     };
-    field(&mut out, "Name", rollout.metadata.name.as_deref().unwrap_or_default());
-    field(&mut out, "Namespace", rollout.metadata.namespace.as_deref().unwrap_or_default());
+    field(
+        &mut out,
+        "Name",
+        rollout.metadata.name.as_deref().unwrap_or_default(),
+    );
+    field(
+        &mut out,
+        "Namespace",
+        rollout.metadata.namespace.as_deref().unwrap_or_default(),
+    );
     field(&mut out, "Status", &paint_phase(&paint, status.phase));
     if let Some(message) = status.message.as_deref().filter(|m| !m.is_empty()) {
         field(&mut out, "Message", message);
@@ -168,7 +215,11 @@ pub fn render_rollout(view: &View<'_>) -> String {
         field(&mut out, "  ActualWeight", &actual.to_string());
         let replicas = rollout.replicas();
         let (canary, stable) = weighted_counts(replicas, set_weight, 1);
-        field(&mut out, "  Pods", &format!("{canary} canary / {stable} stable (target)"));
+        field(
+            &mut out,
+            "  Pods",
+            &format!("{canary} canary / {stable} stable (target)"),
+        );
     }
     let mut sets: Vec<&&ReplicaSet> = view.replica_sets.iter().collect();
     sets.sort_by_key(|rs| std::cmp::Reverse(revision_of(rs)));
@@ -177,7 +228,11 @@ pub fn render_rollout(view: &View<'_>) -> String {
         let tags = roles(rollout, &hash_of(rs));
         let live = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0;
         if !tags.is_empty() || live {
-            let suffix = if tags.is_empty() { String::new() } else { format!(" ({})", tags.join(", ")) };
+            let suffix = if tags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", tags.join(", "))
+            };
             image_lines.push(format!("{}{suffix}", image_of(rs)));
         }
     }
@@ -189,7 +244,11 @@ pub fn render_rollout(view: &View<'_>) -> String {
     field(&mut out, "  Current", &status.replicas.to_string());
     field(&mut out, "  Updated", &status.updated_replicas.to_string());
     field(&mut out, "  Ready", &status.ready_replicas.to_string());
-    field(&mut out, "  Available", &status.available_replicas.to_string());
+    field(
+        &mut out,
+        "  Available",
+        &status.available_replicas.to_string(),
+    );
     out.push('\n');
 
     let mut rows: Vec<[String; 5]> = Vec::new();
@@ -203,11 +262,25 @@ pub fn render_rollout(view: &View<'_>) -> String {
     let count = sets.len();
     for (set_index, rs) in sets.iter().enumerate() {
         let last_set = set_index + 1 == count;
-        let (branch, indent) = if last_set { ("└──", "   ") } else { ("├──", "│  ") };
-        rows.push([format!("{branch}# revision:{}", revision_of(rs)), String::new(), String::new(), String::new(), String::new()]);
+        let (branch, indent) = if last_set {
+            ("└──", "   ")
+        } else {
+            ("├──", "│  ")
+        };
+        rows.push([
+            format!("{branch}# revision:{}", revision_of(rs)),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
         let hash = hash_of(rs);
         let spec = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let available = rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+        let available = rs
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
         let rs_status = if spec == 0 {
             paint.dim("• ScaledDown")
         } else if available >= spec {
@@ -215,17 +288,28 @@ pub fn render_rollout(view: &View<'_>) -> String {
         } else {
             paint.blue("◐ Progressing")
         };
-        let mut info: Vec<String> = roles(rollout, &hash).into_iter().map(String::from).collect();
+        let mut info: Vec<String> = roles(rollout, &hash)
+            .into_iter()
+            .map(String::from)
+            .collect();
         info.extend(
             rs.metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(SCALE_DOWN_DEADLINE_ANNOTATION))
                 .and_then(|d| d.parse::<Timestamp>().ok())
-                .map(|d| format!("scale-down in {}s", d.duration_since(view.now).as_secs().max(0))),
+                .map(|d| {
+                    format!(
+                        "scale-down in {}s",
+                        d.duration_since(view.now).as_secs().max(0)
+                    )
+                }),
         );
         rows.push([
-            format!("{indent}└──⧉ {}", rs.metadata.name.as_deref().unwrap_or_default()),
+            format!(
+                "{indent}└──⧉ {}",
+                rs.metadata.name.as_deref().unwrap_or_default()
+            ),
             "ReplicaSet".into(),
             rs_status,
             age(rs.metadata.creation_timestamp.as_ref(), view.now),
@@ -234,15 +318,30 @@ pub fn render_rollout(view: &View<'_>) -> String {
         let has_hash = |labels: &Option<std::collections::BTreeMap<String, String>>| {
             labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)) == Some(&hash)
         };
-        let mut pods: Vec<&&Pod> = view.pods.iter().filter(|p| has_hash(&p.metadata.labels)).collect();
+        let mut pods: Vec<&&Pod> = view
+            .pods
+            .iter()
+            .filter(|p| has_hash(&p.metadata.labels))
+            .collect();
         pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let mut runs: Vec<&&AnalysisRun> = view.runs.iter().filter(|r| has_hash(&r.metadata.labels)).collect();
+        let mut runs: Vec<&&AnalysisRun> = view
+            .runs
+            .iter()
+            .filter(|r| has_hash(&r.metadata.labels))
+            .collect();
         runs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let mut children: Vec<[String; 5]> = pods.iter().map(|pod| pod_row(&paint, pod, view.now)).collect();
+        let mut children: Vec<[String; 5]> = pods
+            .iter()
+            .map(|pod| pod_row(&paint, pod, view.now))
+            .collect();
         children.extend(runs.iter().map(|run| run_row(&paint, run, view.now)));
         let total = children.len();
         for (index, mut child) in children.into_iter().enumerate() {
-            let twig = if index + 1 == total { "└──" } else { "├──" };
+            let twig = if index + 1 == total {
+                "└──"
+            } else {
+                "├──"
+            };
             child[0] = format!("{indent}   {twig}{}", child[0]);
             rows.push(child);
         }
@@ -253,7 +352,11 @@ pub fn render_rollout(view: &View<'_>) -> String {
 
 fn pod_row(paint: &Paint, pod: &Pod, now: Timestamp) -> [String; 5] {
     let (ready, total) = pod_ready(pod);
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into());
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "Pending".into());
     let shown = if pod.metadata.deletion_timestamp.is_some() {
         paint.dim("◌ Terminating")
     } else if ready == total && total > 0 {
@@ -271,7 +374,11 @@ fn pod_row(paint: &Paint, pod: &Pod, now: Timestamp) -> [String; 5] {
 }
 
 fn run_row(paint: &Paint, run: &AnalysisRun, now: Timestamp) -> [String; 5] {
-    let phase = run.status.as_ref().and_then(|s| s.phase).unwrap_or(AnalysisPhase::Pending);
+    let phase = run
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(AnalysisPhase::Pending);
     let text = format!("{} {}", analysis_icon(phase), phase.as_str());
     let shown = match phase {
         AnalysisPhase::Successful => paint.green(&text),
@@ -279,13 +386,21 @@ fn run_row(paint: &Paint, run: &AnalysisRun, now: Timestamp) -> [String; 5] {
         AnalysisPhase::Inconclusive => paint.yellow(&text),
         _ => paint.blue(&text),
     };
-    let summary = run.status.as_ref().and_then(|s| s.run_summary.clone()).unwrap_or_default();
+    let summary = run
+        .status
+        .as_ref()
+        .and_then(|s| s.run_summary.clone())
+        .unwrap_or_default();
     [
         format!("α {}", run.metadata.name.as_deref().unwrap_or_default()),
         "AnalysisRun".into(),
         shown,
         age(run.metadata.creation_timestamp.as_ref(), now),
-        format!("✔ {} ✖ {}", summary.successful, summary.failed + summary.error),
+        format!(
+            "✔ {} ✖ {}",
+            summary.successful,
+            summary.failed + summary.error
+        ),
     ]
 }
 
@@ -362,12 +477,45 @@ pub fn render_list(rollouts: &[&Rollout], all_namespaces: bool, color: bool) -> 
             status.available_replicas.to_string(),
         ]);
     }
-    let headers = ["NAMESPACE", "NAME", "STRATEGY", "STATUS", "STEP", "SET-WEIGHT", "READY", "AVAILABLE"];
+    let headers = [
+        "NAMESPACE",
+        "NAME",
+        "STRATEGY",
+        "STATUS",
+        "STEP",
+        "SET-WEIGHT",
+        "READY",
+        "AVAILABLE",
+    ];
     if all_namespaces {
         table(&headers, &rows)
     } else {
-        let rows: Vec<[String; 7]> = rows.into_iter().map(|r| [r[1].clone(), r[2].clone(), r[3].clone(), r[4].clone(), r[5].clone(), r[6].clone(), r[7].clone()]).collect();
-        table(&["NAME", "STRATEGY", "STATUS", "STEP", "SET-WEIGHT", "READY", "AVAILABLE"], &rows)
+        let rows: Vec<[String; 7]> = rows
+            .into_iter()
+            .map(|r| {
+                [
+                    r[1].clone(),
+                    r[2].clone(),
+                    r[3].clone(),
+                    r[4].clone(),
+                    r[5].clone(),
+                    r[6].clone(),
+                    r[7].clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "STRATEGY",
+                "STATUS",
+                "STEP",
+                "SET-WEIGHT",
+                "READY",
+                "AVAILABLE",
+            ],
+            &rows,
+        )
     }
 }
 

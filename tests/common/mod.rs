@@ -15,7 +15,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use ramp::api::{AnalysisRun, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
-use ramp_test_support::{TestNamespace, cluster_client, free_port, kubeconfig_path, repo_root, wait_until};
+use ramp_test_support::{
+    TestNamespace, cluster_client, free_port, kubeconfig_path, repo_root, wait_until,
+};
 use tokio::process::{Child, Command};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,7 +46,14 @@ impl Env {
             .await?
             .ok_or_else(|| anyhow!("the Ramp CRDs are not installed on the local cluster; run `make cluster-up` (it installs crds/)"))?;
         let namespace = TestNamespace::create(&client, prefix).await?;
-        Ok(Env { client, ns: namespace.name.clone(), namespace: Some(namespace), controller: None, metrics_port: 0, extra_env: Vec::new() })
+        Ok(Env {
+            client,
+            ns: namespace.name.clone(),
+            namespace: Some(namespace),
+            controller: None,
+            metrics_port: 0,
+            extra_env: Vec::new(),
+        })
     }
 
     pub fn set_controller_env(&mut self, key: &str, value: &str) {
@@ -59,7 +68,10 @@ impl Env {
 
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
         self.metrics_port = free_port()?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path("controller"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path("controller"))?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_ramp-controller"));
         command
             .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
@@ -77,7 +89,13 @@ impl Env {
         let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
         wait_until("controller /readyz", TIMEOUT, || {
             let url = url.clone();
-            async move { Ok(reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
+            async move {
+                Ok(reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            }
         })
         .await
     }
@@ -90,14 +108,22 @@ impl Env {
     }
 
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await?.text().await?)
+        Ok(
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+                .await?
+                .text()
+                .await?,
+        )
     }
 
     /// `kubectl apply` of a YAML document stream into the test namespace.
     pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
         let output = self.kubectl_with_input(&["apply", "-f", "-"], yaml).await?;
         if !output.status.success() {
-            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(())
     }
@@ -135,11 +161,22 @@ impl Env {
     }
 
     /// Waits until `check` holds for the rollout; the error shows its last status.
-    pub async fn wait_rollout(&self, name: &str, what: &str, check: impl Fn(&Rollout) -> bool) -> anyhow::Result<Rollout> {
+    pub async fn wait_rollout(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Rollout) -> bool,
+    ) -> anyhow::Result<Rollout> {
         self.wait_rollout_for(name, what, TIMEOUT, check).await
     }
 
-    pub async fn wait_rollout_for(&self, name: &str, what: &str, timeout: Duration, check: impl Fn(&Rollout) -> bool) -> anyhow::Result<Rollout> {
+    pub async fn wait_rollout_for(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Rollout) -> bool,
+    ) -> anyhow::Result<Rollout> {
         let api = self.rollouts();
         let result = wait_until(what, timeout, || async {
             let rollout = api.get(name).await?;
@@ -149,14 +186,25 @@ impl Env {
         match result {
             Ok(rollout) => Ok(rollout),
             Err(error) => {
-                let status = api.get(name).await.ok().and_then(|r| r.status).map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
-                bail!("{error}\nrollout status: {}\ncontroller log: {}", status.unwrap_or_default(), self.log_path("controller").display())
+                let status = api
+                    .get(name)
+                    .await
+                    .ok()
+                    .and_then(|r| r.status)
+                    .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default());
+                bail!(
+                    "{error}\nrollout status: {}\ncontroller log: {}",
+                    status.unwrap_or_default(),
+                    self.log_path("controller").display()
+                )
             }
         }
     }
 
     pub async fn wait_phase(&self, name: &str, phase: RolloutPhase) -> anyhow::Result<Rollout> {
-        let observed = |r: &Rollout| r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation;
+        let observed = |r: &Rollout| {
+            r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation
+        };
         self.wait_rollout(name, &format!("rollout {name} to be {phase:?}"), |r| {
             observed(r) && r.status.as_ref().and_then(|s| s.phase) == Some(phase)
         })
@@ -167,14 +215,30 @@ impl Env {
     pub async fn replicas_by_image(&self) -> anyhow::Result<BTreeMap<String, (i32, i32)>> {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
         let mut counts = BTreeMap::new();
-        for rs in api.list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL)).await? {
+        for rs in api
+            .list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL))
+            .await?
+        {
             let image = rs
                 .spec
                 .as_ref()
-                .and_then(|s| s.template.as_ref()?.spec.as_ref()?.containers.first()?.image.clone())
+                .and_then(|s| {
+                    s.template
+                        .as_ref()?
+                        .spec
+                        .as_ref()?
+                        .containers
+                        .first()?
+                        .image
+                        .clone()
+                })
                 .unwrap_or_default();
             let spec = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-            let available = rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+            let available = rs
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
             counts.insert(image, (spec, available));
         }
         Ok(counts)
@@ -183,38 +247,67 @@ impl Env {
     pub async fn wait_replicas(&self, what: &str, expected: &[(&str, i32)]) -> anyhow::Result<()> {
         let result = wait_until(what, TIMEOUT, || async {
             let counts = self.replicas_by_image().await?;
-            let matches = expected.iter().all(|(image, count)| counts.get(*image).copied().unwrap_or((0, 0)) == (*count, *count));
+            let matches = expected.iter().all(|(image, count)| {
+                counts.get(*image).copied().unwrap_or((0, 0)) == (*count, *count)
+            });
             Ok(matches.then_some(()))
         })
         .await;
         if let Err(error) = result {
-            bail!("{error}; ReplicaSets (image: spec/available): {:?}\ncontroller log: {}", self.replicas_by_image().await?, self.log_path("controller").display());
+            bail!(
+                "{error}; ReplicaSets (image: spec/available): {:?}\ncontroller log: {}",
+                self.replicas_by_image().await?,
+                self.log_path("controller").display()
+            );
         }
         Ok(())
     }
 
     pub async fn replica_set_count(&self) -> anyhow::Result<usize> {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
-        Ok(api.list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL)).await?.items.len())
+        Ok(api
+            .list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL))
+            .await?
+            .items
+            .len())
     }
 
     pub async fn selector(&self, service: &str) -> anyhow::Result<Option<String>> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
         let svc = api.get(service).await?;
-        Ok(svc.spec.and_then(|s| s.selector).and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL).cloned()))
+        Ok(svc
+            .spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL).cloned()))
     }
 
     /// The pod-template hash of the ReplicaSet running `image`.
     pub async fn hash_of(&self, image: &str) -> anyhow::Result<String> {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
-        for rs in api.list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL)).await? {
+        for rs in api
+            .list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL))
+            .await?
+        {
             let runs_image = rs
                 .spec
                 .as_ref()
-                .and_then(|s| s.template.as_ref()?.spec.as_ref()?.containers.first()?.image.clone())
+                .and_then(|s| {
+                    s.template
+                        .as_ref()?
+                        .spec
+                        .as_ref()?
+                        .containers
+                        .first()?
+                        .image
+                        .clone()
+                })
                 .is_some_and(|i| i == image);
             if runs_image {
-                return rs.labels().get(POD_TEMPLATE_HASH_LABEL).cloned().ok_or_else(|| anyhow!("ReplicaSet without hash"));
+                return rs
+                    .labels()
+                    .get(POD_TEMPLATE_HASH_LABEL)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("ReplicaSet without hash"));
             }
         }
         bail!("no ReplicaSet runs {image}")
@@ -222,10 +315,21 @@ impl Env {
 
     pub async fn set_image(&self, rollout: &str, image: &str) -> anyhow::Result<()> {
         let current = self.rollout(rollout).await?;
-        let container = current.spec.template.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone()).unwrap_or_default();
+        let container = current
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
         let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}});
         self.rollouts()
-            .patch(rollout, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .patch(
+                rollout,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
             .await?;
         Ok(())
     }
@@ -236,8 +340,15 @@ impl Env {
     }
 
     pub async fn event_reasons(&self) -> anyhow::Result<Vec<String>> {
-        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
-        Ok(api.list(&ListParams::default()).await?.items.into_iter().filter_map(|e| e.reason).collect())
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect())
     }
 
     pub async fn cleanup(mut self) {
@@ -251,7 +362,10 @@ impl Env {
 /// PATH with the freshly built `kubectl-ramp` first, for kubectl's plugin discovery.
 pub fn plugin_path() -> String {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-ramp"));
-    let dir = bin.parent().map(|p| p.display().to_string()).unwrap_or_default();
+    let dir = bin
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
 }
 

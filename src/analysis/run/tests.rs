@@ -12,7 +12,13 @@ fn metric(extra: serde_json::Value) -> Metric {
 }
 
 fn run_of(metrics: Vec<Metric>) -> AnalysisRun {
-    AnalysisRun::new("run", crate::api::AnalysisRunSpec { metrics, ..Default::default() })
+    AnalysisRun::new(
+        "run",
+        crate::api::AnalysisRunSpec {
+            metrics,
+            ..Default::default()
+        },
+    )
 }
 
 fn t(seconds: i64) -> Timestamp {
@@ -36,7 +42,12 @@ fn drive(metric_spec: serde_json::Value, phases: &[AnalysisPhase]) -> Vec<Analys
     assess(&run, &mut status, t(0));
     let mut seen = Vec::new();
     for (i, phase) in phases.iter().enumerate() {
-        record(&run, &mut status, &run.spec.metrics[0], measurement(*phase, i as i64));
+        record(
+            &run,
+            &mut status,
+            &run.spec.metrics[0],
+            measurement(*phase, i as i64),
+        );
         assess(&run, &mut status, t(i as i64));
         seen.push(status.phase.unwrap_or(AnalysisPhase::Pending));
     }
@@ -53,24 +64,72 @@ fn phase_arithmetic_table() {
         (json!({}), vec![Failed], vec![Failed]),
         (json!({}), vec![Inconclusive], vec![Inconclusive]),
         // Errors do not count toward `count`: retried until consecutiveErrorLimit.
-        (json!({}), vec![Error, Error, Successful], vec![Running, Running, Successful]),
-        (json!({"consecutiveErrorLimit": 2}), vec![Error, Error, Error], vec![Running, Running, Error]),
-        (json!({"consecutiveErrorLimit": 1}), vec![Error, Successful, Error, Successful], vec![Running, Successful, Successful, Successful]),
+        (
+            json!({}),
+            vec![Error, Error, Successful],
+            vec![Running, Running, Successful],
+        ),
+        (
+            json!({"consecutiveErrorLimit": 2}),
+            vec![Error, Error, Error],
+            vec![Running, Running, Error],
+        ),
+        (
+            json!({"consecutiveErrorLimit": 1}),
+            vec![Error, Successful, Error, Successful],
+            vec![Running, Successful, Successful, Successful],
+        ),
         // failureLimit tolerates that many failures.
-        (json!({"interval": "1s", "count": 3, "failureLimit": 1}), vec![Failed, Successful, Successful], vec![Running, Running, Successful]),
-        (json!({"interval": "1s", "count": 3, "failureLimit": 1}), vec![Failed, Failed], vec![Running, Failed]),
-        (json!({"interval": "1s", "count": 5, "failureLimit": 0}), vec![Successful, Failed], vec![Running, Failed]),
+        (
+            json!({"interval": "1s", "count": 3, "failureLimit": 1}),
+            vec![Failed, Successful, Successful],
+            vec![Running, Running, Successful],
+        ),
+        (
+            json!({"interval": "1s", "count": 3, "failureLimit": 1}),
+            vec![Failed, Failed],
+            vec![Running, Failed],
+        ),
+        (
+            json!({"interval": "1s", "count": 5, "failureLimit": 0}),
+            vec![Successful, Failed],
+            vec![Running, Failed],
+        ),
         // inconclusiveLimit.
-        (json!({"interval": "1s", "count": 3, "inconclusiveLimit": 1}), vec![Inconclusive, Inconclusive], vec![Running, Inconclusive]),
+        (
+            json!({"interval": "1s", "count": 3, "inconclusiveLimit": 1}),
+            vec![Inconclusive, Inconclusive],
+            vec![Running, Inconclusive],
+        ),
         // Unlimited count runs until terminated.
-        (json!({"interval": "1s"}), vec![Successful, Successful, Successful], vec![Running, Running, Running]),
+        (
+            json!({"interval": "1s"}),
+            vec![Successful, Successful, Successful],
+            vec![Running, Running, Running],
+        ),
         // consecutiveSuccessLimit completes early; with failureLimit also active the count ends Inconclusive.
-        (json!({"interval": "1s", "count": 5, "consecutiveSuccessLimit": 2}), vec![Successful, Successful], vec![Running, Successful]),
-        (json!({"interval": "1s", "count": 2, "consecutiveSuccessLimit": 2, "failureLimit": 3}), vec![Successful, Failed], vec![Running, Inconclusive]),
-        (json!({"interval": "1s", "count": 2, "consecutiveSuccessLimit": 2, "failureLimit": -1}), vec![Successful, Failed], vec![Running, Failed]),
+        (
+            json!({"interval": "1s", "count": 5, "consecutiveSuccessLimit": 2}),
+            vec![Successful, Successful],
+            vec![Running, Successful],
+        ),
+        (
+            json!({"interval": "1s", "count": 2, "consecutiveSuccessLimit": 2, "failureLimit": 3}),
+            vec![Successful, Failed],
+            vec![Running, Inconclusive],
+        ),
+        (
+            json!({"interval": "1s", "count": 2, "consecutiveSuccessLimit": 2, "failureLimit": -1}),
+            vec![Successful, Failed],
+            vec![Running, Failed],
+        ),
     ];
     for (spec, inputs, expected) in cases {
-        assert_eq!(drive(spec.clone(), &inputs), expected, "metric {spec} fed {inputs:?}");
+        assert_eq!(
+            drive(spec.clone(), &inputs),
+            expected,
+            "metric {spec} fed {inputs:?}"
+        );
     }
 }
 
@@ -79,27 +138,65 @@ fn run_phase_is_the_worst_metric_phase() {
     let order = [Successful, Running, Pending, Inconclusive, Error, Failed];
     for (i, lower) in order.iter().enumerate() {
         for higher in &order[i..] {
-            assert!(lower.severity() <= higher.severity(), "{lower:?} <= {higher:?}");
+            assert!(
+                lower.severity() <= higher.severity(),
+                "{lower:?} <= {higher:?}"
+            );
         }
     }
     // One metric failing ends the run Failed even while another is still running.
-    let run = run_of(vec![metric(json!({"name": "a", "interval": "1s"})), metric(json!({"name": "b"}))]);
+    let run = run_of(vec![
+        metric(json!({"name": "a", "interval": "1s"})),
+        metric(json!({"name": "b"})),
+    ]);
     let mut status = AnalysisRunStatus::default();
-    record(&run, &mut status, &run.spec.metrics[0], measurement(Successful, 0));
-    record(&run, &mut status, &run.spec.metrics[1], measurement(Failed, 0));
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[0],
+        measurement(Successful, 0),
+    );
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[1],
+        measurement(Failed, 0),
+    );
     assess(&run, &mut status, t(0));
     assert_eq!(status.phase, Some(Failed));
-    assert!(status.message.as_deref().is_some_and(|m| m.contains("\"b\" Failed")), "{:?}", status.message);
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("\"b\" Failed")),
+        "{:?}",
+        status.message
+    );
     assert!(status.completed_at.is_some());
 }
 
 #[test]
 fn dry_run_metrics_never_decide_the_run() {
-    let mut run = run_of(vec![metric(json!({"name": "real"})), metric(json!({"name": "shadow"}))]);
-    run.spec.dry_run = vec![crate::api::DryRun { metric_name: "sha.*".into() }];
+    let mut run = run_of(vec![
+        metric(json!({"name": "real"})),
+        metric(json!({"name": "shadow"})),
+    ]);
+    run.spec.dry_run = vec![crate::api::DryRun {
+        metric_name: "sha.*".into(),
+    }];
     let mut status = AnalysisRunStatus::default();
-    record(&run, &mut status, &run.spec.metrics[0], measurement(Successful, 0));
-    record(&run, &mut status, &run.spec.metrics[1], measurement(Failed, 0));
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[0],
+        measurement(Successful, 0),
+    );
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[1],
+        measurement(Failed, 0),
+    );
     assess(&run, &mut status, t(0));
     assert_eq!(status.phase, Some(Successful));
     assert_eq!(status.dry_run_summary.as_ref().map(|s| s.failed), Some(1));
@@ -109,7 +206,12 @@ fn dry_run_metrics_never_decide_the_run() {
 fn terminate_ends_running_metrics_successfully() {
     let mut run = run_of(vec![metric(json!({"interval": "1s"}))]);
     let mut status = AnalysisRunStatus::default();
-    record(&run, &mut status, &run.spec.metrics[0], measurement(Successful, 0));
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[0],
+        measurement(Successful, 0),
+    );
     run.spec.terminate = Some(true);
     assess(&run, &mut status, t(1));
     assert_eq!(status.phase, Some(Successful));
@@ -118,14 +220,39 @@ fn terminate_ends_running_metrics_successfully() {
 
 #[test]
 fn measurements_are_scheduled_by_interval_delay_and_error_retry() {
-    let run = run_of(vec![metric(json!({"interval": "30s", "initialDelay": "5s", "count": 3}))]);
-    let mut status = AnalysisRunStatus { started_at: Some(Time(t(0))), ..Default::default() };
-    assert_eq!(due_metrics(&run, &status, t(0)), Due { now: vec![], next: Some(t(5)) });
+    let run = run_of(vec![metric(
+        json!({"interval": "30s", "initialDelay": "5s", "count": 3}),
+    )]);
+    let mut status = AnalysisRunStatus {
+        started_at: Some(Time(t(0))),
+        ..Default::default()
+    };
+    assert_eq!(
+        due_metrics(&run, &status, t(0)),
+        Due {
+            now: vec![],
+            next: Some(t(5))
+        }
+    );
     assert_eq!(due_metrics(&run, &status, t(5)).now, vec![0]);
-    record(&run, &mut status, &run.spec.metrics[0], measurement(Successful, 5));
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[0],
+        measurement(Successful, 5),
+    );
     assert_eq!(due_metrics(&run, &status, t(6)).next, Some(t(35)));
-    record(&run, &mut status, &run.spec.metrics[0], measurement(Error, 35));
-    assert_eq!(due_metrics(&run, &status, t(36)).next, Some(t(45)), "errors retry after 10s");
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[0],
+        measurement(Error, 35),
+    );
+    assert_eq!(
+        due_metrics(&run, &status, t(36)).next,
+        Some(t(45)),
+        "errors retry after 10s"
+    );
 }
 
 #[test]
@@ -133,12 +260,28 @@ fn measurement_history_is_bounded() {
     let mut run = run_of(vec![metric(json!({"interval": "1s"}))]);
     let mut status = AnalysisRunStatus::default();
     for i in 0..25 {
-        record(&run, &mut status, &run.spec.metrics[0], measurement(Successful, i));
+        record(
+            &run,
+            &mut status,
+            &run.spec.metrics[0],
+            measurement(Successful, i),
+        );
     }
-    assert_eq!(status.metric_results[0].measurements.len(), DEFAULT_MEASUREMENT_RETENTION);
+    assert_eq!(
+        status.metric_results[0].measurements.len(),
+        DEFAULT_MEASUREMENT_RETENTION
+    );
     assert_eq!(status.metric_results[0].count, 25);
-    run.spec.measurement_retention = vec![crate::api::MeasurementRetention { metric_name: "errors".into(), limit: 3 }];
-    record(&run, &mut status, &run.spec.metrics[0], measurement(Successful, 26));
+    run.spec.measurement_retention = vec![crate::api::MeasurementRetention {
+        metric_name: "errors".into(),
+        limit: 3,
+    }];
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[0],
+        measurement(Successful, 26),
+    );
     assert_eq!(status.metric_results[0].measurements.len(), 3);
 }
 

@@ -60,7 +60,9 @@ fn run(name: &str, hash: &str, phase: &str) -> AnalysisRun {
 }
 
 fn golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/plugin/golden").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/plugin/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).expect("write golden file");
         return;
@@ -78,7 +80,11 @@ fn paused_canary_tree() {
     let rollout = canary_rollout();
     let stable = replica_set("h1", 1, "web:1", 4, "2026-03-01T11:00:00Z");
     let canary = replica_set("h2", 2, "web:2", 1, "2026-03-01T11:58:00Z");
-    let pods = [pod("web-h1-aaaaa", "h1", true), pod("web-h1-bbbbb", "h1", true), pod("web-h2-ccccc", "h2", false)];
+    let pods = [
+        pod("web-h1-aaaaa", "h1", true),
+        pod("web-h1-bbbbb", "h1", true),
+        pod("web-h2-ccccc", "h2", false),
+    ];
     let runs = [run("web-h2-2-1", "h2", "Running")];
     let view = View {
         rollout: &rollout,
@@ -94,17 +100,31 @@ fn paused_canary_tree() {
 #[test]
 fn blue_green_tree_with_scale_down_delay() {
     let mut rollout = canary_rollout();
-    rollout.spec.strategy = serde_json::from_value(json!({"blueGreen": {"activeService": "a", "previewService": "p"}})).expect("fixture");
-    rollout.status = serde_json::from_value(json!({"phase": "Healthy", "currentPodHash": "h2", "stableRS": "h2",
+    rollout.spec.strategy =
+        serde_json::from_value(json!({"blueGreen": {"activeService": "a", "previewService": "p"}}))
+            .expect("fixture");
+    rollout.status = serde_json::from_value(
+        json!({"phase": "Healthy", "currentPodHash": "h2", "stableRS": "h2",
         "replicas": 10, "updatedReplicas": 5, "readyReplicas": 10, "availableReplicas": 10,
-        "blueGreen": {"activeSelector": "h2", "previewSelector": "h2"}}))
+        "blueGreen": {"activeSelector": "h2", "previewSelector": "h2"}}),
+    )
     .expect("fixture");
     let mut old = replica_set("h1", 1, "web:1", 5, "2026-03-01T11:00:00Z");
     if let Some(annotations) = old.metadata.annotations.as_mut() {
-        annotations.insert(SCALE_DOWN_DEADLINE_ANNOTATION.into(), "2026-03-01T12:00:20Z".into());
+        annotations.insert(
+            SCALE_DOWN_DEADLINE_ANNOTATION.into(),
+            "2026-03-01T12:00:20Z".into(),
+        );
     }
     let new = replica_set("h2", 2, "web:2", 5, "2026-03-01T11:58:00Z");
-    let view = View { rollout: &rollout, replica_sets: vec![&old, &new], pods: vec![], runs: vec![], now: now(), color: false };
+    let view = View {
+        rollout: &rollout,
+        replica_sets: vec![&old, &new],
+        pods: vec![],
+        runs: vec![],
+        now: now(),
+        color: false,
+    };
     golden("get-bluegreen-healthy.txt", &render_rollout(&view));
 }
 
@@ -114,9 +134,15 @@ fn list_table() {
     let mut healthy = canary_rollout();
     healthy.metadata.name = Some("api".into());
     healthy.metadata.namespace = Some("team-b".into());
-    healthy.status = serde_json::from_value(json!({"phase": "Healthy", "currentPodHash": "h1", "stableRS": "h1", "currentStepIndex": 4,
-        "readyReplicas": 5, "availableReplicas": 5})).expect("fixture");
-    golden("list-all-namespaces.txt", &render_list(&[&canary, &healthy], true, false));
+    healthy.status = serde_json::from_value(
+        json!({"phase": "Healthy", "currentPodHash": "h1", "stableRS": "h1", "currentStepIndex": 4,
+        "readyReplicas": 5, "availableReplicas": 5}),
+    )
+    .expect("fixture");
+    golden(
+        "list-all-namespaces.txt",
+        &render_list(&[&canary, &healthy], true, false),
+    );
     golden("list.txt", &render_list(&[&canary], false, false));
 }
 
@@ -143,7 +169,11 @@ fn colour_codes_do_not_break_alignment() {
 
 #[test]
 fn ages_are_short() {
-    let at = |s: &str| Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().expect("time")));
+    let at = |s: &str| {
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            s.parse().expect("time"),
+        ))
+    };
     assert_eq!(age(at("2026-03-01T11:59:15Z").as_ref(), now()), "45s");
     assert_eq!(age(at("2026-03-01T11:00:00Z").as_ref(), now()), "60m");
     assert_eq!(age(at("2026-02-27T12:00:00Z").as_ref(), now()), "2d");

@@ -55,18 +55,32 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
-        let suffix = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() % 0xffffff);
+        let suffix = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+                % 0xffffff
+        );
         let name = format!("e2e-{prefix}-{suffix}");
         let api: Api<Namespace> = Api::all(client.clone());
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        api.create(&PostParams::default(), &namespace).await.with_context(|| format!("creating namespace {name}"))?;
+        api.create(&PostParams::default(), &namespace)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
         // Pods are rejected until the namespace's default ServiceAccount exists.
-        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
-        wait_until("default ServiceAccount", Duration::from_secs(30), || async {
-            Ok(accounts.get_opt("default").await?.map(|_| ()))
-        })
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_until(
+            "default ServiceAccount",
+            Duration::from_secs(30),
+            || async { Ok(accounts.get_opt("default").await?.map(|_| ())) },
+        )
         .await?;
-        Ok(TestNamespace { name, client: client.clone() })
+        Ok(TestNamespace {
+            name,
+            client: client.clone(),
+        })
     }
 
     pub async fn cleanup(self) {
@@ -91,7 +105,9 @@ where
             Err(error) => last_error = Some(error),
         }
         if start.elapsed() > timeout {
-            let detail = last_error.map(|e| format!("; last error: {e:#}")).unwrap_or_default();
+            let detail = last_error
+                .map(|e| format!("; last error: {e:#}"))
+                .unwrap_or_default();
             bail!("timed out after {timeout:?} waiting for {what}{detail}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -121,24 +137,35 @@ impl MetricsTarget {
                     let series = shared.clone();
                     async move {
                         let series = series.lock().map(|s| s.clone()).unwrap_or_default();
-                        series.iter().map(|(name, value)| format!("{name} {value}\n")).collect::<String>()
+                        series
+                            .iter()
+                            .map(|(name, value)| format!("{name} {value}\n"))
+                            .collect::<String>()
                     }
                 }),
             )
             .route(
                 "/set",
-                axum::routing::post(move |query: axum::extract::Query<BTreeMap<String, String>>| {
-                    let series = settable.clone();
-                    async move {
-                        let (Some(name), Some(value)) = (query.get("series"), query.get("value").and_then(|v| v.parse::<f64>().ok())) else {
-                            return (axum::http::StatusCode::BAD_REQUEST, "want ?series=<name{labels}>&value=<number>\n".to_string());
-                        };
-                        if let Ok(mut series) = series.lock() {
-                            series.insert(name.clone(), value);
+                axum::routing::post(
+                    move |query: axum::extract::Query<BTreeMap<String, String>>| {
+                        let series = settable.clone();
+                        async move {
+                            let (Some(name), Some(value)) = (
+                                query.get("series"),
+                                query.get("value").and_then(|v| v.parse::<f64>().ok()),
+                            ) else {
+                                return (
+                                    axum::http::StatusCode::BAD_REQUEST,
+                                    "want ?series=<name{labels}>&value=<number>\n".to_string(),
+                                );
+                            };
+                            if let Ok(mut series) = series.lock() {
+                                series.insert(name.clone(), value);
+                            }
+                            (axum::http::StatusCode::OK, format!("{name} = {value}\n"))
                         }
-                        (axum::http::StatusCode::OK, format!("{name} = {value}\n"))
-                    }
-                }),
+                    },
+                ),
             );
         let listener = tokio::net::TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
@@ -190,21 +217,41 @@ impl Prometheus {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| anyhow!("cannot start {binary:?} ({e}); install it with `make deps` (Debian package prometheus)"))?;
-        let prometheus = Prometheus { url: format!("http://127.0.0.1:{port}"), child, _dir: dir };
+        let prometheus = Prometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        };
         let http = reqwest::Client::new();
         let ready = format!("{}/-/ready", prometheus.url);
-        wait_until("Prometheus to become ready", Duration::from_secs(30), || {
-            let http = http.clone();
-            let ready = ready.clone();
-            async move { Ok(http.get(&ready).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
-        })
+        wait_until(
+            "Prometheus to become ready",
+            Duration::from_secs(30),
+            || {
+                let http = http.clone();
+                let ready = ready.clone();
+                async move {
+                    Ok(http
+                        .get(&ready)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ()))
+                }
+            },
+        )
         .await?;
         let expected = targets.len();
-        wait_until("Prometheus to scrape every target", Duration::from_secs(30), || async {
-            let result = prometheus.query("sum(up)").await?;
-            let up = scalar(&result).unwrap_or(0.0);
-            Ok((up as usize >= expected).then_some(()))
-        })
+        wait_until(
+            "Prometheus to scrape every target",
+            Duration::from_secs(30),
+            || async {
+                let result = prometheus.query("sum(up)").await?;
+                let up = scalar(&result).unwrap_or(0.0);
+                Ok((up as usize >= expected).then_some(()))
+            },
+        )
         .await?;
         Ok(prometheus)
     }

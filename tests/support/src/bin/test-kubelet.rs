@@ -23,11 +23,17 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let pods: Api<Pod> = Api::all(client.clone());
     eprintln!("test-kubelet: watching pods");
-    let stream = watcher(pods, watcher::Config::default()).default_backoff().applied_objects();
+    let stream = watcher(pods, watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
     futures::pin_mut!(stream);
     while let Some(pod) = stream.try_next().await? {
         if let Err(error) = handle(&client, &pod).await {
-            eprintln!("test-kubelet: {}/{}: {error}", pod.namespace().unwrap_or_default(), pod.name_any());
+            eprintln!(
+                "test-kubelet: {}/{}: {error}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            );
         }
     }
     Ok(())
@@ -37,7 +43,16 @@ async fn handle(client: &Client, pod: &Pod) -> Result<(), kube::Error> {
     let namespace = pod.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     if pod.metadata.deletion_timestamp.is_some() {
-        return match api.delete(&pod.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await {
+        return match api
+            .delete(
+                &pod.name_any(),
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(error) => Err(error),
@@ -87,16 +102,25 @@ async fn handle(client: &Client, pod: &Pod) -> Result<(), kube::Error> {
             "containerStatuses": containers,
         }
     });
-    api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+    api.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 fn never_ready(pod: &Pod) -> bool {
-    let annotated = pod.annotations().get(NEVER_READY_ANNOTATION).is_some_and(|v| v == "true");
-    let tagged = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .any(|c| c.image.as_deref().is_some_and(|i| i.ends_with(":never-ready")));
+    let annotated = pod
+        .annotations()
+        .get(NEVER_READY_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let tagged = pod.spec.iter().flat_map(|s| s.containers.iter()).any(|c| {
+        c.image
+            .as_deref()
+            .is_some_and(|i| i.ends_with(":never-ready"))
+    });
     annotated || tagged
 }
 
@@ -104,5 +128,10 @@ fn pod_ip(pod: &Pod) -> String {
     let mut hasher = DefaultHasher::new();
     pod.uid().unwrap_or_default().hash(&mut hasher);
     let bits = hasher.finish();
-    format!("10.{}.{}.{}", 64 + (bits % 64), (bits >> 8) % 256, 1 + (bits >> 16) % 254)
+    format!(
+        "10.{}.{}.{}",
+        64 + (bits % 64),
+        (bits >> 8) % 256,
+        1 + (bits >> 16) % 254
+    )
 }
