@@ -33,7 +33,7 @@ lint:
 
 cluster-up: deps build
 	tests/cluster/up.sh
-	kubectl --kubeconfig $(KUBECONFIG_PATH) apply --server-side --force-conflicts -f crds/ >/dev/null
+	kubectl --kubeconfig $(KUBECONFIG_PATH) apply --server-side --force-conflicts -k crds/ >/dev/null
 
 cluster-down:
 	tests/cluster/down.sh

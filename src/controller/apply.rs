@@ -33,7 +33,7 @@ pub(super) async fn execute(
                 let result = replica_sets
                     .patch(&rs_name, &apply_params(), &Patch::Apply(desired.as_ref()))
                     .await;
-                ctx.metrics.request("apply", "ReplicaSet", result.is_ok());
+                ctx.metrics.request("apply", "ReplicaSet", &result);
                 result.map_err(|source| Error::ApplyReplicaSet {
                     namespace: namespace.into(),
                     name: rs_name.clone(),
@@ -45,7 +45,7 @@ pub(super) async fn execute(
                 let result = replica_sets
                     .delete(rs_name, &DeleteParams::background())
                     .await;
-                ctx.metrics.request("delete", "ReplicaSet", result.is_ok());
+                ctx.metrics.request("delete", "ReplicaSet", &result);
                 match result {
                     Ok(_) => {}
                     Err(source) if is_not_found(&source) => {}
@@ -74,7 +74,7 @@ pub(super) async fn execute(
         let result = services
             .patch(&change.service, &apply_params(), &Patch::Apply(&patch))
             .await;
-        ctx.metrics.request("apply", "Service", result.is_ok());
+        ctx.metrics.request("apply", "Service", &result);
         result.map_err(|source| Error::PatchService {
             namespace: namespace.into(),
             name: change.service.clone(),
@@ -91,7 +91,7 @@ pub(super) async fn execute(
                 let result = runs
                     .patch(&run_name, &apply_params(), &Patch::Apply(run.as_ref()))
                     .await;
-                ctx.metrics.request("apply", "AnalysisRun", result.is_ok());
+                ctx.metrics.request("apply", "AnalysisRun", &result);
                 result.map_err(|source| Error::CreateAnalysisRun {
                     namespace: namespace.into(),
                     name: run_name.clone(),
@@ -103,7 +103,7 @@ pub(super) async fn execute(
                 let result = runs
                     .patch(run_name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await;
-                ctx.metrics.request("patch", "AnalysisRun", result.is_ok());
+                ctx.metrics.request("patch", "AnalysisRun", &result);
                 match result {
                     Ok(_) => {}
                     Err(source) if is_not_found(&source) => {}
@@ -118,7 +118,7 @@ pub(super) async fn execute(
             }
             AnalysisRunChange::Delete { name: run_name } => {
                 let result = runs.delete(run_name, &DeleteParams::background()).await;
-                ctx.metrics.request("delete", "AnalysisRun", result.is_ok());
+                ctx.metrics.request("delete", "AnalysisRun", &result);
                 match result {
                     Ok(_) => {}
                     Err(source) if is_not_found(&source) => {}
@@ -137,7 +137,7 @@ pub(super) async fn execute(
     let pods: Api<Pod> = ctx.api(namespace);
     for pod in &plan.evictions {
         let result = pods.evict(pod, &EvictParams::default()).await;
-        ctx.metrics.request("evict", "Pod", result.is_ok());
+        ctx.metrics.request("evict", "Pod", &result);
         match result {
             Ok(_) => {}
             // 429: a PodDisruptionBudget says not now; the next pass tries again.
@@ -200,7 +200,7 @@ where
     let result = api
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
         .await;
-    ctx.metrics.request("patch_status", kind, result.is_ok());
+    ctx.metrics.request("patch_status", kind, &result);
     match result {
         Ok(_) => Ok(()),
         Err(source) if is_conflict(&source) => Err(Error::Conflict {
@@ -246,7 +246,7 @@ pub(super) async fn publish_events<K: Resource<DynamicType = ()>>(
                 &reference,
             )
             .await;
-        ctx.metrics.request("create", "Event", published.is_ok());
+        ctx.metrics.request("create", "Event", &published);
         if let Err(error) = published {
             warn!(reason = event.reason, %error, "could not publish Event");
         }

@@ -14,6 +14,7 @@ pub async fn serve(
     address: &str,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    standby: Arc<AtomicBool>,
 ) -> Result<impl Future<Output = ()> + Send + 'static, Error> {
     let app = axum::Router::new()
         .route(
@@ -36,8 +37,11 @@ pub async fn serve(
             "/readyz",
             get(move || {
                 let ready = ready.clone();
+                let standby = standby.clone();
                 async move {
-                    if ready.load(Ordering::SeqCst) {
+                    if standby.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "standby: waiting for the leader lease")
+                    } else if ready.load(Ordering::SeqCst) {
                         (StatusCode::OK, "ok")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")

@@ -66,6 +66,7 @@ pub struct Metrics {
     analysis_runs: Family<PhaseLabels, Counter>,
     measurements: Family<PhaseLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
+    leader: Gauge,
     /// The info series each rollout currently has, so a phase change replaces it.
     current: Mutex<HashMap<(String, String), RolloutLabels>>,
 }
@@ -86,6 +87,7 @@ impl Default for Metrics {
             analysis_runs: Family::default(),
             measurements: Family::default(),
             events: Family::default(),
+            leader: Gauge::default(),
             current: Mutex::default(),
             registry: Registry::default(),
         };
@@ -128,6 +130,11 @@ impl Default for Metrics {
             "events",
             "Kubernetes Events emitted, by reason",
             metrics.events.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease and runs the controllers",
+            metrics.leader.clone(),
         );
         Metrics {
             registry,
@@ -202,15 +209,16 @@ impl Metrics {
             .inc();
     }
 
-    pub fn request(&self, verb: &str, kind: &str, ok: bool) {
-        let outcome = if ok { "success" } else { "error" };
-        self.kube_requests
-            .get_or_create(&RequestLabels {
-                verb: verb.into(),
-                kind: kind.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
+    /// Counts one API request by outcome: success, conflict (stale
+    /// resourceVersion, retried), forbidden (missing RBAC) or error.
+    pub fn request<T>(&self, verb: &str, kind: &str, result: &Result<T, kube::Error>) {
+        let outcome = match result {
+            Ok(_) => "success",
+            Err(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Err(kube::Error::Api(status)) if status.code == 403 => "forbidden",
+            Err(_) => "error",
+        };
+        self.kube_requests.get_or_create(&RequestLabels { verb: verb.into(), kind: kind.into(), outcome: outcome.into() }).inc();
     }
 
     pub fn run_completed(&self, phase: &str) {
@@ -235,6 +243,10 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn encode(&self) -> String {

@@ -160,6 +160,9 @@ pub struct Context {
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
     pub http: reqwest::Client,
     pub insecure_http: reqwest::Client,
+    /// True once every cache has synced. Planning from a half-filled cache
+    /// would see "no ReplicaSets" and start over, so reconciles wait for it.
+    pub synced: Arc<AtomicBool>,
 }
 
 impl Context {
@@ -199,7 +202,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         info!("shutdown requested; finishing in-flight reconciles");
         let _ = shutdown_tx.send(true);
     });
-    let server = http::serve(&settings.http_address, metrics.clone(), ready.clone()).await?;
+    // A standby replica is healthy and ready; it only waits for the lease.
+    let standby = Arc::new(AtomicBool::new(settings.leader_election));
+    let server = http::serve(&settings.http_address, metrics.clone(), ready.clone(), standby.clone()).await?;
     tokio::spawn(server);
 
     let lease = if settings.leader_election {
@@ -210,6 +215,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     } else {
         None
     };
+    metrics.set_leader(true);
+    standby.store(false, Ordering::SeqCst);
     let lost = lease.as_ref().map(|(rx, _)| rx.clone());
     let stop = {
         let mut shutdown = shutdown_rx.clone();
@@ -231,7 +238,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     };
     let stop = stop.shared();
 
-    start_controllers(client, &settings, metrics, ready, stop).await;
+    start_controllers(client, &settings, metrics.clone(), ready, stop).await;
+    metrics.set_leader(false);
 
     if let Some((rx, task)) = lease {
         drop(rx);
@@ -379,6 +387,7 @@ async fn start_controllers(
         cluster_templates: cluster_templates.clone(),
         http,
         insecure_http,
+        synced: ready.clone(),
     });
 
     // Templates are only read, never reconciled: keep their caches current.

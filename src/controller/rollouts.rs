@@ -94,6 +94,9 @@ fn analyses(rollout: &Rollout) -> Vec<&RolloutAnalysis> {
 }
 
 async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.synced.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let started = Instant::now();
     let name = rollout.name_any();
     let namespace = rollout.namespace().ok_or_else(|| Error::MissingNamespace {
@@ -225,7 +228,7 @@ async fn list_pods(
     let listed = api
         .list_metadata(&ListParams::default().labels(&selector))
         .await;
-    ctx.metrics.request("list", "Pod", listed.is_ok());
+    ctx.metrics.request("list", "Pod", &listed);
     let listed = listed.map_err(|source| Error::ListPods {
         namespace: namespace.into(),
         source,

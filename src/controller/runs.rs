@@ -279,7 +279,7 @@ async fn read_secret(
 ) -> Result<String, String> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret = api.get_opt(&reference.name).await;
-    ctx.metrics.request("get", "Secret", secret.is_ok());
+    ctx.metrics.request("get", "Secret", &secret);
     let secret = secret
         .map_err(|e| format!("reading Secret {namespace}/{}: {e}", reference.name))?
         .ok_or_else(|| format!("Secret {namespace}/{} not found", reference.name))?;

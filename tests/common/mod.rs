@@ -67,37 +67,11 @@ impl Env {
     }
 
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
-        self.metrics_port = free_port()?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path("controller"))?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ramp-controller"));
-        command
-            .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
-            .arg(format!("--namespace={}", self.ns))
-            .arg("--leader-elect=false")
-            .arg(format!("--http-address=127.0.0.1:{}", self.metrics_port))
-            .env("RAMP_LOG_LEVEL", "info,ramp=debug,kube_runtime=debug")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        for (key, value) in &self.extra_env {
-            command.env(key, value);
-        }
-        self.controller = Some(command.spawn().context("starting ramp-controller")?);
-        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
-        wait_until("controller /readyz", TIMEOUT, || {
-            let url = url.clone();
-            async move {
-                Ok(reqwest::get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        })
-        .await
+        let process = ControllerProcess::spawn(self, &kubeconfig_path(), "controller", &["--leader-elect=false".to_string()]).await?;
+        process.wait_ready().await?;
+        self.metrics_port = process.metrics_port;
+        self.controller = Some(process.child);
+        Ok(())
     }
 
     /// Kills the controller the hard way, as a crash would.
@@ -136,9 +110,11 @@ impl Env {
         use tokio::io::AsyncWriteExt;
         // kubectl refuses flags before a plugin name, so the kubeconfig comes
         // from the environment and the namespace goes last.
+        let explicit = args.iter().any(|a| *a == "-n" || a.starts_with("--namespace"));
+        let namespace = if explicit { Vec::new() } else { vec![format!("--namespace={}", self.ns)] };
         let mut child = Command::new("kubectl")
             .args(args)
-            .arg(format!("--namespace={}", self.ns))
+            .args(namespace)
             .env("KUBECONFIG", kubeconfig_path())
             .env("PATH", plugin_path())
             .stdin(Stdio::piped())
@@ -434,4 +410,49 @@ spec:
       {extra}
 "#
     )
+}
+
+/// A `ramp-controller` process scoped to a test namespace.
+pub struct ControllerProcess {
+    pub child: Child,
+    pub metrics_port: u16,
+}
+
+impl ControllerProcess {
+    pub async fn spawn(env: &Env, kubeconfig: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<Self> {
+        let metrics_port = free_port()?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(env.log_path(name))?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ramp-controller"));
+        command
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--namespace={}", env.ns))
+            .arg(format!("--http-address=127.0.0.1:{metrics_port}"))
+            .args(args)
+            .env("RAMP_LOG_LEVEL", "info,ramp=debug")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (key, value) in &env.extra_env {
+            command.env(key, value);
+        }
+        let child = command.spawn().context("starting ramp-controller")?;
+        Ok(ControllerProcess { child, metrics_port })
+    }
+
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
+        wait_until("controller /readyz", TIMEOUT, || {
+            let url = url.clone();
+            async move { Ok(reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
+        })
+        .await
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await?.text().await?)
+    }
+
+    pub async fn is_leader(&self) -> bool {
+        self.metrics().await.is_ok_and(|m| m.lines().any(|l| l == "ramp_leader 1"))
+    }
 }
