@@ -12,9 +12,12 @@ mkdir -p "$state"
 
 alive() { [[ -f "$run/$1.pid" ]] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
 
-if alive kube-apiserver; then
+if alive etcd && alive kube-apiserver && alive kube-controller-manager && alive test-kubelet; then
   echo "cluster already running; reusing it (kubeconfig: $state/kubeconfig). Run 'make cluster-down' to stop it." >&2
   exit 0
+fi
+if alive kube-apiserver; then
+  echo "a previous cluster is only partly running; restarting it" >&2
 fi
 # Leftovers from a crashed run would hold ports or data; clear them first.
 "$root/tests/cluster/down.sh" >/dev/null 2>&1 || true

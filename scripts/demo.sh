@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The Ramp demo: local control plane, Prometheus, the controller, and a
+# canary gated by Prometheus analysis walked through its steps, then a bad
+# release that rolls itself back. Everything it starts is stopped on exit.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+state="$root/target/demo"
+mkdir -p "$state"
+export KUBECONFIG="$root/target/cluster/kubeconfig"
+export PATH="$root/target/debug:$PATH"
+ns=ramp-demo
+pids=()
+started_cluster=false
+
+say() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
+cleanup() {
+  set +e
+  say "cleaning up"
+  kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  if $started_cluster; then tests/cluster/down.sh; fi
+}
+trap cleanup EXIT
+
+# Leave a cluster that was already running as it was; stop one the demo started.
+if [[ ! -f "$root/target/cluster/run/kube-apiserver.pid" ]] || ! kill -0 "$(cat "$root/target/cluster/run/kube-apiserver.pid")" 2>/dev/null; then
+  started_cluster=true
+fi
+say "starting the local control plane (etcd, kube-apiserver, kube-controller-manager, test kubelet)"
+tests/cluster/up.sh
+kubectl apply --server-side --force-conflicts -k crds/ >/dev/null
+
+say "starting a metrics endpoint and Prometheus"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+target_port="$(free_port)"; prom_port="$(free_port)"; ctl_port="$(free_port)"
+target/debug/metrics-target "127.0.0.1:$target_port" > "$state/metrics-target.log" 2>&1 & pids+=($!)
+set_ratio() { curl -fsS -X POST "http://127.0.0.1:$target_port/set?series=app_errors_ratio%7Bservice%3D%22api-canary%22%7D&value=$1" >/dev/null; }
+sleep 0.5
+set_ratio 0.01
+cat > "$state/prometheus.yml" <<YAML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+- job_name: demo-app
+  static_configs: [{targets: ['127.0.0.1:$target_port']}]
+- job_name: ramp-controller
+  static_configs: [{targets: ['127.0.0.1:$ctl_port']}]
+YAML
+rm -rf "$state/prometheus-data"
+prometheus --config.file="$state/prometheus.yml" --storage.tsdb.path="$state/prometheus-data" \
+  --web.listen-address="127.0.0.1:$prom_port" --log.level=warn > "$state/prometheus.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$prom_port/-/ready" >/dev/null 2>&1 && break; sleep 0.2; done
+echo "Prometheus: http://127.0.0.1:$prom_port   controller metrics: http://127.0.0.1:$ctl_port/metrics"
+
+say "starting ramp-controller (log: target/demo/controller.log)"
+target/debug/ramp-controller --leader-elect=false --http-address "127.0.0.1:$ctl_port" > "$state/controller.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ctl_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+
+say "deploying examples/canary-analysis.yaml into namespace $ns"
+kubectl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
+kubectl create namespace "$ns" >/dev/null
+for _ in $(seq 1 100); do kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.2; done
+sed "s|http://prometheus.monitoring:9090|http://127.0.0.1:$prom_port|" examples/canary-analysis.yaml | kubectl -n "$ns" apply -f -
+kubectl ramp -n "$ns" status api --timeout 2m
+kubectl ramp -n "$ns" get rollout api
+
+say "releasing api:2.0.0 with healthy metrics (error ratio 1%)"
+kubectl ramp -n "$ns" set image api api=ghcr.io/example/api:2.0.0
+last=""
+while true; do
+  line="$(kubectl -n "$ns" get rollout api -o jsonpath='{.status.phase} step={.status.currentStepIndex} {.status.message}')"
+  if [[ "$line" != "$last" ]]; then echo "  $line"; last="$line"; fi
+  [[ "$line" == Healthy* ]] && break
+  sleep 0.5
+done
+kubectl ramp -n "$ns" get rollout api
+
+say "releasing api:3.0.0 while the error ratio is 40%: analysis fails and the rollout returns to stable by itself"
+set_ratio 0.4
+sleep 3
+kubectl ramp -n "$ns" set image api api=ghcr.io/example/api:3.0.0
+if kubectl ramp -n "$ns" status api --timeout 2m; then
+  echo "unexpected: the bad release was promoted" >&2
+  exit 1
+fi
+kubectl ramp -n "$ns" get rollout api
+kubectl -n "$ns" get analysisruns
+echo
+sleep 2
+echo "Prometheus recorded the phases: $(curl -fsS "http://127.0.0.1:$prom_port/api/v1/query" --data-urlencode "query=count by (phase) (max_over_time(ramp_rollout_info{name=\"api\"}[10m]))" | python3 -c 'import json,sys; print(", ".join(r["metric"]["phase"] for r in json.load(sys.stdin)["data"]["result"]))')"
+say "demo finished: the good release was promoted step by step, the bad one rolled back without a human"
