@@ -13,13 +13,19 @@ use serde_json::json;
 
 async fn promote(env: &Env, name: &str) -> anyhow::Result<()> {
     let patch = json!({"status": {"pauseConditions": null}});
-    env.rollouts().patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    env.rollouts()
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
 async fn kubectl_ok(env: &Env, args: &[&str]) -> anyhow::Result<String> {
     let output = env.kubectl(args).await?;
-    anyhow::ensure!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
@@ -28,10 +34,37 @@ async fn install_manifests_apply_cleanly() -> anyhow::Result<()> {
     let env = Env::without_controller("deploy").await?;
     let deploy = repo_root().join("deploy");
     for variant in [deploy.clone(), deploy.join("namespaced")] {
-        let output = kubectl_ok(&env, &["apply", "--server-side", "--force-conflicts", "-n", "ramp-system", "-k", &variant.display().to_string()]).await?;
-        assert!(output.contains("deployment.apps/ramp-controller"), "{output}");
+        let output = kubectl_ok(
+            &env,
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-n",
+                "ramp-system",
+                "-k",
+                &variant.display().to_string(),
+            ],
+        )
+        .await?;
+        assert!(
+            output.contains("deployment.apps/ramp-controller"),
+            "{output}"
+        );
     }
-    let shown = kubectl_ok(&env, &["get", "deployment", "ramp-controller", "-n", "ramp-system", "-o", "jsonpath={.spec.replicas}"]).await?;
+    let shown = kubectl_ok(
+        &env,
+        &[
+            "get",
+            "deployment",
+            "ramp-controller",
+            "-n",
+            "ramp-system",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+    )
+    .await?;
     assert_eq!(shown, "2");
     env.cleanup().await;
     Ok(())
@@ -44,7 +77,20 @@ async fn install_manifests_apply_cleanly() -> anyhow::Result<()> {
 #[tokio::test]
 async fn rbac_covers_every_call_in_a_full_canary() -> anyhow::Result<()> {
     let env = Env::without_controller("rbac").await?;
-    kubectl_ok(&env, &["apply", "--server-side", "--force-conflicts", "-f", &repo_root().join("deploy/clusterrole.yaml").display().to_string()]).await?;
+    kubectl_ok(
+        &env,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &repo_root()
+                .join("deploy/clusterrole.yaml")
+                .display()
+                .to_string(),
+        ],
+    )
+    .await?;
     let ns = env.ns.clone();
     env.apply(&format!(
         r#"
@@ -60,13 +106,21 @@ subjects: [{{kind: ServiceAccount, name: ramp, namespace: {ns}}}]
 "#
     ))
     .await?;
-    let lease_role = std::fs::read_to_string(repo_root().join("deploy/base/leader-election-role.yaml"))?
-        .replace("namespace: ramp-system", &format!("namespace: {ns}"))
-        .replace("name: ramp-controller\n  namespace", "name: ramp\n  namespace");
+    let lease_role =
+        std::fs::read_to_string(repo_root().join("deploy/base/leader-election-role.yaml"))?
+            .replace("namespace: ramp-system", &format!("namespace: {ns}"))
+            .replace(
+                "name: ramp-controller\n  namespace",
+                "name: ramp\n  namespace",
+            );
     env.apply(&lease_role).await?;
     let token = kubectl_ok(&env, &["create", "token", "ramp", "--duration=1h"]).await?;
     let admin = std::fs::read_to_string(kubeconfig_path())?;
-    let server = admin.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap_or_default().to_string();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap_or_default()
+        .to_string();
     let restricted = tempfile::NamedTempFile::new()?;
     std::fs::write(
         restricted.path(),
@@ -106,10 +160,19 @@ spec:
         &env,
         restricted.path(),
         "rbac-controller",
-        &["--leader-elect=true".into(), format!("--lease-namespace={ns}"), "--lease-duration-seconds=5".into()],
+        &[
+            "--leader-elect=true".into(),
+            format!("--lease-namespace={ns}"),
+            "--lease-duration-seconds=5".into(),
+        ],
     )
     .await?;
-    wait_until("the restricted controller to lead", common::TIMEOUT, || async { Ok(controller.is_leader().await.then_some(())) }).await?;
+    wait_until(
+        "the restricted controller to lead",
+        common::TIMEOUT,
+        || async { Ok(controller.is_leader().await.then_some(())) },
+    )
+    .await?;
     controller.wait_ready().await?;
     let steps = "[{setWeight: 50}, {pause: {}}, {analysis: {templates: [{templateName: errors}]}}]";
     env.apply(&canary_yaml("web", 2, "web:1", steps)).await?;
@@ -118,20 +181,55 @@ spec:
     env.wait_phase("web", RolloutPhase::Paused).await?;
     promote(&env, "web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
-    env.wait_replicas("promoted", &[("web:2", 2), ("web:1", 0)]).await?;
+    env.wait_replicas("promoted", &[("web:2", 2), ("web:1", 0)])
+        .await?;
     let restart = json!({"spec": {"restartAt": jiff::Timestamp::now().to_string()}});
-    env.rollouts().patch("web", &PatchParams::default(), &Patch::Merge(&restart)).await?;
-    env.wait_rollout("web", "restart done", |r| r.status.as_ref().and_then(|s| s.restarted_at.as_ref()).is_some()).await?;
+    env.rollouts()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&restart))
+        .await?;
+    env.wait_rollout("web", "restart done", |r| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.restarted_at.as_ref())
+            .is_some()
+    })
+    .await?;
 
     let metrics = controller.metrics().await?;
-    let failed: Vec<&str> = metrics.lines().filter(|l| l.starts_with("ramp_kube_requests_total") && (l.contains("outcome=\"error\"") || l.contains("outcome=\"forbidden\""))).collect();
-    assert!(failed.is_empty(), "requests failed under the deploy/ ClusterRole: {failed:?}");
-    for call in ["verb=\"evict\"", "kind=\"Secret\"", "kind=\"AnalysisRun\"", "kind=\"Service\"", "kind=\"Event\""] {
-        assert!(metrics.lines().any(|l| l.starts_with("ramp_kube_requests_total") && l.contains(call)), "{call} was never exercised");
+    let failed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("ramp_kube_requests_total")
+                && (l.contains("outcome=\"error\"") || l.contains("outcome=\"forbidden\""))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed under the deploy/ ClusterRole: {failed:?}"
+    );
+    for call in [
+        "verb=\"evict\"",
+        "kind=\"Secret\"",
+        "kind=\"AnalysisRun\"",
+        "kind=\"Service\"",
+        "kind=\"Event\"",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("ramp_kube_requests_total") && l.contains(call)),
+            "{call} was never exercised"
+        );
     }
     let log = std::fs::read_to_string(env.log_path("rbac-controller"))?;
-    assert!(!log.contains("forbidden"), "the controller was denied something; see {}", env.log_path("rbac-controller").display());
-    let _ = env.kubectl(&["delete", "clusterrolebinding", &format!("ramp-test-{ns}")]).await;
+    assert!(
+        !log.contains("forbidden"),
+        "the controller was denied something; see {}",
+        env.log_path("rbac-controller").display()
+    );
+    let _ = env
+        .kubectl(&["delete", "clusterrolebinding", &format!("ramp-test-{ns}")])
+        .await;
     prometheus.stop().await;
     env.cleanup().await;
     Ok(())
@@ -143,32 +241,64 @@ spec:
 async fn leader_election_hands_over_mid_canary() -> anyhow::Result<()> {
     let env = Env::without_controller("leader").await?;
     let ns = env.ns.clone();
-    let args = |_: ()| vec!["--leader-elect=true".to_string(), format!("--lease-namespace={ns}"), "--lease-duration-seconds=3".into()];
-    let mut first = ControllerProcess::spawn(&env, &kubeconfig_path(), "leader-a", &args(())).await?;
-    wait_until("first replica to lead", common::TIMEOUT, || async { Ok(first.is_leader().await.then_some(())) }).await?;
+    let args = |_: ()| {
+        vec![
+            "--leader-elect=true".to_string(),
+            format!("--lease-namespace={ns}"),
+            "--lease-duration-seconds=3".into(),
+        ]
+    };
+    let mut first =
+        ControllerProcess::spawn(&env, &kubeconfig_path(), "leader-a", &args(())).await?;
+    wait_until("first replica to lead", common::TIMEOUT, || async {
+        Ok(first.is_leader().await.then_some(()))
+    })
+    .await?;
     let second = ControllerProcess::spawn(&env, &kubeconfig_path(), "leader-b", &args(())).await?;
     second.wait_ready().await?;
 
-    env.apply(&canary_yaml("web", 4, "web:1", "[{setWeight: 25}, {pause: {}}, {setWeight: 75}, {pause: {}}]")).await?;
+    env.apply(&canary_yaml(
+        "web",
+        4,
+        "web:1",
+        "[{setWeight: 25}, {pause: {}}, {setWeight: 75}, {pause: {}}]",
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
     assert!(!second.is_leader().await);
     let standby = second.metrics().await?;
-    assert!(!standby.contains("ramp_kube_requests_total{"), "the standby replica made API requests:\n{standby}");
+    assert!(
+        !standby.contains("ramp_kube_requests_total{"),
+        "the standby replica made API requests:\n{standby}"
+    );
 
     let _ = first.child.kill().await;
     let killed = std::time::Instant::now();
-    wait_until("the standby to take over", Duration::from_secs(15), || async { Ok(second.is_leader().await.then_some(())) }).await?;
+    wait_until(
+        "the standby to take over",
+        Duration::from_secs(15),
+        || async { Ok(second.is_leader().await.then_some(())) },
+    )
+    .await?;
     let took = killed.elapsed();
-    assert!(took <= Duration::from_secs(3 + 3), "hand-over took {took:?}, lease duration is 3s");
+    assert!(
+        took <= Duration::from_secs(3 + 3),
+        "hand-over took {took:?}, lease duration is 3s"
+    );
 
     promote(&env, "web").await?;
-    env.wait_rollout("web", "second pause", |r| r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)).await?;
-    env.wait_replicas("75%", &[("web:2", 3), ("web:1", 1)]).await?;
+    env.wait_rollout("web", "second pause", |r| {
+        r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)
+    })
+    .await?;
+    env.wait_replicas("75%", &[("web:2", 3), ("web:1", 1)])
+        .await?;
     promote(&env, "web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
-    env.wait_replicas("done", &[("web:2", 4), ("web:1", 0)]).await?;
+    env.wait_replicas("done", &[("web:2", 4), ("web:1", 0)])
+        .await?;
     assert_eq!(env.replica_set_count().await?, 2);
     env.cleanup().await;
     Ok(())
@@ -179,25 +309,55 @@ async fn prometheus_sees_phase_changes_in_controller_metrics() -> anyhow::Result
     let env = Env::start("metrics").await?;
     let controller = format!("127.0.0.1:{}", env.metrics_port).parse()?;
     let prometheus = Prometheus::start(&[controller]).await?;
-    env.apply(&canary_yaml("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]")).await?;
+    env.apply(&canary_yaml(
+        "web",
+        2,
+        "web:1",
+        "[{setWeight: 50}, {pause: {}}]",
+    ))
+    .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
-    let selector = format!("ramp_rollout_info{{namespace=\"{}\",name=\"web\",phase=\"Paused\"}}", env.ns);
-    wait_until("Prometheus to record the Paused phase", Duration::from_secs(30), || async {
-        Ok(ramp_test_support::scalar(&prometheus.query(&selector).await?).filter(|v| *v == 1.0))
-    })
+    let selector = format!(
+        "ramp_rollout_info{{namespace=\"{}\",name=\"web\",phase=\"Paused\"}}",
+        env.ns
+    );
+    wait_until(
+        "Prometheus to record the Paused phase",
+        Duration::from_secs(30),
+        || async {
+            Ok(
+                ramp_test_support::scalar(&prometheus.query(&selector).await?)
+                    .filter(|v| *v == 1.0),
+            )
+        },
+    )
     .await?;
     promote(&env, "web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
-    let healthy = format!("ramp_rollout_info{{namespace=\"{}\",name=\"web\",phase=\"Healthy\"}}", env.ns);
-    wait_until("Prometheus to record the Healthy phase", Duration::from_secs(30), || async {
-        let paused_gone = prometheus.query(&selector).await?.as_array().is_some_and(|a| a.is_empty());
-        let healthy = ramp_test_support::scalar(&prometheus.query(&healthy).await?) == Some(1.0);
-        Ok((paused_gone && healthy).then_some(()))
-    })
+    let healthy = format!(
+        "ramp_rollout_info{{namespace=\"{}\",name=\"web\",phase=\"Healthy\"}}",
+        env.ns
+    );
+    wait_until(
+        "Prometheus to record the Healthy phase",
+        Duration::from_secs(30),
+        || async {
+            let paused_gone = prometheus
+                .query(&selector)
+                .await?
+                .as_array()
+                .is_some_and(|a| a.is_empty());
+            let healthy =
+                ramp_test_support::scalar(&prometheus.query(&healthy).await?) == Some(1.0);
+            Ok((paused_gone && healthy).then_some(()))
+        },
+    )
     .await?;
-    let history = prometheus.query(&format!("max_over_time({selector}[5m])")).await?;
+    let history = prometheus
+        .query(&format!("max_over_time({selector}[5m])"))
+        .await?;
     assert_eq!(ramp_test_support::scalar(&history), Some(1.0));
     prometheus.stop().await;
     env.cleanup().await;
@@ -215,7 +375,11 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
 
     env.apply(&read("canary.yaml")?).await?;
     env.apply(&read("blue-green.yaml")?).await?;
-    env.apply(&read("canary-analysis.yaml")?.replace("http://prometheus.monitoring:9090", &prometheus.url)).await?;
+    env.apply(
+        &read("canary-analysis.yaml")?
+            .replace("http://prometheus.monitoring:9090", &prometheus.url),
+    )
+    .await?;
     for name in ["web", "shop", "api"] {
         env.wait_phase(name, RolloutPhase::Healthy).await?;
     }
@@ -229,7 +393,10 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
     for name in ["web", "shop", "api"] {
         let rollout = env.wait_phase(name, RolloutPhase::Healthy).await?;
         let status = rollout.status.expect("status");
-        assert_eq!(status.stable_rs, status.current_pod_hash, "{name} promoted its new revision");
+        assert_eq!(
+            status.stable_rs, status.current_pod_hash,
+            "{name} promoted its new revision"
+        );
     }
     let runs = env.analysis_runs().await?;
     assert_eq!(runs.len(), 2, "two analysis steps ran");

@@ -91,7 +91,8 @@ async fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let client = match client(cli.kubeconfig.as_deref()).await {
+    let metrics = std::sync::Arc::new(ramp::controller::metrics::Metrics::default());
+    let client = match client(cli.kubeconfig.as_deref(), metrics.clone()).await {
         Ok(client) => client,
         Err(error) => {
             tracing::error!("cannot build a Kubernetes client: {error}");
@@ -118,7 +119,7 @@ async fn main() -> ExitCode {
         http_address: cli.http_address.clone(),
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, leader_election = settings.leader_election, "starting ramp-controller");
-    match controller::run(client, settings).await {
+    match controller::run(client, settings, metrics).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -147,7 +148,10 @@ fn write_crds(out_dir: Option<&std::path::Path>) -> Result<(), String> {
     Ok(())
 }
 
-async fn client(kubeconfig: Option<&str>) -> Result<Client, String> {
+async fn client(
+    kubeconfig: Option<&str>,
+    metrics: std::sync::Arc<ramp::controller::metrics::Metrics>,
+) -> Result<Client, String> {
     let config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
@@ -158,5 +162,5 @@ async fn client(kubeconfig: Option<&str>) -> Result<Client, String> {
         }
         None => Config::infer().await.map_err(|e| e.to_string())?,
     };
-    Client::try_from(config).map_err(|e| e.to_string())
+    controller::client::build(config, metrics).map_err(|e| e.to_string())
 }

@@ -47,6 +47,12 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub watch: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -67,6 +73,7 @@ pub struct Metrics {
     measurements: Family<PhaseLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
     leader: Gauge,
+    http_requests: Family<HttpLabels, Counter>,
     /// The info series each rollout currently has, so a phase change replaces it.
     current: Mutex<HashMap<(String, String), RolloutLabels>>,
 }
@@ -88,6 +95,7 @@ impl Default for Metrics {
             measurements: Family::default(),
             events: Family::default(),
             leader: Gauge::default(),
+            http_requests: Family::default(),
             current: Mutex::default(),
             registry: Registry::default(),
         };
@@ -130,6 +138,11 @@ impl Default for Metrics {
             "events",
             "Kubernetes Events emitted, by reason",
             metrics.events.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Every HTTP request sent to the Kubernetes API server, including lists and watches",
+            metrics.http_requests.clone(),
         );
         registry.register(
             "leader",
@@ -218,7 +231,13 @@ impl Metrics {
             Err(kube::Error::Api(status)) if status.code == 403 => "forbidden",
             Err(_) => "error",
         };
-        self.kube_requests.get_or_create(&RequestLabels { verb: verb.into(), kind: kind.into(), outcome: outcome.into() }).inc();
+        self.kube_requests
+            .get_or_create(&RequestLabels {
+                verb: verb.into(),
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub fn run_completed(&self, phase: &str) {
@@ -243,6 +262,14 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    pub fn http_request(&self, method: &str, watch: bool) {
+        let labels = HttpLabels {
+            method: method.into(),
+            watch: watch.to_string(),
+        };
+        self.http_requests.get_or_create(&labels).inc();
     }
 
     pub fn set_leader(&self, leading: bool) {

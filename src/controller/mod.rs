@@ -2,6 +2,7 @@
 //! carried out with server-side apply, narrow patches and status writes.
 
 mod apply;
+pub mod client;
 pub mod http;
 pub mod metrics;
 mod rollouts;
@@ -193,8 +194,7 @@ fn trim<K: ResourceExt>(object: &mut K) {
 }
 
 /// Runs the controller until SIGTERM/SIGINT, or until leadership is lost.
-pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
-    let metrics = Arc::new(Metrics::default());
+pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Result<(), Error> {
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -204,7 +204,13 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     });
     // A standby replica is healthy and ready; it only waits for the lease.
     let standby = Arc::new(AtomicBool::new(settings.leader_election));
-    let server = http::serve(&settings.http_address, metrics.clone(), ready.clone(), standby.clone()).await?;
+    let server = http::serve(
+        &settings.http_address,
+        metrics.clone(),
+        ready.clone(),
+        standby.clone(),
+    )
+    .await?;
     tokio::spawn(server);
 
     let lease = if settings.leader_election {

@@ -67,7 +67,13 @@ impl Env {
     }
 
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
-        let process = ControllerProcess::spawn(self, &kubeconfig_path(), "controller", &["--leader-elect=false".to_string()]).await?;
+        let process = ControllerProcess::spawn(
+            self,
+            &kubeconfig_path(),
+            "controller",
+            &["--leader-elect=false".to_string()],
+        )
+        .await?;
         process.wait_ready().await?;
         self.metrics_port = process.metrics_port;
         self.controller = Some(process.child);
@@ -110,8 +116,14 @@ impl Env {
         use tokio::io::AsyncWriteExt;
         // kubectl refuses flags before a plugin name, so the kubeconfig comes
         // from the environment and the namespace goes last.
-        let explicit = args.iter().any(|a| *a == "-n" || a.starts_with("--namespace"));
-        let namespace = if explicit { Vec::new() } else { vec![format!("--namespace={}", self.ns)] };
+        let explicit = args
+            .iter()
+            .any(|a| *a == "-n" || a.starts_with("--namespace"));
+        let namespace = if explicit {
+            Vec::new()
+        } else {
+            vec![format!("--namespace={}", self.ns)]
+        };
         let mut child = Command::new("kubectl")
             .args(args)
             .args(namespace)
@@ -419,9 +431,17 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    pub async fn spawn(env: &Env, kubeconfig: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<Self> {
+    pub async fn spawn(
+        env: &Env,
+        kubeconfig: &std::path::Path,
+        name: &str,
+        args: &[String],
+    ) -> anyhow::Result<Self> {
         let metrics_port = free_port()?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(env.log_path(name))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(env.log_path(name))?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_ramp-controller"));
         command
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -436,23 +456,39 @@ impl ControllerProcess {
             command.env(key, value);
         }
         let child = command.spawn().context("starting ramp-controller")?;
-        Ok(ControllerProcess { child, metrics_port })
+        Ok(ControllerProcess {
+            child,
+            metrics_port,
+        })
     }
 
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
         wait_until("controller /readyz", TIMEOUT, || {
             let url = url.clone();
-            async move { Ok(reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
+            async move {
+                Ok(reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            }
         })
         .await
     }
 
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await?.text().await?)
+        Ok(
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+                .await?
+                .text()
+                .await?,
+        )
     }
 
     pub async fn is_leader(&self) -> bool {
-        self.metrics().await.is_ok_and(|m| m.lines().any(|l| l == "ramp_leader 1"))
+        self.metrics()
+            .await
+            .is_ok_and(|m| m.lines().any(|l| l == "ramp_leader 1"))
     }
 }

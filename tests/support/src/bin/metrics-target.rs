@@ -3,7 +3,9 @@
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let address = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let target = ramp_test_support::MetricsTarget::start_on(&address).await?;
     println!("{}", target.addr);
     tokio::signal::ctrl_c().await?;
