@@ -45,7 +45,7 @@ unit:
 test: deps build lint
 	cargo test --workspace --no-run
 	$(MAKE) cluster-up
-	@status=0; RAMP_TEST_KUBECONFIG=$(KUBECONFIG_PATH) cargo test --workspace -- --test-threads=4 || status=$$?; \
+	@status=0; RAMP_TEST_KUBECONFIG=$(KUBECONFIG_PATH) cargo test --workspace --no-fail-fast -- --test-threads=4 || status=$$?; \
 	tests/cluster/down.sh; exit $$status
 
 ## demo: control plane + Prometheus + controller + a canary gated by analysis, walked through its steps

@@ -306,3 +306,58 @@ async fn restarted_controller_resumes_without_duplicating_replica_sets() -> anyh
     env.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn role_labels_follow_canary_and_stable_pods() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams};
+    let env = Env::start("roles").await?;
+    let mut yaml = canary_yaml("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]");
+    yaml.push_str("      canaryMetadata: {labels: {role: canary}}\n      stableMetadata: {labels: {role: stable}}\n");
+    env.apply(&yaml).await?;
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.set_image("web", "web:2").await?;
+    env.wait_phase("web", RolloutPhase::Paused).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let canary_hash = env.hash_of("web:2").await?;
+    let role_of = |hash: String| {
+        let pods = pods.clone();
+        async move {
+            let listed = pods
+                .list(&ListParams::default().labels(&format!("rollouts-pod-template-hash={hash}")))
+                .await?;
+            Ok::<Vec<String>, anyhow::Error>(
+                listed
+                    .items
+                    .iter()
+                    .map(|p| {
+                        p.metadata
+                            .labels
+                            .clone()
+                            .unwrap_or_default()
+                            .get("role")
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            )
+        }
+    };
+    assert_eq!(
+        role_of(canary_hash.clone()).await?,
+        vec!["canary".to_string()]
+    );
+    promote(&env, "web").await?;
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    ramp_test_support::wait_until(
+        "promoted pods relabelled stable",
+        common::TIMEOUT,
+        || async {
+            let roles = role_of(canary_hash.clone()).await?;
+            Ok((roles.len() == 2 && roles.iter().all(|r| r == "stable")).then_some(()))
+        },
+    )
+    .await?;
+    env.cleanup().await;
+    Ok(())
+}

@@ -19,6 +19,8 @@ pub const REVISION_ANNOTATION: &str = "rollout.ramp.dev/revision";
 pub const SCALE_DOWN_DEADLINE_ANNOTATION: &str = "rollout.ramp.dev/scale-down-deadline";
 /// Full-length digest of the pod template, used to detect short-hash collisions.
 pub const TEMPLATE_DIGEST_ANNOTATION: &str = "rollout.ramp.dev/template-digest";
+/// JSON record of the role labels/annotations injected into a ReplicaSet's pods.
+pub const EPHEMERAL_METADATA_ANNOTATION: &str = "rollout.ramp.dev/ephemeral-metadata";
 /// Set on Services whose selector Ramp manages; the value is the Rollout name.
 pub const MANAGED_BY_ANNOTATION: &str = "rollout.ramp.dev/managed-by-rollouts";
 /// AnalysisRun labels that say which part of a rollout created the run.
@@ -28,6 +30,14 @@ pub const ANALYSIS_STEP_LABEL: &str = "rollout.ramp.dev/step-index";
 pub const FIELD_MANAGER: &str = "ramp-controller";
 /// Field manager the kubectl plugin uses for its patches.
 pub const PLUGIN_FIELD_MANAGER: &str = "kubectl-ramp";
+
+/// Role metadata to put on a ReplicaSet's live pods: keys to set and keys to drop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaSetRoleMetadata {
+    pub set: PodMetadata,
+    pub removed_labels: Vec<String>,
+    pub removed_annotations: Vec<String>,
+}
 
 pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
 pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 600;

@@ -102,7 +102,7 @@ pub struct RolloutStrategy {
     pub blue_green: Option<BlueGreenStrategy>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodMetadata {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -160,11 +160,47 @@ fn validate_selector(selector: &LabelSelector, spec: &RolloutSpec, problems: &mu
     }
 }
 
+/// Role labels must not fight the labels that select the pods.
+fn validate_role_metadata(
+    field: &str,
+    metadata: Option<&super::PodMetadata>,
+    spec: &RolloutSpec,
+    problems: &mut Problems,
+) {
+    let Some(metadata) = metadata else { return };
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    for key in metadata.labels.keys() {
+        if key == super::POD_TEMPLATE_HASH_LABEL || template_labels.contains_key(key) {
+            problems.add(
+                format!("{field}.labels.{key}"),
+                "is also a pod template (or hash) label; role labels must use their own keys",
+            );
+        }
+    }
+}
+
 fn validate_canary(spec: &RolloutSpec, problems: &mut Problems) {
     let Some(canary) = &spec.strategy.canary else {
         return;
     };
     let base = "spec.strategy.canary";
+    validate_role_metadata(
+        &format!("{base}.canaryMetadata"),
+        canary.canary_metadata.as_ref(),
+        spec,
+        problems,
+    );
+    validate_role_metadata(
+        &format!("{base}.stableMetadata"),
+        canary.stable_metadata.as_ref(),
+        spec,
+        problems,
+    );
     if let (Some(c), Some(s)) = (&canary.canary_service, &canary.stable_service)
         && c == s
     {
@@ -365,6 +401,18 @@ fn validate_blue_green(spec: &RolloutSpec, problems: &mut Problems) {
         return;
     };
     let base = "spec.strategy.blueGreen";
+    validate_role_metadata(
+        &format!("{base}.activeMetadata"),
+        bg.active_metadata.as_ref(),
+        spec,
+        problems,
+    );
+    validate_role_metadata(
+        &format!("{base}.previewMetadata"),
+        bg.preview_metadata.as_ref(),
+        spec,
+        problems,
+    );
     if bg.active_service.trim().is_empty() {
         problems.add(
             format!("{base}.activeService"),

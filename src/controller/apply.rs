@@ -152,6 +152,10 @@ pub(super) async fn execute(
         }
     }
 
+    for change in &plan.pod_metadata {
+        relabel_pods(ctx, namespace, change).await?;
+    }
+
     if let Some(status) = &plan.status {
         let old = serde_json::to_value(&rollout.status).map_err(|source| Error::Serialize {
             what: "old status".into(),
@@ -174,6 +178,83 @@ pub(super) async fn execute(
     }
 
     publish_events(ctx, rollout, &plan.events).await;
+    Ok(())
+}
+
+/// Puts a ReplicaSet's role labels and annotations on its live pods (new
+/// pods get them from the pod template). Pods already carrying them are skipped.
+async fn relabel_pods(
+    ctx: &Context,
+    namespace: &str,
+    change: &crate::planner::PodMetadataChange,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = ctx.api(namespace);
+    let selector = format!("{POD_TEMPLATE_HASH_LABEL}={}", change.hash);
+    let listed = pods
+        .list_metadata(&kube::api::ListParams::default().labels(&selector))
+        .await;
+    ctx.metrics.request("list", "Pod", &listed);
+    let listed = listed.map_err(|source| Error::ListPods {
+        namespace: namespace.into(),
+        source,
+    })?;
+    let wanted = &change.metadata;
+    let mut labels = serde_json::Map::new();
+    let mut annotations = serde_json::Map::new();
+    for (key, value) in &wanted.set.labels {
+        labels.insert(key.clone(), Value::String(value.clone()));
+    }
+    for key in &wanted.removed_labels {
+        labels.insert(key.clone(), Value::Null);
+    }
+    for (key, value) in &wanted.set.annotations {
+        annotations.insert(key.clone(), Value::String(value.clone()));
+    }
+    for key in &wanted.removed_annotations {
+        annotations.insert(key.clone(), Value::Null);
+    }
+    let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
+    for pod in listed.items {
+        let current_labels = pod.metadata.labels.clone().unwrap_or_default();
+        let current_annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let done = wanted
+            .set
+            .labels
+            .iter()
+            .all(|(k, v)| current_labels.get(k) == Some(v))
+            && wanted
+                .set
+                .annotations
+                .iter()
+                .all(|(k, v)| current_annotations.get(k) == Some(v))
+            && wanted
+                .removed_labels
+                .iter()
+                .all(|k| !current_labels.contains_key(k))
+            && wanted
+                .removed_annotations
+                .iter()
+                .all(|k| !current_annotations.contains_key(k));
+        if done || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let result = pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        ctx.metrics.request("patch", "Pod", &result);
+        match result {
+            Ok(_) => {}
+            Err(source) if is_not_found(&source) => {}
+            Err(source) => {
+                return Err(Error::PatchPod {
+                    namespace: namespace.into(),
+                    name,
+                    source,
+                });
+            }
+        }
+    }
     Ok(())
 }
 

@@ -72,6 +72,12 @@ pub enum Error {
         namespace: String,
         source: kube::Error,
     },
+    #[error("labelling pod {namespace}/{name}: {source}")]
+    PatchPod {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("evicting pod {namespace}/{name}: {source}")]
     EvictPod {
         namespace: String,
@@ -115,7 +121,7 @@ impl Error {
         match self {
             Error::ApplyReplicaSet { .. } | Error::DeleteReplicaSet { .. } => "replicaset",
             Error::PatchService { .. } => "service",
-            Error::ListPods { .. } | Error::EvictPod { .. } => "pod",
+            Error::ListPods { .. } | Error::EvictPod { .. } | Error::PatchPod { .. } => "pod",
             Error::CreateAnalysisRun { .. }
             | Error::TerminateAnalysisRun { .. }
             | Error::DeleteAnalysisRun { .. } => "analysisrun",

@@ -7,6 +7,7 @@ mod analysis;
 mod bluegreen;
 mod canary;
 mod conditions;
+mod ephemeral;
 pub mod hash;
 pub mod replicas;
 pub mod restart;
@@ -66,6 +67,8 @@ pub struct Plan {
     pub analysis_runs: Vec<AnalysisRunChange>,
     /// Pods to evict (restart), through the Eviction API so disruption budgets hold.
     pub evictions: Vec<String>,
+    /// Role metadata to apply to the live pods of a ReplicaSet (by hash).
+    pub pod_metadata: Vec<PodMetadataChange>,
     /// The full desired status, or None when it equals the observed one.
     pub status: Option<RolloutStatus>,
     pub events: Vec<PlannedEvent>,
@@ -97,6 +100,12 @@ pub enum AnalysisRunChange {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMetadataChange {
+    pub hash: String,
+    pub metadata: crate::api::ReplicaSetRoleMetadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedEvent {
     pub warning: bool,
     pub reason: &'static str,
@@ -117,6 +126,9 @@ pub(crate) struct RsState<'a> {
     pub deadline: Option<Timestamp>,
     pub desired: i32,
     pub desired_deadline: Option<Timestamp>,
+    /// Role metadata the pods carry now, and should carry.
+    pub injected: crate::api::PodMetadata,
+    pub desired_injected: crate::api::PodMetadata,
 }
 
 impl RsState<'_> {
@@ -303,6 +315,8 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
                 deadline: None,
                 desired: 0,
                 desired_deadline: None,
+                injected: Default::default(),
+                desired_injected: Default::default(),
             });
             sets.len() - 1
         }
@@ -460,6 +474,8 @@ fn observe(rs: &ReplicaSet) -> RsState<'_> {
         deadline,
         desired: current,
         desired_deadline: deadline,
+        injected: ephemeral::injected(rs.metadata.annotations.as_ref()),
+        desired_injected: ephemeral::injected(rs.metadata.annotations.as_ref()),
     }
 }
 
@@ -549,6 +565,7 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
     let mut plan = Plan::default();
     let rollout = ctx.rollout;
     cleanup_old_replica_sets(&mut ctx, &mut plan);
+    ephemeral::assign(&mut ctx);
     for index in 0..ctx.sets.len() {
         let set = &ctx.sets[index];
         let desired_annotation = set.desired_deadline.map(|d| d.to_string());
@@ -560,10 +577,18 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
                 .and_then(|a| a.get(REVISION_ANNOTATION))
                 != Some(&set.revision.to_string())
         });
+        let relabel = set.desired_injected != set.injected;
+        if set.rs.is_some() && relabel {
+            plan.pod_metadata.push(PodMetadataChange {
+                hash: set.hash.clone(),
+                metadata: ephemeral::difference(&set.injected, &set.desired_injected),
+            });
+        }
         if set.rs.is_some()
             && set.desired == set.current
             && desired_annotation == observed_annotation
             && !revision_changed
+            && !relabel
         {
             continue;
         }
@@ -707,7 +732,40 @@ fn desired_replica_set(rollout: &Rollout, set: &RsState<'_>, hash: &TemplateHash
     if let Some(digest) = digest {
         annotations.insert(TEMPLATE_DIGEST_ANNOTATION.to_string(), digest);
     }
-    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone());
+    let mut template = template;
+    let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
+    let change = ephemeral::difference(&set.injected, &set.desired_injected);
+    let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
+    for key in &change.removed_labels {
+        labels.remove(key);
+    }
+    labels.extend(change.set.labels.clone());
+    let pod_annotations = metadata.annotations.get_or_insert_with(BTreeMap::new);
+    for key in &change.removed_annotations {
+        pod_annotations.remove(key);
+    }
+    pod_annotations.extend(change.set.annotations.clone());
+    if pod_annotations.is_empty() {
+        metadata.annotations = None;
+    }
+    if set.desired_injected != crate::api::PodMetadata::default() {
+        annotations.insert(
+            crate::api::EPHEMERAL_METADATA_ANNOTATION.to_string(),
+            serde_json::to_string(&set.desired_injected).unwrap_or_default(),
+        );
+    }
+    // The ReplicaSet's own labels are the template's minus the role labels,
+    // so the role never changes what selects the ReplicaSet itself.
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .map(|mut labels| {
+            for key in set.desired_injected.labels.keys() {
+                labels.remove(key);
+            }
+            labels
+        });
     ReplicaSet {
         metadata: ObjectMeta {
             name: Some(set.name.clone()),

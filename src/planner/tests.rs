@@ -64,6 +64,7 @@ struct World {
     events: Vec<PlannedEvent>,
     last_plan: Plan,
     pods: Option<Vec<PodInfo>>,
+    relabelled: Vec<PodMetadataChange>,
 }
 
 impl World {
@@ -83,6 +84,7 @@ impl World {
             events: Vec::new(),
             last_plan: Plan::default(),
             pods: None,
+            relabelled: Vec::new(),
         }
     }
 
@@ -169,6 +171,7 @@ impl World {
             self.rollout.status = Some(status.clone());
         }
         self.events.extend(plan.events.iter().cloned());
+        self.relabelled.extend(plan.pod_metadata.iter().cloned());
         self.last_plan = plan;
         changed
     }
@@ -1184,5 +1187,89 @@ fn restart_in_the_future_only_schedules_a_wake_up() {
     assert!(
         plan.requeue_after
             .is_some_and(|d| d <= Duration::from_secs(30))
+    );
+}
+
+// ---------- ephemeral metadata ----------
+
+fn pod_labels(world: &World, image: &str) -> BTreeMap<String, String> {
+    let hash = world.hash_for(image);
+    world
+        .replica_sets
+        .values()
+        .find(|rs| {
+            rs.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+                == Some(&hash)
+        })
+        .and_then(|rs| {
+            rs.spec
+                .as_ref()?
+                .template
+                .as_ref()?
+                .metadata
+                .as_ref()?
+                .labels
+                .clone()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn canary_and_stable_metadata_follow_the_role() {
+    let mut strategy = canary(json!([{"setWeight": 20}, {"pause": {}}]));
+    strategy["canary"]["canaryMetadata"] = json!({"labels": {"role": "canary"}});
+    strategy["canary"]["stableMetadata"] = json!({"labels": {"role": "stable"}});
+    let mut world = World::new(rollout(strategy, 5));
+    deployed(&mut world);
+    assert_eq!(
+        pod_labels(&world, "web:1").get("role").map(String::as_str),
+        Some("stable")
+    );
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(
+        pod_labels(&world, "web:2").get("role").map(String::as_str),
+        Some("canary")
+    );
+    world.promote();
+    world.settle();
+    let relabel = world.relabelled.clone();
+    assert_eq!(
+        pod_labels(&world, "web:2").get("role").map(String::as_str),
+        Some("stable")
+    );
+    let change = relabel
+        .iter()
+        .find(|c| c.hash == world.hash_for("web:2"))
+        .expect("live canary pods relabelled on promotion");
+    assert_eq!(
+        change.metadata.set.labels.get("role").map(String::as_str),
+        Some("stable")
+    );
+    // The ReplicaSet's own labels do not carry the role.
+    let hash = world.hash_for("web:2");
+    let rs = &world.replica_sets[&format!("web-{hash}")];
+    assert!(
+        !rs.metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .contains_key("role")
+    );
+    // Once settled nothing is relabelled again.
+    assert!(world.plan().pod_metadata.is_empty());
+}
+
+#[test]
+fn role_labels_may_not_reuse_template_labels() {
+    let mut strategy = canary(json!([]));
+    strategy["canary"]["canaryMetadata"] = json!({"labels": {"app": "x"}});
+    let problems = crate::api::validate::validate_rollout(&rollout(strategy, 1).spec);
+    assert!(
+        summarize(&problems).contains("canaryMetadata.labels.app"),
+        "{problems:?}"
     );
 }
