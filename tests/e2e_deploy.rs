@@ -11,14 +11,6 @@ use ramp::api::RolloutPhase;
 use ramp_test_support::{MetricsTarget, Prometheus, kubeconfig_path, repo_root, wait_until};
 use serde_json::json;
 
-async fn promote(env: &Env, name: &str) -> anyhow::Result<()> {
-    let patch = json!({"status": {"pauseConditions": null}});
-    env.rollouts()
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
 async fn kubectl_ok(env: &Env, args: &[&str]) -> anyhow::Result<String> {
     let output = env.kubectl(args).await?;
     anyhow::ensure!(
@@ -179,7 +171,7 @@ spec:
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.wait_replicas("promoted", &[("web:2", 2), ("web:1", 0)])
         .await?;
@@ -288,14 +280,14 @@ async fn leader_election_hands_over_mid_canary() -> anyhow::Result<()> {
         "hand-over took {took:?}, lease duration is 3s"
     );
 
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     env.wait_rollout("web", "second pause", |r| {
         r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)
     })
     .await?;
     env.wait_replicas("75%", &[("web:2", 3), ("web:1", 1)])
         .await?;
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.wait_replicas("done", &[("web:2", 4), ("web:1", 0)])
         .await?;
@@ -334,7 +326,7 @@ async fn prometheus_sees_phase_changes_in_controller_metrics() -> anyhow::Result
         },
     )
     .await?;
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     let healthy = format!(
         "ramp_rollout_info{{namespace=\"{}\",name=\"web\",phase=\"Healthy\"}}",
@@ -388,8 +380,8 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
     env.set_image("api", "ghcr.io/example/api:2.0.0").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
     env.wait_phase("shop", RolloutPhase::Paused).await?;
-    promote(&env, "web").await?;
-    promote(&env, "shop").await?;
+    env.promote("web").await?;
+    env.promote("shop").await?;
     for name in ["web", "shop", "api"] {
         let rollout = env.wait_phase(name, RolloutPhase::Healthy).await?;
         let status = rollout.status.expect("status");

@@ -10,22 +10,6 @@ use kube::api::{Patch, PatchParams};
 use ramp::api::{PauseReason, RolloutPhase};
 use serde_json::json;
 
-async fn promote(env: &Env, name: &str) -> anyhow::Result<()> {
-    let patch = json!({"status": {"pauseConditions": null}});
-    env.rollouts()
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-async fn set_abort(env: &Env, name: &str, abort: bool) -> anyhow::Result<()> {
-    let patch = json!({"status": {"abort": abort}});
-    env.rollouts()
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn blue_green_preview_pause_promote_and_delayed_scale_down() -> anyhow::Result<()> {
     let env = Env::start("bluegreen").await?;
@@ -53,7 +37,7 @@ async fn blue_green_preview_pause_promote_and_delayed_scale_down() -> anyhow::Re
     assert_eq!(env.selector("shop-preview").await?, Some(green.clone()));
     assert_eq!(env.selector("shop-active").await?, Some(blue.clone()));
 
-    promote(&env, "shop").await?;
+    env.promote("shop").await?;
     env.wait_phase("shop", RolloutPhase::Healthy).await?;
     assert_eq!(env.selector("shop-active").await?, Some(green.clone()));
     let old = env.replicas_by_image().await?;
@@ -100,7 +84,7 @@ async fn canary_steps_pause_promote_and_timed_resume() -> anyhow::Result<()> {
     assert_eq!(env.selector("web-canary").await?, Some(canary.clone()));
     assert_eq!(env.selector("web-stable").await?, Some(stable.clone()));
 
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     env.wait_rollout("web", "step index 3 (timed pause)", |r| {
         r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)
     })
@@ -129,11 +113,11 @@ async fn abort_returns_to_stable_and_retry_runs_the_steps_again() -> anyhow::Res
     let stable = env.hash_of("web:1").await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     env.wait_replicas("60% canary", &[("web:2", 3), ("web:1", 2)])
         .await?;
 
-    set_abort(&env, "web", true).await?;
+    env.set_abort("web", true).await?;
     env.wait_phase("web", RolloutPhase::Degraded).await?;
     env.wait_replicas("everything back on stable", &[("web:2", 0), ("web:1", 5)])
         .await?;
@@ -147,7 +131,7 @@ async fn abort_returns_to_stable_and_retry_runs_the_steps_again() -> anyhow::Res
         .unwrap_or_default();
     assert!(message.contains("RolloutAborted"), "{message}");
 
-    set_abort(&env, "web", false).await?;
+    env.set_abort("web", false).await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
     env.wait_replicas("steps run again: 1/4", &[("web:2", 1), ("web:1", 4)])
         .await?;
@@ -278,7 +262,7 @@ async fn restarted_controller_resumes_without_duplicating_replica_sets() -> anyh
         .await?;
 
     env.kill_controller().await;
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         env.replicas_by_image().await?.get("web:2").map(|c| c.0),
@@ -298,7 +282,7 @@ async fn restarted_controller_resumes_without_duplicating_replica_sets() -> anyh
         2,
         "no duplicate ReplicaSets"
     );
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.wait_replicas("done", &[("web:2", 4), ("web:1", 0)])
         .await?;
@@ -347,7 +331,7 @@ async fn role_labels_follow_canary_and_stable_pods() -> anyhow::Result<()> {
         role_of(canary_hash.clone()).await?,
         vec!["canary".to_string()]
     );
-    promote(&env, "web").await?;
+    env.promote("web").await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     ramp_test_support::wait_until(
         "promoted pods relabelled stable",

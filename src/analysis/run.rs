@@ -189,7 +189,6 @@ pub fn record(
     metric: &Metric,
     measurement: Measurement,
 ) {
-    let dry_run = is_dry_run(run, &metric.name);
     let keep = retention(run, &metric.name);
     let index = match status
         .metric_results
@@ -198,21 +197,9 @@ pub fn record(
     {
         Some(index) => index,
         None => {
-            status.metric_results.push(MetricResult {
-                name: metric.name.clone(),
-                phase: AnalysisPhase::Running,
-                measurements: Vec::new(),
-                message: None,
-                count: 0,
-                successful: 0,
-                failed: 0,
-                inconclusive: 0,
-                error: 0,
-                consecutive_error: 0,
-                consecutive_success: 0,
-                dry_run: dry_run.then_some(true),
-                resolved_query: None,
-            });
+            status
+                .metric_results
+                .push(empty_result(run, metric, AnalysisPhase::Running, None));
             status.metric_results.len() - 1
         }
     };
@@ -435,7 +422,18 @@ fn set_result_phase(
         }
         return;
     }
-    status.metric_results.push(MetricResult {
+    status
+        .metric_results
+        .push(empty_result(run, metric, phase, message));
+}
+
+fn empty_result(
+    run: &AnalysisRun,
+    metric: &Metric,
+    phase: AnalysisPhase,
+    message: Option<String>,
+) -> MetricResult {
+    MetricResult {
         name: metric.name.clone(),
         phase,
         measurements: Vec::new(),
@@ -449,7 +447,7 @@ fn set_result_phase(
         consecutive_success: 0,
         dry_run: is_dry_run(run, &metric.name).then_some(true),
         resolved_query: None,
-    });
+    }
 }
 
 #[cfg(test)]

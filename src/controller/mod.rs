@@ -460,6 +460,22 @@ async fn start_controllers(
     cluster_template_task.abort();
 }
 
+/// Reconciler failures are logged by the error policy; anything else the
+/// controller stream reports (watch errors, queue errors) is logged here.
+async fn log_stream_error<T, E: std::fmt::Display>(
+    result: Result<T, kube::runtime::controller::Error<Error, E>>,
+    controller: &'static str,
+) {
+    if let Err(error) = result
+        && !matches!(
+            error,
+            kube::runtime::controller::Error::ReconcilerFailed(..)
+        )
+    {
+        warn!(%error, controller, "controller stream error");
+    }
+}
+
 fn is_ready<K: Resource + Clone>(store: &Store<K>) -> bool
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,

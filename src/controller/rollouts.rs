@@ -46,14 +46,7 @@ pub(super) async fn run(
         })
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                match error {
-                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                    other => warn!(error = %other, "rollout controller"),
-                }
-            }
-        })
+        .for_each(|result| super::log_stream_error(result, "rollout controller"))
         .await;
     pruner.abort();
 }

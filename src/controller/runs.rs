@@ -33,14 +33,7 @@ pub(super) async fn controller(
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                match error {
-                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                    other => warn!(error = %other, "analysis run controller"),
-                }
-            }
-        })
+        .for_each(|result| super::log_stream_error(result, "analysis run controller"))
         .await;
 }
 

@@ -246,20 +246,11 @@ fn scale_down_old(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy) {
 }
 
 fn record_selectors(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy) {
-    let current = |name: &str| {
-        ctx.services.get(name).cloned().or_else(|| {
-            ctx.snap.services.get(name).and_then(|s| {
-                s.spec
-                    .as_ref()?
-                    .selector
-                    .as_ref()?
-                    .get(crate::api::POD_TEMPLATE_HASH_LABEL)
-                    .cloned()
-            })
-        })
-    };
-    let active = current(&bg.active_service);
-    let preview = bg.preview_service.as_deref().and_then(current);
+    let active = ctx.service_hash(&bg.active_service);
+    let preview = bg
+        .preview_service
+        .as_deref()
+        .and_then(|name| ctx.service_hash(name));
     let status = ctx
         .status
         .blue_green

@@ -30,16 +30,7 @@ pub(super) fn assign(ctx: &mut Ctx<'_>) {
         }
         roles
     } else if let Some(bg) = &strategy.blue_green {
-        let active_hash = ctx.services.get(&bg.active_service).cloned().or_else(|| {
-            ctx.snap.services.get(&bg.active_service).and_then(|s| {
-                s.spec
-                    .as_ref()?
-                    .selector
-                    .as_ref()?
-                    .get(crate::api::POD_TEMPLATE_HASH_LABEL)
-                    .cloned()
-            })
-        });
+        let active_hash = ctx.service_hash(&bg.active_service);
         ctx.sets
             .iter()
             .enumerate()

@@ -213,6 +213,20 @@ impl<'a> Ctx<'a> {
             .insert(service.to_string(), target.hash.clone());
     }
 
+    /// The hash a Service selects after this plan: the planned change, else what it selects now.
+    pub fn service_hash(&self, service: &str) -> Option<String> {
+        self.services.get(service).cloned().or_else(|| {
+            self.snap.services.get(service).and_then(|s| {
+                s.spec
+                    .as_ref()?
+                    .selector
+                    .as_ref()?
+                    .get(POD_TEMPLATE_HASH_LABEL)
+                    .cloned()
+            })
+        })
+    }
+
     pub fn abort(&mut self, reason: String) {
         if !self.status.abort {
             self.status.abort = true;

@@ -322,6 +322,31 @@ impl Env {
         Ok(())
     }
 
+    /// What `kubectl ramp promote` writes: clear the pause conditions.
+    pub async fn promote(&self, name: &str) -> anyhow::Result<()> {
+        self.patch_status(
+            name,
+            serde_json::json!({"status": {"pauseConditions": null}}),
+        )
+        .await
+    }
+
+    pub async fn set_abort(&self, name: &str, abort: bool) -> anyhow::Result<()> {
+        self.patch_status(name, serde_json::json!({"status": {"abort": abort}}))
+            .await
+    }
+
+    async fn patch_status(&self, name: &str, patch: serde_json::Value) -> anyhow::Result<()> {
+        self.rollouts()
+            .patch_status(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn analysis_runs(&self) -> anyhow::Result<Vec<AnalysisRun>> {
         let api: Api<AnalysisRun> = Api::namespaced(self.client.clone(), &self.ns);
         Ok(api.list(&ListParams::default()).await?.items)
