@@ -88,8 +88,8 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
         .iter()
         .enumerate()
         .all(|(i, s)| i == ctx.new || s.current == 0 || s.desired_deadline.is_some());
-    let restarting = ctx.waiting_for.as_deref() == Some("rollout is restarting");
-    let complete = ctx.new_is_stable() && new.is_saturated(replicas) && others_down && !restarting;
+    let complete =
+        ctx.new_is_stable() && new.is_saturated(replicas) && others_down && !ctx.restarting;
     let user_paused = rollout.is_paused_by_user();
     let paused = user_paused || !ctx.status.pause_conditions.is_empty();
     let new_name = new.name.clone();

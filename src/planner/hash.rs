@@ -39,7 +39,7 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
     }
 }
 
-fn fnv1a32(bytes: &[u8]) -> u32 {
+pub(crate) fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |hash, byte| {
         (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
     })

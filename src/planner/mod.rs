@@ -163,6 +163,8 @@ pub(crate) struct Ctx<'a> {
     pub abort_reason: Option<String>,
     /// Human-readable reason the rollout is waiting, for status.message.
     pub waiting_for: Option<String>,
+    /// Pods created before spec.restartAt are still being replaced.
+    pub restarting: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -359,6 +361,7 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         wake_at: None,
         abort_reason: None,
         waiting_for: None,
+        restarting: false,
     };
 
     if ctx.status.current_pod_hash.as_deref() != Some(ctx.hash.short.as_str()) {
@@ -551,7 +554,7 @@ fn check_steps_changed(ctx: &mut Ctx<'_>) {
         .canary
         .as_ref()
         .map(|c| serde_json::to_vec(&c.steps).unwrap_or_default());
-    let step_hash = steps.map(|bytes| template_hash_of_bytes(&bytes));
+    let step_hash = steps.map(|bytes| format!("{:08x}", hash::fnv1a32(&bytes)));
     if step_hash != ctx.status.current_step_hash {
         if ctx.status.current_step_hash.is_some() && !ctx.new_is_stable() {
             ctx.status.current_step_index = Some(0);
@@ -564,13 +567,6 @@ fn check_steps_changed(ctx: &mut Ctx<'_>) {
         }
         ctx.status.current_step_hash = step_hash;
     }
-}
-
-fn template_hash_of_bytes(bytes: &[u8]) -> String {
-    let sum = bytes.iter().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    });
-    format!("{sum:08x}")
 }
 
 /// Turns the working state into a Plan: ReplicaSet writes for every changed

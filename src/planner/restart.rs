@@ -52,6 +52,7 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
         return;
     }
     ctx.waiting_for = Some("rollout is restarting".into());
+    ctx.restarting = true;
     let settled = ctx
         .sets
         .iter()
