@@ -53,7 +53,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --bind-address=127.0.0.1 --secure-port="$api_port" --advertise-address=127.0.0.1 \
   --endpoint-reconciler-type=none --cert-dir="$run/pki" \
-  --service-cluster-ip-range=10.0.0.0/24 \
+  --service-cluster-ip-range=10.96.0.0/16 \
   --service-account-issuer=https://kubernetes.default.svc \
   --service-account-key-file="$run/pki/sa.key" --service-account-signing-key-file="$run/pki/sa.key" \
   --token-auth-file="$run/pki/tokens.csv" --authorization-mode=RBAC --allow-privileged=true \

@@ -393,9 +393,16 @@ async fn update_cycle(
     let mut ticker = tokio::time::interval(interval);
     for name in old_hash.keys() {
         ticker.tick().await;
+        // The change exists no later than the moment the patch is sent; the
+        // Rollout's own watch event can arrive after the new ReplicaSet's.
+        let sent = Instant::now();
         rollouts
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        if let Ok(mut t) = timeline.lock() {
+            let seen = t.changed.get(name).copied().unwrap_or(sent);
+            t.changed.insert(name.clone(), seen.min(sent));
+        }
     }
     wait_all_settled(&rollouts, n, "every rollout to complete the update").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -534,13 +541,13 @@ async fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &n in &args.sizes {
         results.push(run_size(&client, &args, n).await?);
+        // Written after every size so a later failure keeps what was measured.
+        let report = json!({"rate_updates_per_second": args.rate, "cycles": args.cycles, "results": results});
+        std::fs::write(
+            args.out.join("results.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
     }
-    let report =
-        json!({"rate_updates_per_second": args.rate, "cycles": args.cycles, "results": results});
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     let mut table = String::from(
         "| N | peak RSS MiB | steady RSS MiB | RSS per cycle MiB | idle CPU s | idle requests | change→RS p50/p99 ms | available→action p50/p99 ms | requests/rollout | non-GET/rollout | of which Events |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
