@@ -23,6 +23,8 @@ cleanup() {
   if $started_cluster; then tests/cluster/down.sh; fi
 }
 trap cleanup EXIT
+# A signal (Ctrl-C, a closed pipe) must still run the cleanup above.
+trap 'exit 130' INT TERM HUP PIPE
 
 # Leave a cluster that was already running as it was; stop one the demo started.
 if [[ ! -f "$root/target/cluster/run/kube-apiserver.pid" ]] || ! kill -0 "$(cat "$root/target/cluster/run/kube-apiserver.pid")" 2>/dev/null; then
