@@ -74,7 +74,7 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
     }
     route(ctx, canary);
     record_weights(ctx, canary);
-    ctx.waiting_for = Some(waiting_message(ctx, index, step_count));
+    ctx.waiting_for = Some(waiting_message(ctx, steps, index));
 }
 
 fn budgets(canary: &CanaryStrategy, replicas: i32) -> (i32, i32) {
@@ -360,15 +360,20 @@ fn record_weights(ctx: &mut Ctx<'_>, canary: &CanaryStrategy) {
         .weights = Some(weights);
 }
 
-fn waiting_message(ctx: &Ctx<'_>, index: i32, step_count: i32) -> String {
+fn waiting_message(ctx: &Ctx<'_>, steps: &[CanaryStep], index: i32) -> String {
+    let step_count = steps.len();
     if let Some(waiting) = &ctx.waiting_for {
         return waiting.clone();
     }
     let new = ctx.new_set();
     if new.current > new.available {
         "updated replicas are still becoming available".into()
-    } else if index < step_count {
-        format!("waiting for step {}/{step_count}", index + 1)
+    } else if let Some(step) = steps.get(index as usize) {
+        format!(
+            "waiting for step {}/{step_count} ({})",
+            index + 1,
+            describe(step)
+        )
     } else if ctx
         .sets
         .iter()
