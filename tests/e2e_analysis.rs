@@ -103,14 +103,13 @@ async fn healthy_metrics_let_the_canary_complete() -> anyhow::Result<()> {
         "result[0] < 0.05",
     ))
     .await?;
-    env.apply(&canary_yaml(
+    env.deploy_canary(
         "web",
         4,
         "web:1",
         &format!("[{{setWeight: 25}}, {ANALYSIS_STEP}, {{setWeight: 50}}]"),
-    ))
+    )
     .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     let run = wait_run(&env, "-1", AnalysisPhase::Successful).await?;
     let result = &run.status.as_ref().expect("status").metric_results[0];
@@ -139,14 +138,13 @@ async fn failing_metrics_abort_back_to_stable_without_a_human() -> anyhow::Resul
         "result[0] < 0.05",
     ))
     .await?;
-    env.apply(&canary_yaml(
+    env.deploy_canary(
         "web",
         4,
         "web:1",
         &format!("[{{setWeight: 25}}, {ANALYSIS_STEP}, {{setWeight: 50}}]"),
-    ))
+    )
     .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
     let stable = env.hash_of("web:1").await?;
     env.set_image("web", "web:2").await?;
     let run = wait_run(&env, "-1", AnalysisPhase::Failed).await?;
@@ -277,14 +275,13 @@ async fn prometheus_outage_errors_the_run_and_aborts() -> anyhow::Result<()> {
         "result[0] < 0.05",
     ))
     .await?;
-    env.apply(&canary_yaml(
+    env.deploy_canary(
         "web",
         2,
         "web:1",
         &format!("[{{setWeight: 50}}, {ANALYSIS_STEP}]"),
-    ))
+    )
     .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     wait_until("a successful measurement", common::TIMEOUT, || async {
         let runs = env.analysis_runs().await?;

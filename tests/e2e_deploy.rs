@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ControllerProcess, Env, canary_yaml};
+use common::{ControllerProcess, Env};
 use kube::api::{Patch, PatchParams};
 use ramp::api::RolloutPhase;
 use ramp_test_support::{MetricsTarget, Prometheus, kubeconfig_path, repo_root, wait_until};
@@ -167,8 +167,7 @@ spec:
     .await?;
     controller.wait_ready().await?;
     let steps = "[{setWeight: 50}, {pause: {}}, {analysis: {templates: [{templateName: errors}]}}]";
-    env.apply(&canary_yaml("web", 2, "web:1", steps)).await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.deploy_canary("web", 2, "web:1", steps).await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
     env.promote("web").await?;
@@ -249,14 +248,13 @@ async fn leader_election_hands_over_mid_canary() -> anyhow::Result<()> {
     let second = ControllerProcess::spawn(&env, &kubeconfig_path(), "leader-b", &args(())).await?;
     second.wait_ready().await?;
 
-    env.apply(&canary_yaml(
+    env.deploy_canary(
         "web",
         4,
         "web:1",
         "[{setWeight: 25}, {pause: {}}, {setWeight: 75}, {pause: {}}]",
-    ))
+    )
     .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
     assert!(!second.is_leader().await);
@@ -299,16 +297,10 @@ async fn leader_election_hands_over_mid_canary() -> anyhow::Result<()> {
 #[tokio::test]
 async fn prometheus_sees_phase_changes_in_controller_metrics() -> anyhow::Result<()> {
     let env = Env::start("metrics").await?;
-    let controller = format!("127.0.0.1:{}", env.metrics_port).parse()?;
+    let controller = format!("127.0.0.1:{}", env.metrics_port()).parse()?;
     let prometheus = Prometheus::start(&[controller]).await?;
-    env.apply(&canary_yaml(
-        "web",
-        2,
-        "web:1",
-        "[{setWeight: 50}, {pause: {}}]",
-    ))
-    .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.deploy_canary("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]")
+        .await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
     let selector = format!(

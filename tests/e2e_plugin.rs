@@ -42,14 +42,13 @@ async fn ok(env: &Env, args: &[&str]) -> anyhow::Result<String> {
 #[tokio::test]
 async fn steering_a_canary_from_the_terminal() -> anyhow::Result<()> {
     let env = Env::start("plugin").await?;
-    env.apply(&canary_yaml(
+    env.deploy_canary(
         "web",
         5,
         "web:1",
         "[{setWeight: 20}, {pause: {}}, {setWeight: 60}, {pause: {}}]",
-    ))
+    )
     .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
     let healthy = ok(&env, &["status", "web", "--timeout", "30s"]).await?;
     assert!(healthy.contains("Healthy"), "{healthy}");
 
@@ -126,14 +125,8 @@ async fn steering_a_canary_from_the_terminal() -> anyhow::Result<()> {
 #[tokio::test]
 async fn status_times_out_on_a_stuck_rollout() -> anyhow::Result<()> {
     let env = Env::start("plugin-stuck").await?;
-    env.apply(&canary_yaml(
-        "web",
-        2,
-        "web:1",
-        "[{setWeight: 50}, {pause: {}}]",
-    ))
-    .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.deploy_canary("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]")
+        .await?;
     ok(&env, &["set", "image", "web", "*=web:never-ready"]).await?;
     let stuck = ramp(&env, &["status", "web", "--timeout", "3s"]).await?;
     assert_ne!(stuck.code, 0);
@@ -149,14 +142,8 @@ async fn status_times_out_on_a_stuck_rollout() -> anyhow::Result<()> {
 #[tokio::test]
 async fn mistakes_are_explained_and_change_nothing() -> anyhow::Result<()> {
     let env = Env::start("plugin-errors").await?;
-    env.apply(&canary_yaml(
-        "web",
-        1,
-        "web:1",
-        "[{setWeight: 50}, {pause: {}}]",
-    ))
-    .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.deploy_canary("web", 1, "web:1", "[{setWeight: 50}, {pause: {}}]")
+        .await?;
     let before = env.rollout("web").await?.metadata.resource_version;
 
     let cases: &[(&[&str], &str)] = &[
@@ -204,8 +191,7 @@ async fn mistakes_are_explained_and_change_nothing() -> anyhow::Result<()> {
 #[tokio::test]
 async fn restart_replaces_every_pod() -> anyhow::Result<()> {
     let env = Env::start("plugin-restart").await?;
-    env.apply(&canary_yaml("web", 3, "web:1", "[]")).await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.deploy_canary("web", 3, "web:1", "[]").await?;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
     let original: Vec<String> = pods
         .list(&ListParams::default().labels("app=web"))

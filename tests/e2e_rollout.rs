@@ -72,8 +72,7 @@ const STEPS: &str = "[{setWeight: 20}, {pause: {}}, {setWeight: 60}, {pause: {du
 #[tokio::test]
 async fn canary_steps_pause_promote_and_timed_resume() -> anyhow::Result<()> {
     let env = Env::start("canary").await?;
-    env.apply(&canary_yaml("web", 5, "web:1", STEPS)).await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.deploy_canary("web", 5, "web:1", STEPS).await?;
     let stable = env.hash_of("web:1").await?;
 
     env.set_image("web", "web:2").await?;
@@ -108,8 +107,7 @@ async fn canary_steps_pause_promote_and_timed_resume() -> anyhow::Result<()> {
 #[tokio::test]
 async fn abort_returns_to_stable_and_retry_runs_the_steps_again() -> anyhow::Result<()> {
     let env = Env::start("abort").await?;
-    env.apply(&canary_yaml("web", 5, "web:1", STEPS)).await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.deploy_canary("web", 5, "web:1", STEPS).await?;
     let stable = env.hash_of("web:1").await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
@@ -195,14 +193,8 @@ async fn pods_that_never_become_ready_exceed_the_progress_deadline() -> anyhow::
 #[tokio::test]
 async fn invalid_spec_is_reported_and_nothing_is_touched() -> anyhow::Result<()> {
     let env = Env::start("invalid").await?;
-    env.apply(&canary_yaml(
-        "web",
-        2,
-        "web:1",
-        "[{setWeight: 50}, {pause: {}}]",
-    ))
-    .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.deploy_canary("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]")
+        .await?;
     let before = env.replicas_by_image().await?;
     let patch = json!({"spec": {"strategy": {"canary": {"steps": [{"setWeight": 150}, {"pause": {"duration": "soon"}}]}}}});
     env.rollouts()
@@ -248,14 +240,13 @@ async fn invalid_spec_is_reported_and_nothing_is_touched() -> anyhow::Result<()>
 #[tokio::test]
 async fn restarted_controller_resumes_without_duplicating_replica_sets() -> anyhow::Result<()> {
     let mut env = Env::start("restart").await?;
-    env.apply(&canary_yaml(
+    env.deploy_canary(
         "web",
         4,
         "web:1",
         "[{setWeight: 25}, {pause: {}}, {setWeight: 75}, {pause: {}}]",
-    ))
+    )
     .await?;
-    env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.set_image("web", "web:2").await?;
     env.wait_phase("web", RolloutPhase::Paused).await?;
     env.wait_replicas("25%", &[("web:2", 1), ("web:1", 3)])

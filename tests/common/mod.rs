@@ -26,8 +26,7 @@ pub struct Env {
     pub client: Client,
     pub ns: String,
     namespace: Option<TestNamespace>,
-    controller: Option<Child>,
-    pub metrics_port: u16,
+    controller: Option<ControllerProcess>,
     extra_env: Vec<(String, String)>,
 }
 
@@ -51,7 +50,6 @@ impl Env {
             ns: namespace.name.clone(),
             namespace: Some(namespace),
             controller: None,
-            metrics_port: 0,
             extra_env: Vec::new(),
         })
     }
@@ -75,25 +73,37 @@ impl Env {
         )
         .await?;
         process.wait_ready().await?;
-        self.metrics_port = process.metrics_port;
-        self.controller = Some(process.child);
+        self.controller = Some(process);
         Ok(())
     }
 
     /// Kills the controller the hard way, as a crash would.
     pub async fn kill_controller(&mut self) {
-        if let Some(mut child) = self.controller.take() {
+        if let Some(ControllerProcess { mut child, .. }) = self.controller.take() {
             let _ = child.kill().await;
         }
     }
 
-    pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(
-            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-                .await?
-                .text()
-                .await?,
-        )
+    /// Port of the running controller's /metrics, /healthz and /readyz.
+    pub fn metrics_port(&self) -> u16 {
+        self.controller
+            .as_ref()
+            .map(|c| c.metrics_port)
+            .unwrap_or(0)
+    }
+
+    /// Applies a canary Rollout and its Services and waits until it is Healthy.
+    pub async fn deploy_canary(
+        &self,
+        name: &str,
+        replicas: i32,
+        image: &str,
+        steps: &str,
+    ) -> anyhow::Result<()> {
+        self.apply(&canary_yaml(name, replicas, image, steps))
+            .await?;
+        self.wait_phase(name, RolloutPhase::Healthy).await?;
+        Ok(())
     }
 
     /// `kubectl apply` of a YAML document stream into the test namespace.
