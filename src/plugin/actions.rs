@@ -2,8 +2,6 @@
 //! patches exactly the fields the controller reads (the same Rust types), and
 //! refuses with an explanation when it would change nothing.
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -305,16 +303,6 @@ fn template_patch(rollout: &Rollout, template: &PodTemplateSpec) -> Result<Value
     };
     let diff = merge_diff(&serialize(&rollout.spec.template)?, &serialize(template)?);
     Ok(with_version(rollout, json!({"spec": {"template": diff}})))
-}
-
-/// Image of each container, keyed by container name.
-pub fn images(template: &PodTemplateSpec) -> BTreeMap<String, String> {
-    template
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-        .collect()
 }
 
 #[cfg(test)]
