@@ -83,19 +83,41 @@ spec:
             let listed = pods
                 .list(&ListParams::default().labels("app=broken"))
                 .await?;
-            let running = listed
+            // Running, with the kubelet's explicit Ready=False: the pod's
+            // readiness has been decided, not merely not reported yet.
+            let not_ready = listed
                 .items
                 .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .filter(|p| {
+                    let status = p.status.as_ref();
+                    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "False")
+                        })
+                })
                 .count();
-            Ok((running == 2).then_some(()))
+            Ok((not_ready == 2).then_some(()))
         },
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the ReplicaSet controller has counted both Running pods, its
+    // availability reflects their decided readiness.
     let replica_sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &env.ns);
-    let rs = replica_sets.get("broken").await?;
-    assert_eq!(rs.status.and_then(|s| s.available_replicas).unwrap_or(0), 0);
+    let rs = wait_until(
+        "the ReplicaSet to count both pods",
+        common::TIMEOUT,
+        || async {
+            let rs = replica_sets.get("broken").await?;
+            let status = rs.status.clone().unwrap_or_default();
+            Ok(
+                (status.replicas == 2 && status.observed_generation == rs.metadata.generation)
+                    .then_some(status),
+            )
+        },
+    )
+    .await?;
+    assert_eq!(rs.ready_replicas.unwrap_or(0), 0);
+    assert_eq!(rs.available_replicas.unwrap_or(0), 0);
     env.cleanup().await;
     Ok(())
 }

@@ -156,6 +156,12 @@ pub(super) async fn execute(
         relabel_pods(ctx, namespace, change).await?;
     }
 
+    // Events go out before the status write that records the transition:
+    // whoever sees the new status can already read its Events, and a status
+    // write that conflicts does not lose them. The re-planned pass emits the
+    // same Event again, which the Recorder folds into a series.
+    publish_events(ctx, rollout, &plan.events).await;
+
     if let Some(status) = &plan.status {
         let old = serde_json::to_value(&rollout.status).map_err(|source| Error::Serialize {
             what: "old status".into(),
@@ -176,8 +182,6 @@ pub(super) async fn execute(
         )
         .await?;
     }
-
-    publish_events(ctx, rollout, &plan.events).await;
     Ok(())
 }
 

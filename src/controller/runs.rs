@@ -72,26 +72,8 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
     assess(&run, &mut status, Timestamp::now());
     let phase = status.phase.unwrap_or(AnalysisPhase::Pending);
 
-    if status != previous {
-        let old = serde_json::to_value(&run.status).map_err(|source| Error::Serialize {
-            what: "old run status".into(),
-            source,
-        })?;
-        let new = serde_json::to_value(&status).map_err(|source| Error::Serialize {
-            what: "new run status".into(),
-            source,
-        })?;
-        apply::write_status::<AnalysisRun>(
-            &ctx,
-            &namespace,
-            &name,
-            run.resource_version(),
-            &old,
-            &new,
-            "AnalysisRun",
-        )
-        .await?;
-    }
+    // The phase Event goes out before the status write, so it is never lost
+    // to a conflicting write and is readable by whoever sees the new phase.
     if previous.phase != Some(phase) {
         let warning = matches!(
             phase,
@@ -125,9 +107,30 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
             }],
         )
         .await;
-        if phase.is_completed() {
-            ctx.metrics.run_completed(phase.as_str());
-        }
+    }
+    if status != previous {
+        let old = serde_json::to_value(&run.status).map_err(|source| Error::Serialize {
+            what: "old run status".into(),
+            source,
+        })?;
+        let new = serde_json::to_value(&status).map_err(|source| Error::Serialize {
+            what: "new run status".into(),
+            source,
+        })?;
+        apply::write_status::<AnalysisRun>(
+            &ctx,
+            &namespace,
+            &name,
+            run.resource_version(),
+            &old,
+            &new,
+            "AnalysisRun",
+        )
+        .await?;
+    }
+    // Counted once the completed phase is stored, so a conflict does not count it twice.
+    if previous.phase != Some(phase) && phase.is_completed() {
+        ctx.metrics.run_completed(phase.as_str());
     }
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if phase.is_completed() {

@@ -20,6 +20,11 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
     let new = ctx.new;
     ctx.sets[new].desired_deadline = None;
 
+    if ctx.stable.is_some() && !ctx.new_is_stable() && ctx.halted_by_inconclusive_analysis() {
+        ctx.freeze_replica_sets();
+        record_selectors(ctx, bg);
+        return;
+    }
     if ctx.stable.is_none() || ctx.new_is_stable() {
         ctx.sets[new].desired = replicas;
         ctx.route(Some(&bg.active_service), new);
@@ -44,7 +49,10 @@ fn plan_abort(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
     ctx.sets[stable].desired = replicas;
     ctx.sets[stable].desired_deadline = None;
     ctx.route(Some(&bg.active_service), stable);
-    ctx.route(bg.preview_service.as_deref(), stable);
+    // The preview keeps selecting the newest ReplicaSet (Argo's
+    // reconcilePreviewService): an aborted revision stays reachable there for
+    // debugging until its pods are scaled down.
+    ctx.route(bg.preview_service.as_deref(), new);
     let delay = bg
         .abort_scale_down_delay_seconds
         .unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);

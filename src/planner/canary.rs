@@ -10,8 +10,8 @@ use super::analysis::{AnalysisKind, Gate, gate};
 use super::replicas::{ScaleInput, fenceposts, rolling_scale, weighted_counts};
 use crate::api::duration::{parse_int_or_duration, resolve_int_or_percent};
 use crate::api::{
-    CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, PauseReason, TrafficWeights,
-    WeightDestination,
+    CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, PauseReason, SetCanaryScale,
+    TrafficWeights, WeightDestination,
 };
 
 pub(super) fn plan(ctx: &mut Ctx<'_>) {
@@ -33,13 +33,21 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
         index = step_count;
     }
 
-    if !promoting_directly && !ctx.status.abort {
+    // A full promotion starts no further analysis.
+    if !promoting_directly && !ctx.status.abort && !ctx.status.promote_full {
         run_background_analysis(ctx, canary, index);
     }
-    if !promoting_directly && !ctx.status.abort && !ctx.rollout.is_paused_by_user() {
+    let halted = !promoting_directly && ctx.halted_by_inconclusive_analysis();
+    if !promoting_directly && !ctx.status.abort && !ctx.rollout.is_paused_by_user() && !halted {
         index = advance_steps(ctx, steps, index, replicas, surge);
     }
     ctx.status.current_step_index = Some(index);
+    if halted {
+        ctx.freeze_replica_sets();
+        record_weights(ctx, canary);
+        ctx.waiting_for = Some(waiting_message(ctx, steps, index));
+        return;
+    }
 
     let (canary_target, stable_target) = if ctx.status.abort {
         (0, replicas)
@@ -107,21 +115,25 @@ pub fn weight_at(steps: &[CanaryStep], index: i32) -> i32 {
         .unwrap_or(0)
 }
 
-/// (canary, stable) pod counts while at step `index`. A setCanaryScale
-/// after the last setWeight overrides the canary count only.
+/// The setCanaryScale in force at `index`: the latest one at or before it,
+/// through any later setWeight steps, until one says matchTrafficWeight.
+fn canary_scale_at(steps: &[CanaryStep], index: i32) -> Option<&SetCanaryScale> {
+    let upto = steps.get(..=usize::try_from(index).ok()?)?;
+    let scale = upto
+        .iter()
+        .rev()
+        .find_map(|s| s.set_canary_scale.as_ref())?;
+    (scale.match_traffic_weight != Some(true)).then_some(scale)
+}
+
+/// (canary, stable) pod counts while at step `index`. A setCanaryScale in
+/// force overrides the canary count only (Ramp allows it without a traffic
+/// router; stable keeps the weight's share).
 fn targets_at(steps: &[CanaryStep], index: i32, replicas: i32, surge: i32) -> (i32, i32) {
     let weight = weight_at(steps, index);
     let (canary, stable) = weighted_counts(replicas, weight, surge);
-    let upto = &steps[..=(index as usize).min(steps.len().saturating_sub(1))];
-    let last_weight = upto.iter().rposition(|s| s.set_weight.is_some());
-    let last_scale = upto.iter().rposition(|s| s.set_canary_scale.is_some());
-    let scale = match (last_scale, last_weight) {
-        (Some(s), Some(w)) if s > w => upto[s].set_canary_scale.as_ref(),
-        (Some(s), None) => upto[s].set_canary_scale.as_ref(),
-        _ => None,
-    };
-    match scale {
-        Some(scale) if scale.match_traffic_weight != Some(true) => {
+    match canary_scale_at(steps, index) {
+        Some(scale) => {
             let count = scale
                 .replicas
                 .or_else(|| scale.weight.map(|w| (replicas * w + 99) / 100))

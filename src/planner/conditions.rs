@@ -81,6 +81,7 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
     ctx.status.available_replicas = existing().map(|s| s.available).sum();
     ctx.status.updated_replicas = ctx.new_set().observed_replicas;
     ctx.status.selector = Some(selector_string(rollout));
+    active_replica_set_counts(ctx);
 
     let new = ctx.new_set();
     let others_down = ctx
@@ -188,18 +189,29 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
                 ctx.conditions
                     .set("Progressing", false, deadline_reason, &message);
                 ctx.warning("ProgressDeadlineExceeded", message.clone());
-                if rollout.spec.progress_deadline_abort.unwrap_or(false) {
-                    ctx.status.abort = true;
-                    ctx.status.aborted_at = Some(Time(ctx.now));
-                    ctx.warning(
-                        "RolloutAborted",
-                        format!("{message}; progressDeadlineAbort is set, returning to stable"),
-                    );
-                    ctx.wake_at(ctx.now);
-                }
             } else {
                 ctx.wake_at(due);
             }
+        }
+        // Evaluated on every pass, so turning progressDeadlineAbort on after
+        // the deadline passed still aborts (Argo's evaluateProgressDeadlineAbort).
+        let timed_out = ctx
+            .conditions
+            .get("Progressing")
+            .filter(|c| c.reason.as_deref() == Some(deadline_reason))
+            .and_then(|c| c.message.clone());
+        if let Some(message) = timed_out
+            && rollout.spec.progress_deadline_abort.unwrap_or(false)
+        {
+            ctx.status.abort = true;
+            ctx.status.aborted_at = Some(Time(ctx.now));
+            ctx.conditions
+                .set("Progressing", false, "RolloutAborted", &message);
+            ctx.warning(
+                "RolloutAborted",
+                format!("{message}; progressDeadlineAbort is set, returning to stable"),
+            );
+            ctx.wake_at(ctx.now);
         }
     }
 
@@ -286,6 +298,33 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
     ctx.status.message = (!message.is_empty()).then_some(message);
 }
 
+/// Blue/green: once the active Service selects a ReplicaSet, ready and
+/// available count that ReplicaSet only and the selector names its hash, so
+/// an HPA scaling the Rollout sees the pods that serve, not the preview's
+/// (Argo's `syncRolloutStatusBlueGreen`). `replicas` stays the total.
+fn active_replica_set_counts(ctx: &mut Ctx<'_>) {
+    let Some(bg) = ctx.rollout.spec.strategy.blue_green.as_ref() else {
+        return;
+    };
+    let Some(active) = ctx.service_hash(&bg.active_service) else {
+        return;
+    };
+    let Some(rs) = ctx
+        .sets
+        .iter()
+        .find(|s| s.hash == active)
+        .and_then(|s| s.rs)
+    else {
+        return;
+    };
+    let status = rs.status.as_ref();
+    ctx.status.ready_replicas = status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    ctx.status.available_replicas = status.and_then(|s| s.available_replicas).unwrap_or(0);
+    if let Some(selector) = rs.spec.as_ref().map(|s| &s.selector) {
+        ctx.status.selector = Some(label_selector_string(selector));
+    }
+}
+
 fn pause_reason(ctx: &Ctx<'_>) -> String {
     ctx.status
         .pause_conditions
@@ -296,7 +335,12 @@ fn pause_reason(ctx: &Ctx<'_>) -> String {
 
 /// `key=value,...` form of the Rollout's selector for the scale subresource.
 pub fn selector_string(rollout: &crate::api::Rollout) -> String {
-    let selector = &rollout.spec.selector;
+    label_selector_string(&rollout.spec.selector)
+}
+
+fn label_selector_string(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> String {
     let mut parts: Vec<String> = selector
         .match_labels
         .iter()

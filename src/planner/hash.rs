@@ -86,9 +86,26 @@ mod tests {
 
     #[test]
     fn same_template_same_hash_and_image_change_changes_it() {
+        // The same template written with its maps in another order (as a
+        // user's YAML or the API server may) hashes the same.
+        let reordered: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [{"image": "app:1", "name": "app"}]},
+            "metadata": {"labels": {"b": "2", "a": "1"}}
+        }))
+        .expect("fixture");
+        let ordered: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"a": "1", "b": "2"}},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+        }))
+        .expect("fixture");
         assert_eq!(
-            template_hash(&template("app:1"), None),
-            template_hash(&template("app:1"), None)
+            template_hash(&reordered, None),
+            template_hash(&ordered, None)
+        );
+        assert_ne!(
+            template_hash(&ordered, None).short,
+            template_hash(&template("app:1"), None).short,
+            "labels are part of the template"
         );
         assert_ne!(
             template_hash(&template("app:1"), None).short,

@@ -229,6 +229,26 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// An inconclusive analysis stands: until a human promotes or aborts, no
+    /// step advances, nothing scales, no Service switches and nothing is
+    /// promoted, whatever timers run out meanwhile (Argo's `haltProgress`).
+    pub fn halted_by_inconclusive_analysis(&self) -> bool {
+        !self.status.abort
+            && self
+                .status
+                .pause_conditions
+                .iter()
+                .any(|c| c.reason == crate::api::PauseReason::InconclusiveAnalysisRun)
+    }
+
+    /// Keeps every ReplicaSet at the size it has now.
+    pub fn freeze_replica_sets(&mut self) {
+        for set in &mut self.sets {
+            set.desired = set.current;
+            set.desired_deadline = set.deadline;
+        }
+    }
+
     pub fn abort(&mut self, reason: String) {
         if !self.status.abort {
             self.status.abort = true;
@@ -375,6 +395,14 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         ctx.sets[ctx.new].revision = max_revision + 1;
     }
     check_steps_changed(&mut ctx);
+    if ctx.status.promote_full {
+        // A full promotion wins over an abort and every pause (Argo clears
+        // both before it skips the remaining steps).
+        ctx.status.abort = false;
+        ctx.status.aborted_at = None;
+        ctx.status.pause_conditions.clear();
+        ctx.status.controller_pause = false;
+    }
     if !ctx.status.abort && ctx.status.aborted_at.is_some() {
         retry(&mut ctx);
     }

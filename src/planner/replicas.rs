@@ -1,35 +1,58 @@
 //! Replica arithmetic for basic canary (no traffic router): weights become
 //! pod counts, and moves between ReplicaSets honour maxSurge/maxUnavailable.
 
-/// Splits `replicas` into (canary, stable) for a traffic weight in percent.
+/// Splits `replicas` into (canary, stable) for a traffic weight in percent,
+/// choosing the split whose canary share is closest to the weight (Argo's
+/// rule, so counts match after migrating).
 ///
-/// Rounding: canary = round-half-up(replicas × weight / 100). For a weight
-/// strictly between 0 and 100 each side keeps at least one pod, so a 1%
-/// canary still exists and a 99% canary still leaves a stable pod; with a
-/// single replica that means one extra (surge) pod when `max_surge > 0`.
-/// Examples: 5 @ 20% → 1/4, 5 @ 60% → 3/2, 10 @ 41% → 4/6, 4 @ 50% → 2/2.
+/// The canary count is the weight's share of `replicas` rounded up or down;
+/// the total is `replicas`, or `replicas + 1` when `max_surge` allows one
+/// extra pod. The nearest share wins, the larger canary on a tie. For a
+/// weight strictly between 0 and 100 neither side may be empty, unless a
+/// single replica without surge leaves no choice.
+/// Examples: 5 @ 20% → 1/4, 3 @ 20% → 1/3 (surge), 10 @ 41% → 4/6, 3 @ 50% → 2/2.
 pub fn weighted_counts(replicas: i32, weight: i32, max_surge: i32) -> (i32, i32) {
     let weight = weight.clamp(0, 100);
     if replicas <= 0 {
         return (0, 0);
     }
-    if weight == 0 {
-        return (0, replicas);
+    let exact = replicas * weight;
+    let floor = exact / 100;
+    let ceil = (exact + 99) / 100;
+    let zero_allowed = weight == 0 || weight == 100 || (replicas == 1 && max_surge == 0);
+    // Rounding is a tie when total × weight / 100 ends in exactly .5.
+    let tied = |total: i32| (total * weight) % 100 == 50;
+    let mut options: Vec<(i32, i32)> = Vec::new();
+    if ceil < replicas || zero_allowed {
+        options.push((ceil, replicas));
     }
-    if weight == 100 {
-        return (replicas, 0);
+    if !tied(replicas) && (floor != 0 || zero_allowed) {
+        options.push((floor, replicas));
     }
-    if replicas == 1 {
-        return if max_surge > 0 {
-            (1, 1)
-        } else if weight >= 50 {
-            (1, 0)
-        } else {
-            (0, 1)
-        };
+    if max_surge > 0 {
+        options.push((ceil, replicas + 1));
+        if !tied(replicas + 1) && (floor != 0 || zero_allowed) {
+            options.push((floor, replicas + 1));
+        }
     }
-    let canary = ((replicas * weight + 50) / 100).clamp(1, replicas - 1);
-    (canary, replicas - canary)
+    // Distance of canary/total from weight/100, as the fraction |100c − w·t| / t;
+    // two fractions compare by cross-multiplying, so no floating point is needed.
+    let distance = |(canary, total): (i32, i32)| ((canary * 100 - weight * total).abs(), total);
+    let closer = |a: (i32, i32), b: (i32, i32)| {
+        let (da, ta) = distance(a);
+        let (db, tb) = distance(b);
+        i64::from(da) * i64::from(tb) < i64::from(db) * i64::from(ta)
+    };
+    let mut best = match options.first() {
+        Some(&first) => first,
+        None => return (0, replicas),
+    };
+    for &option in &options[1..] {
+        if closer(option, best) {
+            best = option;
+        }
+    }
+    (best.0, best.1 - best.0)
 }
 
 /// Resolved surge and unavailability budgets. When both resolve to zero,
@@ -91,7 +114,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn weights_become_documented_counts() {
+    fn weights_become_the_closest_replica_split() {
+        // Expected splits as Argo computes them (utils/replicaset/canary.go).
         let cases = [
             (5, 20, (1, 4)),
             (5, 60, (3, 2)),
@@ -99,9 +123,12 @@ mod tests {
             (4, 50, (2, 2)),
             (5, 0, (0, 5)),
             (5, 100, (5, 0)),
-            (10, 1, (1, 9)),
-            (10, 99, (9, 1)),
-            (3, 50, (2, 1)),
+            // With surge, one extra pod gets closer to a small or large weight.
+            (10, 1, (1, 10)),
+            (10, 99, (10, 1)),
+            (3, 20, (1, 3)),
+            (3, 50, (2, 2)),
+            (2, 10, (1, 2)),
             (0, 50, (0, 0)),
         ];
         for (replicas, weight, expected) in cases {
@@ -111,6 +138,13 @@ mod tests {
                 "{replicas} @ {weight}%"
             );
         }
+    }
+
+    #[test]
+    fn weights_without_surge_stay_within_replicas() {
+        assert_eq!(weighted_counts(3, 20, 0), (1, 2));
+        assert_eq!(weighted_counts(3, 50, 0), (2, 1));
+        assert_eq!(weighted_counts(10, 41, 0), (4, 6));
     }
 
     #[test]

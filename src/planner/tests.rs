@@ -62,6 +62,10 @@ struct World {
     /// Hashes whose pods never become available.
     broken: Vec<String>,
     events: Vec<PlannedEvent>,
+    /// Index into `events` where the last user action (image change,
+    /// promote, abort, retry, time passing) happened; `has_event` looks only
+    /// at what came after it, so an Event from an earlier step cannot pass.
+    events_mark: usize,
     last_plan: Plan,
     pods: Option<Vec<PodInfo>>,
     relabelled: Vec<PodMetadataChange>,
@@ -82,6 +86,7 @@ impl World {
             now: "2026-01-01T00:00:00Z".parse().expect("valid time"),
             broken: Vec::new(),
             events: Vec::new(),
+            events_mark: 0,
             last_plan: Plan::default(),
             pods: None,
             relabelled: Vec::new(),
@@ -186,7 +191,13 @@ impl World {
         panic!("planner did not settle; last plan: {:#?}", self.last_plan);
     }
 
+    /// Starts a new window for `has_event`.
+    fn mark(&mut self) {
+        self.events_mark = self.events.len();
+    }
+
     fn advance(&mut self, seconds: i64) {
+        self.mark();
         self.now = self
             .now
             .checked_add(SignedDuration::from_secs(seconds))
@@ -202,6 +213,7 @@ impl World {
     }
 
     fn set_image(&mut self, image: &str) {
+        self.mark();
         if let Some(spec) = self.rollout.spec.template.spec.as_mut() {
             spec.containers[0].image = Some(image.into());
         }
@@ -242,6 +254,7 @@ impl World {
     }
 
     fn promote(&mut self) {
+        self.mark();
         if let Some(status) = self.rollout.status.as_mut() {
             status.pause_conditions.clear();
         }
@@ -249,19 +262,31 @@ impl World {
     }
 
     fn abort(&mut self) {
+        self.mark();
         if let Some(status) = self.rollout.status.as_mut() {
             status.abort = true;
         }
     }
 
     fn retry(&mut self) {
+        self.mark();
         if let Some(status) = self.rollout.status.as_mut() {
             status.abort = false;
         }
     }
 
+    /// An Event with this reason since the last user action.
     fn has_event(&self, reason: &str) -> bool {
-        self.events.iter().any(|e| e.reason == reason)
+        self.recent_events().any(|e| e.reason == reason)
+    }
+
+    fn has_warning(&self, reason: &str) -> bool {
+        self.recent_events()
+            .any(|e| e.reason == reason && e.warning)
+    }
+
+    fn recent_events(&self) -> impl Iterator<Item = &PlannedEvent> {
+        self.events[self.events_mark..].iter()
     }
 
     fn set_run_phase(&mut self, name_suffix: &str, phase: AnalysisPhase) {
@@ -412,12 +437,7 @@ fn abort_returns_replicas_and_services_to_stable_and_retry_runs_steps_again() {
             .unwrap_or_default()
             .contains("RolloutAborted")
     );
-    assert!(
-        world
-            .events
-            .iter()
-            .any(|e| e.reason == "RolloutAborted" && e.warning)
-    );
+    assert!(world.has_warning("RolloutAborted"));
 
     world.retry();
     world.settle();
@@ -779,6 +799,7 @@ fn blue_green_preview_then_manual_promotion_then_delayed_scale_down() {
     world.promote();
     world.settle();
     assert_eq!(world.selector("web-active"), Some(new.clone()));
+    assert!(world.has_event("SwitchService"));
     assert_eq!(world.status().stable_rs, Some(new.clone()));
     assert_eq!(
         world.replicas_of("web:1"),
@@ -792,7 +813,7 @@ fn blue_green_preview_then_manual_promotion_then_delayed_scale_down() {
     world.advance(10);
     world.settle();
     assert_eq!(world.replicas_of("web:1"), 0);
-    assert!(world.has_event("SwitchService"));
+    assert!(world.has_event("ScalingReplicaSet"));
 }
 
 #[test]
@@ -824,7 +845,7 @@ fn blue_green_preview_replica_count_scales_up_before_the_switch() {
 }
 
 #[test]
-fn blue_green_abort_keeps_active_on_stable_and_scales_preview_down_after_delay() {
+fn blue_green_abort_moves_only_active_back_and_preview_keeps_the_newest_replica_set() {
     let mut world = World::new(rollout(
         blue_green(json!({"autoPromotionEnabled": false, "abortScaleDownDelaySeconds": 5})),
         2,
@@ -836,7 +857,7 @@ fn blue_green_abort_keeps_active_on_stable_and_scales_preview_down_after_delay()
     world.settle();
     let old = world.hash_for("web:1");
     assert_eq!(world.selector("web-active"), Some(old.clone()));
-    assert_eq!(world.selector("web-preview"), Some(old));
+    assert_eq!(world.selector("web-preview"), Some(world.hash_for("web:2")));
     assert_eq!(world.replicas_of("web:2"), 2);
     assert_eq!(world.phase(), RolloutPhase::Degraded);
     world.advance(5);
@@ -1089,15 +1110,18 @@ fn analysis_history_is_bounded() {
     with_template(&mut world);
     deployed(&mut world);
     for (revision, image) in [(2, "web:2"), (3, "web:3"), (4, "web:4")] {
+        // Runs are ordered by creation time; give each revision its own second.
+        world.advance(1);
         world.set_image(image);
         world.settle();
         world.set_run_phase(&format!("-{revision}-1"), AnalysisPhase::Successful);
         world.settle();
     }
-    assert!(
-        world.runs.len() <= 2,
-        "{:?}",
-        world.runs.keys().collect::<Vec<_>>()
+    // Only the newest successful run survives the limit of 1.
+    let newest = format!("web-{}-4-1", world.hash_for("web:4"));
+    assert_eq!(
+        world.runs.keys().map(String::as_str).collect::<Vec<_>>(),
+        vec![newest.as_str()],
     );
 }
 
@@ -1184,10 +1208,7 @@ fn restart_in_the_future_only_schedules_a_wake_up() {
     world.rollout.spec.restart_at = Some(Time(at));
     let plan = world.plan();
     assert!(plan.evictions.is_empty());
-    assert!(
-        plan.requeue_after
-            .is_some_and(|d| d <= Duration::from_secs(30))
-    );
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(30)));
 }
 
 // ---------- ephemeral metadata ----------

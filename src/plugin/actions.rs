@@ -48,11 +48,13 @@ fn in_progress(rollout: &Rollout) -> bool {
 pub fn promote(rollout: &Rollout, full: bool) -> Result<Change, Refusal> {
     let status = rollout.status.clone().unwrap_or_default();
     let who = name(rollout);
-    if status.abort {
+    if status.abort && !full {
         return Err(Refusal(format!(
-            "rollout '{who}' is aborted; use `kubectl ramp retry {who}` to run it again"
+            "rollout '{who}' is aborted; use `kubectl ramp retry {who}` to run its steps again, or `promote --full` to skip them"
         )));
     }
+    // A full promotion also ends an abort: the controller clears it and
+    // skips every remaining step and analysis, as Argo does.
     if full {
         if !in_progress(rollout) {
             return Err(Refusal(format!(

@@ -261,6 +261,39 @@ impl Env {
         Ok(())
     }
 
+    /// Every ReplicaSet of the namespace with what a write by the controller
+    /// would change: spec generation, labels and annotations.
+    pub async fn replica_set_versions(
+        &self,
+    ) -> anyhow::Result<
+        BTreeMap<
+            String,
+            (
+                Option<i64>,
+                BTreeMap<String, String>,
+                BTreeMap<String, String>,
+            ),
+        >,
+    > {
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|rs| {
+                (
+                    rs.name_any(),
+                    (
+                        rs.metadata.generation,
+                        rs.metadata.labels.unwrap_or_default(),
+                        rs.metadata.annotations.unwrap_or_default(),
+                    ),
+                )
+            })
+            .collect())
+    }
+
     pub async fn replica_set_count(&self) -> anyhow::Result<usize> {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
         Ok(api
@@ -374,10 +407,68 @@ impl Env {
             .collect())
     }
 
+    /// Waits until Events with every one of `reasons` exist in the test
+    /// namespace; the error lists the reasons that were seen.
+    pub async fn wait_events(&self, reasons: &[&str]) -> anyhow::Result<()> {
+        let result = wait_until(&format!("Events {reasons:?}"), TIMEOUT, || async {
+            let seen = self.event_reasons().await?;
+            Ok(reasons
+                .iter()
+                .all(|wanted| seen.iter().any(|r| r == wanted))
+                .then_some(()))
+        })
+        .await;
+        if let Err(error) = result {
+            bail!("{error}; Events seen: {:?}", self.event_reasons().await?);
+        }
+        Ok(())
+    }
+
     pub async fn cleanup(mut self) {
         self.kill_controller().await;
         if let Some(namespace) = self.namespace.take() {
             namespace.cleanup().await;
+        }
+    }
+}
+
+/// Objects a test created outside its namespace (cluster scope, or
+/// `ramp-system`), deleted when the guard drops, so a failing test does not
+/// leave them behind for the next run either.
+pub struct LeftoverGuard {
+    manifests: String,
+}
+
+impl LeftoverGuard {
+    /// `manifests` is a YAML stream of the objects to delete. Custom resource
+    /// definitions are dropped from it: every other test needs them.
+    pub fn new(manifests: &str) -> Self {
+        let kept: Vec<&str> = manifests
+            .split("\n---")
+            .filter(|doc| !doc.contains("kind: CustomResourceDefinition"))
+            .filter(|doc| doc.contains("kind:"))
+            .collect();
+        LeftoverGuard {
+            manifests: kept.join("\n---\n"),
+        }
+    }
+}
+
+impl Drop for LeftoverGuard {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let child = std::process::Command::new("kubectl")
+            .args(["delete", "--ignore-not-found", "--wait=false", "-f", "-"])
+            .env("KUBECONFIG", kubeconfig_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn();
+        if let Ok(mut child) = child {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(self.manifests.as_bytes());
+            }
+            let _ = child.wait();
         }
     }
 }
@@ -521,9 +612,14 @@ impl ControllerProcess {
         )
     }
 
-    pub async fn is_leader(&self) -> bool {
-        self.metrics()
-            .await
-            .is_ok_and(|m| m.lines().any(|l| l == "ramp_leader 1"))
+    /// Whether /metrics reports this process as leader. An unreachable
+    /// endpoint or a missing gauge is an error, not a "no".
+    pub async fn is_leader(&self) -> anyhow::Result<bool> {
+        let metrics = self.metrics().await?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ramp_leader "))
+            .map(|value| value.trim() == "1")
+            .ok_or_else(|| anyhow!("/metrics has no ramp_leader gauge:\n{metrics}"))
     }
 }
