@@ -71,37 +71,26 @@ fn run_name(ctx: &Ctx<'_>, kind: AnalysisKind) -> String {
 
 /// Ensures the run for `kind` exists and reports whether it lets the rollout continue.
 pub(crate) fn gate(ctx: &mut Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnalysis) -> Gate {
-    let name = run_name(ctx, kind);
+    let base = run_name(ctx, kind);
+    let find = |name: &str| {
+        ctx.snap
+            .analysis_runs
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(name))
+            .copied()
+    };
+    // A promote past an inconclusive background, pre- or post-promotion run
+    // starts a fresh attempt (`-attempt2`, ...), as Argo creates a new run.
+    let mut name = base.clone();
+    let mut attempt = 1;
+    while find(&attempt_name(&base, attempt + 1)).is_some() {
+        attempt += 1;
+        name = attempt_name(&base, attempt);
+    }
     ctx.wanted_runs.insert(name.clone());
-    let existing = ctx
-        .snap
-        .analysis_runs
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some(&name))
-        .copied();
+    let existing = find(&name);
     let Some(run) = existing else {
-        return match build_run(ctx, kind, analysis, &name) {
-            Ok(run) => {
-                ctx.analysis_runs
-                    .push(AnalysisRunChange::Create(Box::new(run)));
-                ctx.event(
-                    "AnalysisRunCreated",
-                    format!("Created AnalysisRun {name} for {kind}"),
-                );
-                record(ctx, kind, &name, AnalysisPhase::Pending, None);
-                Gate::Waiting
-            }
-            Err(message) => {
-                record(
-                    ctx,
-                    kind,
-                    &name,
-                    AnalysisPhase::Error,
-                    Some(message.clone()),
-                );
-                Gate::Failed(format!("{kind} could not start: {message}"))
-            }
-        };
+        return start_run(ctx, kind, analysis, &name);
     };
     let status = run.status.as_ref();
     let phase = status
@@ -118,16 +107,57 @@ pub(crate) fn gate(ctx: &mut Ctx<'_>, kind: AnalysisKind, analysis: &RolloutAnal
         )),
         AnalysisPhase::Inconclusive => {
             let promoted = ctx.status.controller_pause && ctx.status.pause_conditions.is_empty();
-            if promoted {
-                ctx.status.controller_pause = false;
-                Gate::Passed
-            } else {
-                Gate::Inconclusive(format!(
+            match kind {
+                // A promote skips an inconclusive step.
+                AnalysisKind::Step(_) if promoted => {
+                    ctx.status.controller_pause = false;
+                    Gate::Passed
+                }
+                // The others measure again; the promote's release is left for
+                // the pause it was meant for.
+                _ if promoted => {
+                    let next = attempt_name(&base, attempt + 1);
+                    ctx.wanted_runs.insert(next.clone());
+                    start_run(ctx, kind, analysis, &next)
+                }
+                _ => Gate::Inconclusive(format!(
                     "InconclusiveAnalysisRun: {name}{detail}; promote to continue or abort"
-                ))
+                )),
             }
         }
         AnalysisPhase::Pending | AnalysisPhase::Running => Gate::Waiting,
+    }
+}
+
+fn attempt_name(base: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        base.to_string()
+    } else {
+        format!("{base}-attempt{attempt}")
+    }
+}
+
+fn start_run(
+    ctx: &mut Ctx<'_>,
+    kind: AnalysisKind,
+    analysis: &RolloutAnalysis,
+    name: &str,
+) -> Gate {
+    match build_run(ctx, kind, analysis, name) {
+        Ok(run) => {
+            ctx.analysis_runs
+                .push(AnalysisRunChange::Create(Box::new(run)));
+            ctx.event(
+                "AnalysisRunCreated",
+                format!("Created AnalysisRun {name} for {kind}"),
+            );
+            record(ctx, kind, name, AnalysisPhase::Pending, None);
+            Gate::Waiting
+        }
+        Err(message) => {
+            record(ctx, kind, name, AnalysisPhase::Error, Some(message.clone()));
+            Gate::Failed(format!("{kind} could not start: {message}"))
+        }
     }
 }
 

@@ -40,6 +40,11 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
     let halted = !promoting_directly && ctx.halted_by_inconclusive_analysis();
     if !promoting_directly && !ctx.status.abort && !ctx.rollout.is_paused_by_user() && !halted {
         index = advance_steps(ctx, steps, index, replicas, surge);
+        // A promote releases what waits now; left set, it would also skip
+        // the next pause step before anyone saw it.
+        if ctx.status.pause_conditions.is_empty() {
+            ctx.status.controller_pause = false;
+        }
     }
     ctx.status.current_step_index = Some(index);
     if halted {

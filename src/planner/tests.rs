@@ -1294,3 +1294,273 @@ fn role_labels_may_not_reuse_template_labels() {
         "{problems:?}"
     );
 }
+
+// ---------- Argo conformance (issue 11): one test per rule ----------
+
+/// Pods in every ReplicaSet of the world, whatever their role.
+fn total_pods(world: &World) -> i32 {
+    world
+        .replica_sets
+        .values()
+        .filter_map(|rs| rs.spec.as_ref()?.replicas)
+        .sum()
+}
+
+#[test]
+fn rule_blue_green_status_counts_describe_the_active_replica_set() {
+    let mut world = World::new(rollout(
+        blue_green(json!({"autoPromotionEnabled": false})),
+        3,
+    ));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    let status = world.status();
+    // Both ReplicaSets run 3 pods; the active Service still selects web:1.
+    assert_eq!(status.replicas, 6, "replicas stays the total");
+    assert_eq!(status.updated_replicas, 3, "updated is the new ReplicaSet");
+    assert_eq!(status.ready_replicas, 3);
+    assert_eq!(status.available_replicas, 3);
+    let active = world.hash_for("web:1");
+    assert_eq!(
+        status.selector.as_deref(),
+        Some(format!("app=web,rollouts-pod-template-hash={active}").as_str())
+    );
+
+    world.promote();
+    world.settle();
+    let new = world.hash_for("web:2");
+    assert_eq!(
+        world.status().selector.as_deref(),
+        Some(format!("app=web,rollouts-pod-template-hash={new}").as_str())
+    );
+}
+
+#[test]
+fn rule_canary_status_selector_is_the_rollout_selector() {
+    let mut world = standard_canary();
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    let status = world.status();
+    assert_eq!(status.selector.as_deref(), Some("app=web"));
+    assert_eq!(status.available_replicas, 5, "canary counts every pod");
+}
+
+fn background_analysis(world: &mut World, starting_step: i32) {
+    with_template(world);
+    if let Some(canary) = world.rollout.spec.strategy.canary.as_mut() {
+        canary.analysis = Some(
+            serde_json::from_value(json!({
+                "templates": [{"templateName": "error-rate"}],
+                "args": [{"name": "service", "value": "web"}],
+                "startingStep": starting_step
+            }))
+            .expect("fixture"),
+        );
+    }
+}
+
+#[test]
+fn rule_inconclusive_analysis_halts_steps_scaling_and_promotion_even_after_a_timed_pause() {
+    let steps = json!([{"setWeight": 20}, {"pause": {"duration": 10}}, {"setWeight": 60}]);
+    let mut world = World::new(rollout(canary(steps), 5));
+    background_analysis(&mut world, 0);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.status().current_step_index, Some(1));
+    world.set_run_phase("-2", AnalysisPhase::Inconclusive);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+
+    // The timed pause runs out, and someone scales the stable ReplicaSet:
+    // nothing advances, nothing is scaled back, no Service moves.
+    world.advance(30);
+    let stable = world.hash_for("web:1");
+    let stable_name = format!("web-{stable}");
+    if let Some(spec) = world
+        .replica_sets
+        .get_mut(&stable_name)
+        .and_then(|rs| rs.spec.as_mut())
+    {
+        spec.replicas = Some(6);
+    }
+    world.settle();
+    assert_eq!(world.status().current_step_index, Some(1));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (1, 6)
+    );
+    assert_eq!(world.status().stable_rs, Some(stable.clone()));
+    assert_eq!(world.selector("web-stable"), Some(stable));
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert!(!world.has_event("RolloutStepCompleted"));
+    assert!(world.last_plan.replica_sets.is_empty());
+
+    // A human's promote releases it.
+    world.promote();
+    world.settle();
+    assert_eq!(world.status().current_step_index, Some(3));
+}
+
+#[test]
+fn rule_inconclusive_pre_promotion_analysis_keeps_active_and_preview_where_they_are() {
+    let mut world = World::new(rollout(
+        blue_green(json!({"autoPromotionSeconds": 5, "prePromotionAnalysis": {
+            "templates": [{"templateName": "error-rate"}],
+            "args": [{"name": "service", "value": "web"}]}})),
+        2,
+    ));
+    with_template(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.set_run_phase("-pre", AnalysisPhase::Inconclusive);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    world.advance(60);
+    world.settle();
+    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:1")));
+    assert_eq!(world.selector("web-preview"), Some(world.hash_for("web:2")));
+    assert_eq!(world.status().stable_rs, Some(world.hash_for("web:1")));
+    assert!(world.last_plan.replica_sets.is_empty());
+}
+
+#[test]
+fn rule_progress_deadline_abort_is_evaluated_on_every_reconcile() {
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, {"pause": {}}])),
+        5,
+    ));
+    world.rollout.spec.progress_deadline_seconds = Some(60);
+    deployed(&mut world);
+    world.broken.push(world.hash_for("web:bad"));
+    world.set_image("web:bad");
+    world.settle();
+    world.advance(61);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    assert!(!world.status().abort, "no abort while the flag is off");
+
+    // Turned on after the deadline passed: the next reconcile aborts.
+    world.mark();
+    world.rollout.spec.progress_deadline_abort = Some(true);
+    world.settle();
+    assert!(world.status().abort);
+    assert!(world.has_warning("RolloutAborted"));
+    assert_eq!(
+        (world.replicas_of("web:bad"), world.replicas_of("web:1")),
+        (0, 5)
+    );
+}
+
+#[test]
+fn rule_weights_become_the_closest_replica_split_with_a_surge_pod() {
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, {"pause": {}}])),
+        3,
+    ));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (1, 3)
+    );
+}
+
+#[test]
+fn rule_max_surge_caps_the_total_when_replicas_drop_mid_rollout() {
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 50}, {"pause": {}}])),
+        10,
+    ));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (5, 5)
+    );
+    // Half the canary's pods stop being available, then replicas drop to 4
+    // (maxSurge 25% → 1): every pass stays within 4 + 1 pods.
+    world.broken.push(world.hash_for("web:2"));
+    world.rollout.spec.replicas = Some(4);
+    for _ in 0..20 {
+        let changed = world.step();
+        assert!(total_pods(&world) <= 5, "{} pods", total_pods(&world));
+        if !changed {
+            break;
+        }
+    }
+    assert!(total_pods(&world) <= 5);
+}
+
+#[test]
+fn rule_set_canary_scale_stays_in_force_until_match_traffic_weight() {
+    let steps = json!([
+        {"setCanaryScale": {"replicas": 2}},
+        {"setWeight": 20},
+        {"pause": {}},
+        {"setWeight": 40},
+        {"pause": {}},
+        {"setCanaryScale": {"matchTrafficWeight": true}},
+        {"pause": {}}
+    ]);
+    let mut world = World::new(rollout(canary(steps), 10));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.status().current_step_index, Some(2));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (2, 8),
+        "setCanaryScale 2 holds through setWeight 20"
+    );
+    world.promote();
+    world.settle();
+    assert_eq!(world.status().current_step_index, Some(4));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (2, 6),
+        "and through setWeight 40"
+    );
+    world.promote();
+    world.settle();
+    assert_eq!(world.status().current_step_index, Some(6));
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (4, 6),
+        "matchTrafficWeight returns to the weight's share"
+    );
+}
+
+#[test]
+fn rule_promote_full_on_an_aborted_rollout_clears_abort_and_starts_no_analysis() {
+    let steps = json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}]);
+    let mut world = World::new(rollout(canary(steps), 5));
+    background_analysis(&mut world, 0);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.set_run_phase("-2", AnalysisPhase::Failed);
+    world.settle();
+    assert!(world.status().abort);
+    let runs_before = world.runs.len();
+
+    if let Some(status) = world.rollout.status.as_mut() {
+        status.promote_full = true;
+    }
+    world.mark();
+    world.settle();
+    let status = world.status();
+    assert!(!status.abort);
+    assert!(status.pause_conditions.is_empty());
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(status.stable_rs, Some(world.hash_for("web:2")));
+    assert_eq!(world.runs.len(), runs_before, "no new AnalysisRun");
+    assert!(!world.has_event("AnalysisRunCreated"));
+    assert!(!world.has_event("RolloutRetry"));
+}
