@@ -13,7 +13,11 @@
 //! but whose digest differs is a collision: the planner bumps
 //! `collisionCount` and hashes again.
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::api::POD_TEMPLATE_HASH_LABEL;
 
 const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
@@ -37,6 +41,52 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
         short: encode(fnv1a32(&bytes)),
         digest: format!("{:016x}", fnv1a64(&bytes)),
     }
+}
+
+/// The pod template a ReplicaSet was created from: its own template minus
+/// what Ramp added (the hash label and role metadata). `kubectl ramp undo`
+/// copies this back into the Rollout.
+pub fn replica_set_source_template(rs: &ReplicaSet) -> Option<PodTemplateSpec> {
+    let mut template = rs.spec.as_ref()?.template.clone()?;
+    let injected = super::ephemeral::injected(rs.metadata.annotations.as_ref());
+    if let Some(metadata) = template.metadata.as_mut() {
+        if let Some(labels) = metadata.labels.as_mut() {
+            labels.remove(POD_TEMPLATE_HASH_LABEL);
+            for key in injected.labels.keys() {
+                labels.remove(key);
+            }
+            if labels.is_empty() {
+                metadata.labels = None;
+            }
+        }
+        if let Some(annotations) = metadata.annotations.as_mut() {
+            for key in injected.annotations.keys() {
+                annotations.remove(key);
+            }
+            if annotations.is_empty() {
+                metadata.annotations = None;
+            }
+        }
+        if *metadata == ObjectMeta::default() {
+            template.metadata = None;
+        }
+    }
+    Some(template)
+}
+
+/// Whether `rs` runs `template`, compared by content rather than by hash:
+/// after `undo` the Rollout carries the ReplicaSet's API-server-defaulted
+/// template, whose hash differs from the one the ReplicaSet was named after,
+/// yet it is the same revision (Argo's `PodTemplateEqualIgnoreHash`).
+pub fn replica_set_runs(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
+    let normalize = |t: &PodTemplateSpec| {
+        let mut t = t.clone();
+        if t.metadata.as_ref().is_some_and(|m| *m == ObjectMeta::default()) {
+            t.metadata = None;
+        }
+        serde_json::to_value(t).ok()
+    };
+    replica_set_source_template(rs).is_some_and(|own| normalize(&own) == normalize(template))
 }
 
 pub(crate) fn fnv1a32(bytes: &[u8]) -> u32 {

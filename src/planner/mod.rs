@@ -296,7 +296,10 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     }
     conditions.remove("InvalidSpec");
 
-    let hash = template_hash(&rollout.spec.template, status.collision_count);
+    let hash = match_existing_replica_set(
+        snap,
+        template_hash(&rollout.spec.template, status.collision_count),
+    );
     let own_name = rollout.metadata.name.clone().unwrap_or_default();
     let new_name = format!("{own_name}-{}", hash.short);
     if let Some(existing) = snap
@@ -423,6 +426,41 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     }
     analysis::cleanup_history(&mut ctx);
     finish(ctx)
+}
+
+/// When no ReplicaSet carries the template's hash, one may still run the
+/// same template (after `undo`, the Rollout holds that ReplicaSet's defaulted
+/// copy): it is reused under its own hash instead of creating a duplicate.
+fn match_existing_replica_set(snap: &Snapshot<'_>, computed: TemplateHash) -> TemplateHash {
+    let hash_of = |rs: &ReplicaSet| {
+        rs.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+            .cloned()
+    };
+    if snap
+        .replica_sets
+        .iter()
+        .any(|rs| hash_of(rs).as_deref() == Some(computed.short.as_str()))
+    {
+        return computed;
+    }
+    snap.replica_sets
+        .iter()
+        .filter(|rs| hash::replica_set_runs(rs, &snap.rollout.spec.template))
+        .find_map(|rs| {
+            Some(TemplateHash {
+                short: hash_of(rs)?,
+                digest: rs
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get(TEMPLATE_DIGEST_ANNOTATION)?
+                    .clone(),
+            })
+        })
+        .unwrap_or(computed)
 }
 
 /// The Services a Rollout names, with the field that names them.

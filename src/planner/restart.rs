@@ -8,22 +8,36 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::{Ctx, PodInfo};
 use crate::api::Rollout;
 
+/// Times at the precision the API stores them: whole seconds. A `restartAt`
+/// written with a fraction would otherwise never be reached by the
+/// `restartedAt` recorded for it, and the restart would stay pending forever.
+fn whole_seconds(time: Timestamp) -> Timestamp {
+    Timestamp::from_second(time.as_second()).unwrap_or(time)
+}
+
+fn restart_time(rollout: &Rollout) -> Option<Timestamp> {
+    rollout.spec.restart_at.as_ref().map(|t| whole_seconds(t.0))
+}
+
+fn restarted_since(restarted_at: Option<&Time>, at: Timestamp) -> bool {
+    restarted_at.is_some_and(|t| whole_seconds(t.0) >= at)
+}
+
 /// The restart time still to be carried out, if it has arrived.
 pub fn pending_restart(rollout: &Rollout, now: Timestamp) -> Option<Timestamp> {
-    let at = rollout.spec.restart_at.as_ref()?.0;
-    let done = rollout
-        .status
-        .as_ref()
-        .and_then(|s| s.restarted_at.as_ref())
-        .is_some_and(|t| t.0 >= at);
+    let at = restart_time(rollout)?;
+    let done = restarted_since(
+        rollout.status.as_ref().and_then(|s| s.restarted_at.as_ref()),
+        at,
+    );
     (!done && at <= now).then_some(at)
 }
 
 pub(super) fn plan(ctx: &mut Ctx<'_>) {
-    let Some(at) = ctx.rollout.spec.restart_at.as_ref().map(|t| t.0) else {
+    let Some(at) = restart_time(ctx.rollout) else {
         return;
     };
-    if ctx.status.restarted_at.as_ref().is_some_and(|t| t.0 >= at) {
+    if restarted_since(ctx.status.restarted_at.as_ref(), at) {
         return;
     }
     if at > ctx.now {
@@ -41,7 +55,7 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
         .collect();
     let mut stale: Vec<&PodInfo> = pods
         .iter()
-        .filter(|p| p.created < at && !p.terminating && live.contains(&p.hash.as_str()))
+        .filter(|p| whole_seconds(p.created) < at && !p.terminating && live.contains(&p.hash.as_str()))
         .collect();
     if stale.is_empty() {
         ctx.status.restarted_at = Some(Time(at));

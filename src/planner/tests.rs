@@ -1564,3 +1564,94 @@ fn rule_promote_full_on_an_aborted_rollout_clears_abort_and_starts_no_analysis()
     assert!(!world.has_event("AnalysisRunCreated"));
     assert!(!world.has_event("RolloutRetry"));
 }
+
+#[test]
+fn rule_restart_at_is_compared_at_the_precision_the_api_stores() {
+    let mut world = World::new(rollout(canary(json!([])), 2));
+    deployed(&mut world);
+    let hash = world.hash_for("web:1");
+    let created = world.now;
+    world.advance(60);
+    // A restartAt with a fraction, as a client other than kubectl-ramp may write it.
+    let at = world
+        .now
+        .checked_add(SignedDuration::from_millis(400))
+        .expect("time");
+    world.rollout.spec.restart_at = Some(Time(at));
+    world.advance(1);
+    let fresh = world.now;
+    world.pods = Some(vec![
+        PodInfo {
+            name: "a".into(),
+            hash: hash.clone(),
+            created: fresh,
+            terminating: false,
+        },
+        PodInfo {
+            name: "b".into(),
+            hash,
+            created: fresh,
+            terminating: false,
+        },
+    ]);
+    assert!(created < fresh);
+    world.settle();
+    // Stored and read back as the API server does (whole seconds).
+    let stored: RolloutStatus =
+        serde_json::from_value(serde_json::to_value(world.status()).expect("json"))
+            .expect("status");
+    world.rollout.status = Some(stored);
+    assert!(restart::pending_restart(&world.rollout, world.now).is_none());
+    assert!(world.plan().status.is_none(), "nothing left to write");
+}
+
+#[test]
+fn rule_undo_reuses_the_earlier_replica_set_at_the_next_revision() {
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 50}])), 2));
+    deployed(&mut world);
+    let first = world.hash_for("web:1");
+    let first_name = format!("web-{first}");
+    // The API server defaults what the ReplicaSet's template left out.
+    if let Some(container) = world
+        .replica_sets
+        .get_mut(&first_name)
+        .and_then(|rs| rs.spec.as_mut()?.template.as_mut()?.spec.as_mut())
+        .and_then(|spec| spec.containers.first_mut())
+    {
+        container.image_pull_policy = Some("IfNotPresent".into());
+        container.termination_message_path = Some("/dev/termination-log".into());
+    }
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(world.replica_sets.len(), 2);
+    let second_name = format!("web-{}", world.hash_for("web:2"));
+
+    // `kubectl ramp undo` copies the first ReplicaSet's (defaulted) template back.
+    let template =
+        hash::replica_set_source_template(&world.replica_sets[&first_name]).expect("template");
+    assert_ne!(hash::template_hash(&template, None).short, first);
+    world.rollout.spec.template = template;
+    world.mark();
+    world.settle();
+    assert_eq!(world.replica_sets.len(), 2, "no third ReplicaSet");
+    assert_eq!(world.status().current_pod_hash, Some(first.clone()));
+    assert_eq!(world.status().stable_rs, Some(first.clone()));
+    let revision = world.replica_sets[&first_name]
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION))
+        .cloned();
+    assert_eq!(revision.as_deref(), Some("3"));
+    assert_eq!(
+        world.replica_sets[&second_name]
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas),
+        Some(0)
+    );
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    // Settled: planning again writes nothing.
+    assert_eq!(world.plan(), Plan { requeue_after: world.plan().requeue_after, ..Plan::default() });
+}

@@ -155,6 +155,8 @@ pub fn resume(rollout: &Rollout) -> Result<Change, Refusal> {
 
 pub fn restart(rollout: &Rollout, at: Timestamp) -> Result<Change, Refusal> {
     let who = name(rollout);
+    // Whole seconds: the precision Kubernetes stores times at.
+    let at = Timestamp::from_second(at.as_second()).unwrap_or(at);
     let patch = with_version(rollout, json!({"spec": {"restartAt": at.to_string()}}));
     Ok(Change {
         spec: Some(patch),
@@ -282,14 +284,10 @@ pub fn undo(
             "revision {revision} is already the current template of rollout '{who}'"
         )));
     }
-    let mut template: PodTemplateSpec = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove(POD_TEMPLATE_HASH_LABEL);
-    }
+    // Without the hash label and role metadata Ramp added, so the Rollout
+    // gets back exactly the template that ReplicaSet runs.
+    let template: PodTemplateSpec =
+        crate::planner::hash::replica_set_source_template(rs).unwrap_or_default();
     let patch = template_patch(rollout, &template)?;
     Ok(Change {
         spec: Some(patch),
