@@ -366,3 +366,50 @@ async fn empty_results_follow_the_template() -> anyhow::Result<()> {
     metrics.prometheus.stop().await;
     Ok(())
 }
+
+fn invalid_spec_message(rollout: &ramp::api::Rollout) -> Option<String> {
+    rollout
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "InvalidSpec")
+        .map(|c| c.message.clone().unwrap_or_default())
+}
+
+/// Argo rule: referenced templates are checked on every reconcile, and the
+/// template's arrival reconciles the Rollouts that name it.
+#[tokio::test]
+async fn missing_template_is_invalid_spec_until_it_is_created() -> anyhow::Result<()> {
+    let env = Env::start("analysis-missing").await?;
+    env.apply(&canary_yaml(
+        "web",
+        2,
+        "web:1",
+        &format!("[{{setWeight: 50}}, {ANALYSIS_STEP}]"),
+    ))
+    .await?;
+    let rollout = env
+        .wait_rollout("web", "InvalidSpec naming the missing template", |r| {
+            invalid_spec_message(r)
+                .is_some_and(|m| m.contains("AnalysisTemplate \"errors\" not found"))
+        })
+        .await?;
+    assert_eq!(common::phase(&rollout), Some(RolloutPhase::Degraded));
+    env.wait_events(&["InvalidSpec"]).await?;
+    assert_eq!(env.replica_set_count().await?, 0, "nothing is created");
+
+    // No Prometheus is needed: the first deploy runs no analysis.
+    env.apply(&template(
+        "errors",
+        "http://127.0.0.1:9",
+        "count: 1",
+        "result[0] < 1",
+    ))
+    .await?;
+    let rollout = env.wait_phase("web", RolloutPhase::Healthy).await?;
+    assert!(invalid_spec_message(&rollout).is_none());
+    env.wait_replicas("deployed", &[("web:1", 2)]).await?;
+    env.cleanup().await;
+    Ok(())
+}

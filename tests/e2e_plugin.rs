@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Env, canary_yaml};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};

@@ -402,13 +402,6 @@ async fn start_controllers(
         synced: ready.clone(),
     });
 
-    // Templates are only read, never reconciled: keep their caches current.
-    let drain = |stream: futures::stream::BoxStream<'static, ()>| {
-        tokio::spawn(stream.for_each(|_| future::ready(())))
-    };
-    let template_task = drain(template_stream.map(|_| ()).boxed());
-    let cluster_template_task = drain(cluster_template_stream.map(|_| ()).boxed());
-
     let readiness = {
         let (r, rs, svc, runs, t, ct) = (
             rollouts.clone(),
@@ -449,15 +442,17 @@ async fn start_controllers(
     let rollout_controller = rollouts::run(
         rollout_controller,
         context.clone(),
-        rs_stream,
-        service_stream,
-        run_stream,
+        rollouts::Triggers {
+            replica_sets: rs_stream.boxed(),
+            services: service_stream.boxed(),
+            runs: run_stream.boxed(),
+            templates: template_stream.boxed(),
+            cluster_templates: cluster_template_stream.boxed(),
+        },
         stop.clone(),
     );
     let run_controller = runs::controller(context.clone(), namespace, stop.clone());
     tokio::join!(rollout_controller, run_controller);
-    template_task.abort();
-    cluster_template_task.abort();
 }
 
 /// Reconciler failures are logged by the error policy; anything else the

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
@@ -16,7 +17,9 @@ use tracing::{info, warn};
 
 use super::{Context, Error, apply};
 use crate::api::POD_TEMPLATE_HASH_LABEL;
-use crate::api::{AnalysisRun, AnalysisTemplateSpec, Rollout, RolloutAnalysis};
+use crate::api::{
+    AnalysisRun, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, Rollout,
+};
 use crate::planner::{self, PodInfo, Snapshot, referenced_services};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -27,16 +30,34 @@ pub(super) fn build(api: Api<Rollout>) -> Controller<Rollout> {
     Controller::new(api, kube::runtime::watcher::Config::default())
 }
 
+type Watched<K> = BoxStream<'static, Result<K, kube::runtime::watcher::Error>>;
+
+/// The shared reflectors' event streams that wake the Rollout controller.
+pub(super) struct Triggers {
+    pub replica_sets: Watched<ReplicaSet>,
+    pub services: Watched<Service>,
+    pub runs: Watched<AnalysisRun>,
+    pub templates: Watched<AnalysisTemplate>,
+    pub cluster_templates: Watched<ClusterAnalysisTemplate>,
+}
+
 pub(super) async fn run(
     controller: Controller<Rollout>,
     ctx: Arc<Context>,
-    replica_sets: impl Stream<Item = Result<ReplicaSet, kube::runtime::watcher::Error>> + Send + 'static,
-    services: impl Stream<Item = Result<Service, kube::runtime::watcher::Error>> + Send + 'static,
-    runs: impl Stream<Item = Result<AnalysisRun, kube::runtime::watcher::Error>> + Send + 'static,
+    triggers: Triggers,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Triggers {
+        replica_sets,
+        services,
+        runs,
+        templates,
+        cluster_templates,
+    } = triggers;
     let store = controller.store();
     let lookup = store.clone();
+    let template_lookup = store.clone();
+    let cluster_template_lookup = store.clone();
     let pruner = tokio::spawn(prune_metrics(ctx.clone(), store));
     controller
         .owns_stream(replica_sets)
@@ -44,6 +65,21 @@ pub(super) async fn run(
         .watches_stream(services, move |service: Service| {
             rollouts_using(&lookup, &service)
         })
+        // A template that appears, changes or disappears changes the verdict
+        // on every Rollout naming it, so they are planned again at once.
+        .watches_stream(templates, move |template: AnalysisTemplate| {
+            rollouts_referencing_template(
+                &template_lookup,
+                template.namespace().as_deref(),
+                &template.name_any(),
+            )
+        })
+        .watches_stream(
+            cluster_templates,
+            move |template: ClusterAnalysisTemplate| {
+                rollouts_referencing_template(&cluster_template_lookup, None, &template.name_any())
+            },
+        )
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| super::log_stream_error(result, "rollout controller"))
@@ -65,25 +101,34 @@ fn rollouts_using(store: &Store<Rollout>, service: &Service) -> Vec<ObjectRef<Ro
         .collect()
 }
 
+/// Rollouts that reference the template: a namespaced one (`namespace` is
+/// Some) from Rollouts in its namespace, a cluster one from any Rollout that
+/// sets `clusterScope: true`.
+fn rollouts_referencing_template(
+    store: &Store<Rollout>,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<Rollout>> {
+    let cluster = namespace.is_none();
+    store
+        .state()
+        .iter()
+        .filter(|r| cluster || r.namespace().as_deref() == namespace)
+        .filter(|r| {
+            planner::analysis::declared_analyses(r)
+                .iter()
+                .flat_map(|(_, analysis, _)| &analysis.templates)
+                .any(|t| t.cluster_scope.unwrap_or(false) == cluster && t.template_name == name)
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
 fn owned_by(references: &Option<Vec<OwnerReference>>, uid: &str) -> bool {
     references
         .iter()
         .flatten()
         .any(|r| r.controller == Some(true) && r.uid == uid)
-}
-
-fn analyses(rollout: &Rollout) -> Vec<&RolloutAnalysis> {
-    let strategy = &rollout.spec.strategy;
-    let mut found = Vec::new();
-    if let Some(canary) = &strategy.canary {
-        found.extend(canary.steps.iter().filter_map(|s| s.analysis.as_ref()));
-        found.extend(canary.analysis.as_ref().map(|a| &a.analysis));
-    }
-    if let Some(bg) = &strategy.blue_green {
-        found.extend(bg.pre_promotion_analysis.as_ref());
-        found.extend(bg.post_promotion_analysis.as_ref());
-    }
-    found
 }
 
 async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -129,7 +174,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         })
         .collect();
     let mut templates: Vec<((bool, String), AnalysisTemplateSpec)> = Vec::new();
-    for analysis in analyses(&rollout) {
+    for (_, analysis, _) in planner::analysis::declared_analyses(&rollout) {
         for reference in &analysis.templates {
             let cluster = reference.cluster_scope.unwrap_or(false);
             let key = (cluster, reference.template_name.clone());

@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{AnalysisRunChange, Ctx, owner_reference};
+use crate::api::validate::Problem;
 use crate::api::{
     ANALYSIS_STEP_LABEL, ANALYSIS_TYPE_LABEL, AnalysisPhase, AnalysisRun, AnalysisRunSpec,
     Argument, BlueGreenStatus, CanaryStatus, DEFAULT_ANALYSIS_HISTORY_LIMIT,
@@ -383,4 +385,108 @@ pub(crate) fn cleanup_history(ctx: &mut Ctx<'_>) {
         }
     }
     ctx.analysis_runs.extend(changes);
+}
+
+/// Every analysis a Rollout declares, with its field path and whether it
+/// runs in the background (background analysis may run indefinitely).
+pub fn declared_analyses(rollout: &Rollout) -> Vec<(String, &RolloutAnalysis, bool)> {
+    let strategy = &rollout.spec.strategy;
+    let mut found = Vec::new();
+    if let Some(canary) = &strategy.canary {
+        for (index, step) in canary.steps.iter().enumerate() {
+            if let Some(analysis) = &step.analysis {
+                found.push((
+                    format!("spec.strategy.canary.steps[{index}].analysis"),
+                    analysis,
+                    false,
+                ));
+            }
+        }
+        if let Some(background) = &canary.analysis {
+            found.push((
+                "spec.strategy.canary.analysis".to_string(),
+                &background.analysis,
+                true,
+            ));
+        }
+    }
+    if let Some(bg) = &strategy.blue_green {
+        if let Some(analysis) = &bg.pre_promotion_analysis {
+            found.push((
+                "spec.strategy.blueGreen.prePromotionAnalysis".to_string(),
+                analysis,
+                false,
+            ));
+        }
+        if let Some(analysis) = &bg.post_promotion_analysis {
+            found.push((
+                "spec.strategy.blueGreen.postPromotionAnalysis".to_string(),
+                analysis,
+                false,
+            ));
+        }
+    }
+    found
+}
+
+/// Checks, on every reconcile, that each referenced template exists and that
+/// no gating metric would run forever (Argo's `getRolloutValidationErrors`).
+pub(crate) fn check_template_references(snap: &super::Snapshot<'_>) -> Vec<Problem> {
+    let namespace = snap
+        .rollout
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or("default");
+    let mut problems = Vec::new();
+    for (path, analysis, background) in declared_analyses(snap.rollout) {
+        for (index, reference) in analysis.templates.iter().enumerate() {
+            let field = format!("{path}.templates[{index}].templateName");
+            let cluster = reference.cluster_scope.unwrap_or(false);
+            let Some(template) = snap
+                .analysis_templates
+                .get(&(cluster, reference.template_name.clone()))
+            else {
+                let message = if cluster {
+                    format!(
+                        "ClusterAnalysisTemplate {:?} not found; create it or fix templateName",
+                        reference.template_name
+                    )
+                } else {
+                    format!(
+                        "AnalysisTemplate {:?} not found in namespace {namespace}; create it, fix templateName, or set clusterScope: true",
+                        reference.template_name
+                    )
+                };
+                problems.push(Problem { field, message });
+                continue;
+            };
+            if background {
+                continue;
+            }
+            for metric in &template.metrics {
+                if runs_indefinitely(metric) {
+                    problems.push(Problem {
+                        field: field.clone(),
+                        message: format!(
+                            "metric {:?} of template {:?} has an interval but no count, so it runs indefinitely and the rollout could never continue; set count, or use it in background analysis",
+                            metric.name, reference.template_name
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// A metric with an interval and no count (or count 0) never completes.
+/// A count given as an argument placeholder is resolved later and trusted.
+fn runs_indefinitely(metric: &crate::api::Metric) -> bool {
+    let count = match &metric.count {
+        None => 0,
+        Some(IntOrString::Int(count)) => *count,
+        Some(IntOrString::String(text)) => text.trim().parse().unwrap_or(1),
+    };
+    metric.interval.is_some() && count == 0
 }

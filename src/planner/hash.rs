@@ -81,7 +81,10 @@ pub fn replica_set_source_template(rs: &ReplicaSet) -> Option<PodTemplateSpec> {
 pub fn replica_set_runs(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
     let normalize = |t: &PodTemplateSpec| {
         let mut t = t.clone();
-        if t.metadata.as_ref().is_some_and(|m| *m == ObjectMeta::default()) {
+        if t.metadata
+            .as_ref()
+            .is_some_and(|m| *m == ObjectMeta::default())
+        {
             t.metadata = None;
         }
         serde_json::to_value(t).ok()

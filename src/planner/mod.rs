@@ -3,7 +3,7 @@
 //! wake-up time comes out. No I/O happens here, so every decision the
 //! controller makes can be tested with plain fixtures.
 
-mod analysis;
+pub mod analysis;
 mod bluegreen;
 mod canary;
 mod conditions;
@@ -271,6 +271,11 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
 
     let mut problems = validate_rollout(&rollout.spec);
     let missing_services = problems.is_empty() && add_missing_services(snap, &mut problems);
+    let template_problems = problems
+        .is_empty()
+        .then(|| analysis::check_template_references(snap));
+    let missing_templates = template_problems.as_ref().is_some_and(|p| !p.is_empty());
+    problems.extend(template_problems.unwrap_or_default());
     if !problems.is_empty() {
         let message = format!("invalid spec: {}", summarize(&problems));
         let mut events = Vec::new();
@@ -285,8 +290,11 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         status.conditions = conditions.into_vec();
         status.phase = Some(RolloutPhase::Degraded);
         status.message = Some(message);
-        // Services are not watched unless Ramp manages them, so look again for a missing one.
-        let requeue_after = missing_services.then_some(Duration::from_secs(15));
+        // Services are not watched unless Ramp manages them, so look again
+        // for a missing one; templates are watched, the requeue only covers
+        // a missed event.
+        let requeue_after =
+            (missing_services || missing_templates).then_some(Duration::from_secs(15));
         return Plan {
             status: (status != prev).then_some(status),
             events,

@@ -27,7 +27,10 @@ fn restarted_since(restarted_at: Option<&Time>, at: Timestamp) -> bool {
 pub fn pending_restart(rollout: &Rollout, now: Timestamp) -> Option<Timestamp> {
     let at = restart_time(rollout)?;
     let done = restarted_since(
-        rollout.status.as_ref().and_then(|s| s.restarted_at.as_ref()),
+        rollout
+            .status
+            .as_ref()
+            .and_then(|s| s.restarted_at.as_ref()),
         at,
     );
     (!done && at <= now).then_some(at)
@@ -55,7 +58,9 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
         .collect();
     let mut stale: Vec<&PodInfo> = pods
         .iter()
-        .filter(|p| whole_seconds(p.created) < at && !p.terminating && live.contains(&p.hash.as_str()))
+        .filter(|p| {
+            whole_seconds(p.created) < at && !p.terminating && live.contains(&p.hash.as_str())
+        })
         .collect();
     if stale.is_empty() {
         ctx.status.restarted_at = Some(Time(at));

@@ -979,19 +979,84 @@ fn inconclusive_analysis_pauses_for_a_human() {
     assert_eq!(world.phase(), RolloutPhase::Healthy);
 }
 
+fn invalid_spec_message(world: &World) -> Option<String> {
+    world
+        .status()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "InvalidSpec")
+        .map(|c| c.message.unwrap_or_default())
+}
+
 #[test]
-fn missing_template_aborts_with_a_clear_message() {
+fn rule_missing_analysis_template_is_invalid_spec_until_it_is_created() {
     let mut world = World::new(rollout(
         canary(json!([{"setWeight": 20}, analysis_step()])),
         5,
     ));
-    deployed(&mut world);
+    let plan = world.plan();
+    assert!(plan.replica_sets.is_empty(), "nothing is created");
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(15)));
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    assert!(world.replica_sets.is_empty());
+    let message = invalid_spec_message(&world).expect("InvalidSpec condition");
+    assert!(
+        message.contains("spec.strategy.canary.steps[1].analysis.templates[0].templateName")
+            && message.contains("AnalysisTemplate \"error-rate\" not found in namespace shop"),
+        "{message}"
+    );
+    assert!(world.has_warning("InvalidSpec"));
+
+    with_template(&mut world);
+    world.mark();
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert!(invalid_spec_message(&world).is_none(), "condition removed");
+
+    // Deleting the template mid-life blocks the next update before it starts.
+    world.templates.clear();
     world.set_image("web:2");
     world.settle();
-    assert!(world.status().abort);
-    let message = world.status().message.unwrap_or_default();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    assert_eq!(world.replica_sets.len(), 1, "no canary ReplicaSet yet");
+}
+
+#[test]
+fn rule_gating_metric_with_an_interval_but_no_count_runs_indefinitely() {
+    let endless = |world: &mut World| {
+        let template: AnalysisTemplateSpec = serde_json::from_value(json!({
+            "metrics": [{"name": "errors", "interval": "1m", "successCondition": "result < 0.05",
+                "provider": {"prometheus": {"query": "errors"}}}]
+        }))
+        .expect("fixture");
+        world.templates.insert((false, "endless".into()), template);
+    };
+    let step = json!({"analysis": {"templates": [{"templateName": "endless"}]}});
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, step])), 5));
+    endless(&mut world);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    let message = invalid_spec_message(&world).expect("InvalidSpec condition");
+    assert!(message.contains("runs indefinitely"), "{message}");
+
+    // The same template in background analysis is fine: it runs until the rollout ends.
+    let mut strategy = canary(json!([{"setWeight": 20}, {"pause": {}}]));
+    strategy["canary"]["analysis"] = json!({"templates": [{"templateName": "endless"}]});
+    let mut world = World::new(rollout(strategy, 5));
+    endless(&mut world);
+    deployed(&mut world);
+
+    // Blue/green pre-promotion analysis gates too.
+    let mut world = World::new(rollout(
+        blue_green(json!({"prePromotionAnalysis": {"templates": [{"templateName": "endless"}]}})),
+        2,
+    ));
+    endless(&mut world);
+    world.settle();
+    let message = invalid_spec_message(&world).expect("InvalidSpec condition");
     assert!(
-        message.contains("AnalysisTemplate \"error-rate\" not found in namespace shop"),
+        message.contains("spec.strategy.blueGreen.prePromotionAnalysis"),
         "{message}"
     );
 }
@@ -1653,5 +1718,11 @@ fn rule_undo_reuses_the_earlier_replica_set_at_the_next_revision() {
     );
     assert_eq!(world.phase(), RolloutPhase::Healthy);
     // Settled: planning again writes nothing.
-    assert_eq!(world.plan(), Plan { requeue_after: world.plan().requeue_after, ..Plan::default() });
+    assert_eq!(
+        world.plan(),
+        Plan {
+            requeue_after: world.plan().requeue_after,
+            ..Plan::default()
+        }
+    );
 }
