@@ -331,7 +331,7 @@ async fn empty_results_follow_the_template() -> anyhow::Result<()> {
     env.apply(&template(
         "strict",
         &missing,
-        "consecutiveErrorLimit: 0",
+        "count: 3\n    consecutiveErrorLimit: 0",
         "result[0] < 0.05",
     ))
     .await?;

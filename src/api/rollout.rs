@@ -77,9 +77,21 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_at: Option<Time>,
     pub strategy: RolloutStrategy,
+    /// Going back to one of the last `revisions` ReplicaSets skips the steps
+    /// and analysis: that revision already ran in production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_window: Option<RollbackWindow>,
     /// History limits for AnalysisRuns this rollout creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisRunStrategy>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackWindow {
+    /// How many earlier revisions count as a rollback (1: the one before stable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revisions: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -56,6 +56,14 @@ pub fn validate_rollout(spec: &RolloutSpec) -> Vec<Problem> {
     if spec.revision_history_limit.is_some_and(|l| l < 0) {
         problems.add("spec.revisionHistoryLimit", "must not be negative");
     }
+    if spec
+        .rollback_window
+        .as_ref()
+        .and_then(|w| w.revisions)
+        .is_some_and(|r| r < 0)
+    {
+        problems.add("spec.rollbackWindow.revisions", "must not be negative");
+    }
     if let Some(deadline) = spec.progress_deadline_seconds {
         if deadline <= 0 {
             problems.add("spec.progressDeadlineSeconds", "must be greater than 0");

@@ -18,7 +18,13 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
     };
     let replicas = ctx.rollout.replicas();
     let new = ctx.new;
-    ctx.sets[new].desired_deadline = None;
+    // The deadline is what marks a fast rollback; it stays until the
+    // promotion so a switch that takes several passes stays fast.
+    ctx.sets[new].desired_deadline = if ctx.rollback.fast && !ctx.rollback.within_window {
+        ctx.sets[new].deadline
+    } else {
+        None
+    };
 
     if ctx.stable.is_some() && !ctx.new_is_stable() && ctx.halted_by_inconclusive_analysis() {
         ctx.freeze_replica_sets();
@@ -98,7 +104,8 @@ fn plan_switch(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
         }
     }
 
-    let full = ctx.status.promote_full;
+    // A full promotion and a fast rollback skip the pause and the analysis.
+    let full = ctx.status.promote_full || ctx.rollback.fast;
     if !full && let Some(analysis) = &bg.pre_promotion_analysis {
         match gate(ctx, AnalysisKind::PrePromotion, analysis) {
             Gate::Passed => {}
@@ -203,6 +210,7 @@ fn promote(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, previous: Option<usize>) {
     let new = ctx.new;
     ctx.status.stable_rs = Some(ctx.sets[new].hash.clone());
     ctx.stable = Some(new);
+    ctx.sets[new].desired_deadline = None;
     ctx.status.pause_conditions.clear();
     ctx.status.controller_pause = false;
     ctx.status.promote_full = false;

@@ -29,12 +29,14 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
         .current_step_index
         .unwrap_or(0)
         .clamp(0, step_count);
-    if promoting_directly || ctx.status.promote_full {
+    // A full promotion and a rollback within the window skip what is left.
+    let skip_steps = ctx.status.promote_full || ctx.rollback.within_window;
+    if promoting_directly || skip_steps {
         index = step_count;
     }
 
-    // A full promotion starts no further analysis.
-    if !promoting_directly && !ctx.status.abort && !ctx.status.promote_full {
+    // ... and start no further analysis.
+    if !promoting_directly && !ctx.status.abort && !skip_steps {
         run_background_analysis(ctx, canary, index);
     }
     let halted = !promoting_directly && ctx.halted_by_inconclusive_analysis();

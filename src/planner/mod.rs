@@ -11,6 +11,7 @@ mod ephemeral;
 pub mod hash;
 pub mod replicas;
 pub mod restart;
+mod rollback;
 
 pub use canary::weight_at;
 pub use conditions::selector_string;
@@ -165,6 +166,8 @@ pub(crate) struct Ctx<'a> {
     pub waiting_for: Option<String>,
     /// Pods created before spec.restartAt are still being replaced.
     pub restarting: bool,
+    /// Whether this revision is a way back to one that already ran.
+    pub rollback: rollback::Rollback,
 }
 
 impl<'a> Ctx<'a> {
@@ -393,11 +396,9 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         abort_reason: None,
         waiting_for: None,
         restarting: false,
+        rollback: rollback::Rollback::default(),
     };
-
-    if ctx.status.current_pod_hash.as_deref() != Some(ctx.hash.short.as_str()) {
-        start_new_revision(&mut ctx);
-    }
+    ctx.rollback = rollback::classify(&ctx);
     // A rollback to an old template makes that ReplicaSet the newest revision again.
     if ctx.sets[ctx.new].rs.is_some()
         && ctx.sets[ctx.new].revision < max_revision
@@ -405,10 +406,29 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
     {
         ctx.sets[ctx.new].revision = max_revision + 1;
     }
+
+    if ctx.status.current_pod_hash.as_deref() != Some(ctx.hash.short.as_str()) {
+        start_new_revision(&mut ctx);
+        if ctx.rollback.fast {
+            let why = if ctx.rollback.within_window {
+                "within spec.rollbackWindow"
+            } else {
+                "still scaled up within scaleDownDelaySeconds"
+            };
+            ctx.event(
+                "SkipSteps",
+                format!(
+                    "Rolling back to revision {} ({}), {why}: steps, pauses and analysis are skipped",
+                    ctx.sets[ctx.new].revision, ctx.hash.short
+                ),
+            );
+        }
+    }
     check_steps_changed(&mut ctx);
-    if ctx.status.promote_full {
-        // A full promotion wins over an abort and every pause (Argo clears
-        // both before it skips the remaining steps).
+    if ctx.status.promote_full || ctx.rollback.within_window {
+        // A full promotion, or a rollback within the window, wins over an
+        // abort and every pause (Argo clears both before it skips the
+        // remaining steps).
         ctx.status.abort = false;
         ctx.status.aborted_at = None;
         ctx.status.pause_conditions.clear();

@@ -131,6 +131,12 @@ impl World {
                     } else {
                         replicas
                     };
+                    // The API server stamps creation once; a later apply keeps it.
+                    rs.metadata.creation_timestamp = self
+                        .replica_sets
+                        .get(&name)
+                        .and_then(|old| old.metadata.creation_timestamp.clone())
+                        .or(Some(Time(self.now)));
                     rs.status = Some(ReplicaSetStatus {
                         replicas,
                         ready_replicas: Some(available),
@@ -1725,4 +1731,185 @@ fn rule_undo_reuses_the_earlier_replica_set_at_the_next_revision() {
             ..Plan::default()
         }
     );
+}
+
+/// Releases v{from}..=v{to} one after another, each fully promoted, a
+/// minute apart so creation order is clear.
+fn release_promoted(world: &mut World, versions: std::ops::RangeInclusive<u32>) {
+    for version in versions {
+        world.advance(60);
+        world.set_image(&format!("web:{version}"));
+        world.settle();
+        world.promote();
+        world.settle();
+        assert_eq!(world.phase(), RolloutPhase::Healthy, "v{version} promoted");
+    }
+}
+
+fn canary_with_window(revisions: i32) -> World {
+    let mut strategy = canary(json!([{"setWeight": 50}, {"pause": {}}]));
+    strategy["canary"]["analysis"] = json!({"templates": [{"templateName": "error-rate"}],
+        "args": [{"name": "service", "value": "web"}]});
+    let mut world = World::new(rollout(strategy, 2));
+    world.rollout.spec.rollback_window = Some(crate::api::RollbackWindow {
+        revisions: Some(revisions),
+    });
+    with_template(&mut world);
+    deployed(&mut world);
+    world
+}
+
+#[test]
+fn rule_rollback_within_window_skips_steps_pauses_and_analysis() {
+    // Argo's e2e: v1, v2 promoted, v3 paused mid-rollout, back to v1 with
+    // revisions: 1 (nothing was created between v1 and stable v2).
+    let mut world = canary_with_window(1);
+    release_promoted(&mut world, 2..=2);
+    world.advance(60);
+    world.set_image("web:3");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    let runs_before = world.runs.len();
+
+    world.advance(60);
+    world.set_image("web:1");
+    world.settle();
+    assert_eq!(
+        world.phase(),
+        RolloutPhase::Healthy,
+        "{:#?}",
+        world.status()
+    );
+    assert!(world.has_event("SkipSteps"));
+    assert_eq!(world.status().stable_rs, Some(world.hash_for("web:1")));
+    assert_eq!(world.replicas_of("web:1"), 2);
+    assert_eq!(world.replicas_of("web:3"), 0);
+    assert_eq!(world.selector("web-stable"), Some(world.hash_for("web:1")));
+    assert_eq!(world.runs.len(), runs_before, "no new AnalysisRun");
+    assert!(
+        world.runs.values().all(|r| r.spec.terminate == Some(true)
+            || r.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p.is_completed())),
+        "v3's background run is stopped"
+    );
+}
+
+#[test]
+fn rule_rollback_outside_window_runs_the_steps_again() {
+    // v1, v2, v3 promoted, v4 paused, back to v1: v2 lies between v1 and
+    // stable v3, so with revisions: 1 this is an ordinary update.
+    let mut world = canary_with_window(1);
+    release_promoted(&mut world, 2..=3);
+    world.advance(60);
+    world.set_image("web:4");
+    world.settle();
+    world.advance(60);
+    world.set_image("web:1");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert!(!world.has_event("SkipSteps"));
+    assert_eq!(world.replicas_of("web:1"), 1, "setWeight 50 of 2");
+
+    // The window counts revisions between: revisions: 2 takes v1 back at once.
+    let mut world = canary_with_window(2);
+    release_promoted(&mut world, 2..=3);
+    world.advance(60);
+    world.set_image("web:1");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert!(world.has_event("SkipSteps"));
+}
+
+#[test]
+fn rule_rollback_within_window_clears_an_abort() {
+    let mut world = canary_with_window(1);
+    release_promoted(&mut world, 2..=2);
+    world.advance(60);
+    world.set_image("web:3");
+    world.settle();
+    world.abort();
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    world.advance(60);
+    world.set_image("web:1");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert!(!world.status().abort);
+}
+
+fn blue_green_manual(delay: i32) -> World {
+    let mut world = World::new(rollout(
+        blue_green(
+            json!({"autoPromotionEnabled": false, "scaleDownDelaySeconds": delay,
+            "prePromotionAnalysis": {"templates": [{"templateName": "error-rate"}],
+                "args": [{"name": "service", "value": "web"}]}}),
+        ),
+        2,
+    ));
+    with_template(&mut world);
+    deployed(&mut world);
+    world
+}
+
+#[test]
+fn rule_blue_green_fast_rollback_within_scale_down_delay_skips_pause_and_analysis() {
+    let mut world = blue_green_manual(30);
+    world.advance(60);
+    world.set_image("web:2");
+    world.settle();
+    world.set_run_phase("-pre", AnalysisPhase::Successful);
+    world.settle();
+    world.promote();
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(
+        world.replicas_of("web:1"),
+        2,
+        "old active waits for its delay"
+    );
+    let runs_before = world.runs.len();
+
+    world.advance(10);
+    world.set_image("web:1");
+    world.settle();
+    assert_eq!(
+        world.phase(),
+        RolloutPhase::Healthy,
+        "{:#?}",
+        world.status()
+    );
+    assert!(world.has_event("SkipSteps"));
+    let v1 = world.hash_for("web:1");
+    assert_eq!(world.selector("web-active"), Some(v1.clone()));
+    assert_eq!(world.selector("web-preview"), Some(v1.clone()));
+    assert_eq!(world.status().stable_rs, Some(v1));
+    assert_eq!(world.runs.len(), runs_before, "no pre-promotion run");
+    // The replaced revision now waits out its own delay.
+    assert_eq!(world.replicas_of("web:2"), 2);
+    world.advance(31);
+    world.settle();
+    assert_eq!(world.replicas_of("web:2"), 0);
+}
+
+#[test]
+fn rule_blue_green_rollback_after_the_delay_is_an_ordinary_update() {
+    let mut world = blue_green_manual(30);
+    world.advance(60);
+    world.set_image("web:2");
+    world.settle();
+    world.set_run_phase("-pre", AnalysisPhase::Successful);
+    world.settle();
+    world.promote();
+    world.settle();
+    world.advance(31);
+    world.settle();
+    assert_eq!(world.replicas_of("web:1"), 0);
+
+    world.set_image("web:1");
+    world.settle();
+    assert_ne!(world.phase(), RolloutPhase::Healthy);
+    assert!(!world.has_event("SkipSteps"));
+    assert_eq!(world.selector("web-active"), Some(world.hash_for("web:2")));
 }
