@@ -181,6 +181,22 @@ async fn pods_that_never_become_ready_exceed_the_progress_deadline() -> anyhow::
         "never routed to unready pods"
     );
     assert_eq!(env.selector("web-stable").await?, Some(stable));
+
+    // Argo rule: progressDeadlineAbort is evaluated on every reconcile, so
+    // turning it on after the deadline passed aborts now.
+    let patch = json!({"spec": {"progressDeadlineAbort": true}});
+    env.rollouts()
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    env.wait_rollout("web", "abort after the flag is turned on", |r| {
+        r.status.as_ref().is_some_and(|s| s.abort)
+    })
+    .await?;
+    env.wait_replicas(
+        "everything back on stable",
+        &[("web:never-ready", 0), ("web:1", 3)],
+    )
+    .await?;
     env.cleanup().await;
     Ok(())
 }
