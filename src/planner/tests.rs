@@ -109,6 +109,12 @@ impl World {
     /// Plans once and applies the plan; returns whether anything changed.
     fn step(&mut self) -> bool {
         let plan = self.plan();
+        self.apply(plan)
+    }
+
+    /// Carries a plan out the way the API server would (pods of healthy
+    /// hashes become available at once); returns whether anything changed.
+    fn apply(&mut self, plan: Plan) -> bool {
         let changed = !plan.replica_sets.is_empty()
             || !plan.services.is_empty()
             || !plan.analysis_runs.is_empty()
@@ -1913,3 +1919,5 @@ fn rule_blue_green_rollback_after_the_delay_is_an_ordinary_update() {
     assert!(!world.has_event("SkipSteps"));
     assert_eq!(world.selector("web-active"), Some(world.hash_for("web:2")));
 }
+
+mod properties;
