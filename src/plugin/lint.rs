@@ -113,15 +113,48 @@ fn finding(document: usize, object: &str, field: &str, message: String) -> Findi
 
 /// Decodes into the Rust type, reporting the exact field path on a type error.
 fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, Problem> {
-    serde_path_to_error::deserialize(value).map_err(|error| Problem {
-        field: error.path().to_string(),
-        message: format!("{}; fix the field's type or spelling", error.inner()),
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let inner = error.inner().to_string();
+        let path = error.path().to_string();
+        // serde reports a missing field at its parent; point at the field itself.
+        let missing = inner
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_string());
+        match missing {
+            Some(name) => Problem {
+                field: if path == "." {
+                    name
+                } else {
+                    format!("{path}.{name}")
+                },
+                message: "is required; add it".to_string(),
+            },
+            None => Problem {
+                field: path,
+                message: format!("{inner}; fix the field's type or spelling"),
+            },
+        }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_field_is_named_where_it_belongs() {
+        let text = "apiVersion: ramp.dev/v1alpha1\nkind: Rollout\nmetadata: {name: web}\nspec: {strategy: {}}\n";
+        let (findings, _) = lint(text);
+        let shown: Vec<String> = findings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["document 1 (Rollout/web): spec.selector: is required; add it"]
+        );
+        let (findings, _) =
+            lint("apiVersion: ramp.dev/v1alpha1\nkind: Rollout\nmetadata: {name: web}\n");
+        assert_eq!(findings[0].problem.field, "spec");
+    }
 
     #[test]
     fn reports_problems_with_field_paths_and_skips_other_kinds() {
