@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{ControllerProcess, Env, LeftoverGuard};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use ramp::api::RolloutPhase;
 use ramp_test_support::{MetricsTarget, Prometheus, kubeconfig_path, repo_root, wait_until};
 use serde_json::json;
@@ -170,7 +171,30 @@ spec:
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.wait_replicas("promoted", &[("web:2", 2), ("web:1", 0)])
         .await?;
-    let restart = json!({"spec": {"restartAt": jiff::Timestamp::now().to_string()}});
+    // The API stores whole seconds and only pods created before restartAt
+    // are restarted: wait until the clock has left the newest pod's second.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let newest = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|p| {
+            p.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+        })
+        .max()
+        .unwrap_or(0);
+    let restart_at = wait_until("a second after the newest pod", common::TIMEOUT, || async {
+        let now = jiff::Timestamp::now().as_second();
+        Ok((now > newest)
+            .then(|| jiff::Timestamp::from_second(now))
+            .transpose()?)
+    })
+    .await?;
+    let restart = json!({"spec": {"restartAt": restart_at.to_string()}});
     env.rollouts()
         .patch("web", &PatchParams::default(), &Patch::Merge(&restart))
         .await?;

@@ -25,6 +25,31 @@ pub(super) async fn execute(
     plan: &Plan,
 ) -> Result<(), Error> {
     let name = rollout.name_any();
+    // Services move first: they only ever move to a hash whose pods are
+    // already available, and a ReplicaSet scaled down in the same plan must
+    // not be selected when a crash cuts the plan short.
+    let services: Api<Service> = ctx.api(namespace);
+    for change in &plan.services {
+        // Apply only the selector key and the managed-by annotation: the rest
+        // of the Service belongs to whoever created it.
+        let patch = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": change.service, "namespace": namespace, "annotations": {MANAGED_BY_ANNOTATION: name}},
+            "spec": {"selector": {POD_TEMPLATE_HASH_LABEL: change.hash}},
+        });
+        let result = services
+            .patch(&change.service, &apply_params(), &Patch::Apply(&patch))
+            .await;
+        ctx.metrics.request("apply", "Service", &result);
+        result.map_err(|source| Error::PatchService {
+            namespace: namespace.into(),
+            name: change.service.clone(),
+            hash: change.hash.clone(),
+            source,
+        })?;
+    }
+
     let replica_sets: Api<ReplicaSet> = ctx.api(namespace);
     for change in &plan.replica_sets {
         match change {
@@ -59,28 +84,6 @@ pub(super) async fn execute(
                 }
             }
         }
-    }
-
-    let services: Api<Service> = ctx.api(namespace);
-    for change in &plan.services {
-        // Apply only the selector key and the managed-by annotation: the rest
-        // of the Service belongs to whoever created it.
-        let patch = json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": change.service, "namespace": namespace, "annotations": {MANAGED_BY_ANNOTATION: name}},
-            "spec": {"selector": {POD_TEMPLATE_HASH_LABEL: change.hash}},
-        });
-        let result = services
-            .patch(&change.service, &apply_params(), &Patch::Apply(&patch))
-            .await;
-        ctx.metrics.request("apply", "Service", &result);
-        result.map_err(|source| Error::PatchService {
-            namespace: namespace.into(),
-            name: change.service.clone(),
-            hash: change.hash.clone(),
-            source,
-        })?;
     }
 
     let runs: Api<AnalysisRun> = ctx.api(namespace);

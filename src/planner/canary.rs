@@ -346,8 +346,22 @@ fn promote(ctx: &mut Ctx<'_>) {
 
 fn route(ctx: &mut Ctx<'_>, canary: &CanaryStrategy) {
     let stable = ctx.stable.unwrap_or(ctx.new);
-    let canary_target = if ctx.status.abort { stable } else { ctx.new };
-    ctx.route(canary.stable_service.as_deref(), stable);
+    // Until the new pods can serve, the canary Service stays on stable pods
+    // (not on a superseded canary that is being scaled away).
+    let canary_target = if ctx.status.abort || ctx.sets[ctx.new].available == 0 {
+        stable
+    } else {
+        ctx.new
+    };
+    // At 100% the stable ReplicaSet drains before the promotion is recorded;
+    // the stable Service follows the traffic to the new pods rather than
+    // select a ReplicaSet that is being emptied.
+    let stable_target = if !ctx.status.abort && ctx.sets[stable].desired == 0 {
+        ctx.new
+    } else {
+        stable
+    };
+    ctx.route(canary.stable_service.as_deref(), stable_target);
     ctx.route(canary.canary_service.as_deref(), canary_target);
 }
 

@@ -670,6 +670,10 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
     let rollout = ctx.rollout;
     cleanup_old_replica_sets(&mut ctx, &mut plan);
     ephemeral::assign(&mut ctx);
+    // Scale-downs are written before scale-ups: a controller that dies
+    // between two writes then leaves fewer pods, never more than
+    // replicas + maxSurge.
+    let mut scale_ups = Vec::new();
     for index in 0..ctx.sets.len() {
         let set = &ctx.sets[index];
         let desired_annotation = set.desired_deadline.map(|d| d.to_string());
@@ -726,12 +730,17 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
             )),
         };
         let desired = desired_replica_set(rollout, set, &ctx.hash);
-        plan.replica_sets
-            .push(ReplicaSetChange::Apply(Box::new(desired)));
+        let change = ReplicaSetChange::Apply(Box::new(desired));
+        if set.rs.is_some() && set.desired < set.current {
+            plan.replica_sets.push(change);
+        } else {
+            scale_ups.push(change);
+        }
         if let Some((reason, message)) = message {
             ctx.event(reason, message);
         }
     }
+    plan.replica_sets.extend(scale_ups);
     for (service, hash) in std::mem::take(&mut ctx.services) {
         let current = ctx.snap.services.get(&service).and_then(|s| {
             s.spec

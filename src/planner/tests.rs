@@ -1920,4 +1920,36 @@ fn rule_blue_green_rollback_after_the_delay_is_an_ordinary_update() {
     assert_eq!(world.selector("web-active"), Some(world.hash_for("web:2")));
 }
 
+#[test]
+fn scale_downs_are_written_before_scale_ups() {
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 60}, {"pause": {}}])),
+        5,
+    ));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    world.abort();
+    let plan = world.plan();
+    let moves: Vec<(i32, i32)> = plan
+        .replica_sets
+        .iter()
+        .filter_map(|change| match change {
+            ReplicaSetChange::Apply(rs) => {
+                let name = rs.metadata.name.clone()?;
+                let before = world.replica_sets.get(&name)?.spec.as_ref()?.replicas?;
+                Some((before, rs.spec.as_ref()?.replicas?))
+            }
+            ReplicaSetChange::Delete { .. } => None,
+        })
+        .collect();
+    assert!(moves.len() >= 2, "{moves:?}");
+    let first_up = moves.iter().position(|(before, after)| after > before);
+    let last_down = moves.iter().rposition(|(before, after)| after < before);
+    assert!(
+        matches!((last_down, first_up), (Some(down), Some(up)) if down < up),
+        "{moves:?}"
+    );
+}
+
 mod properties;
