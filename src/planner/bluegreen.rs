@@ -55,10 +55,6 @@ fn plan_abort(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
     ctx.sets[stable].desired = replicas;
     ctx.sets[stable].desired_deadline = None;
     ctx.route(Some(&bg.active_service), stable);
-    // The preview keeps selecting the newest ReplicaSet (Argo's
-    // reconcilePreviewService): an aborted revision stays reachable there for
-    // debugging until its pods are scaled down.
-    ctx.route(bg.preview_service.as_deref(), new);
     let delay = bg
         .abort_scale_down_delay_seconds
         .unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);
@@ -74,6 +70,16 @@ fn plan_abort(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
             ctx.wake_at(deadline);
         }
     }
+    // The preview keeps selecting the newest ReplicaSet (Argo's
+    // reconcilePreviewService): an aborted revision stays reachable there for
+    // debugging until its pods are scaled down; then it returns to stable
+    // instead of selecting no pods.
+    let preview_target = if ctx.sets[new].desired == 0 {
+        stable
+    } else {
+        new
+    };
+    ctx.route(bg.preview_service.as_deref(), preview_target);
 }
 
 fn plan_switch(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
@@ -86,7 +92,14 @@ fn plan_switch(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
     ctx.sets[stable].desired = replicas;
     ctx.sets[stable].desired_deadline = None;
     ctx.route(Some(&bg.active_service), stable);
-    ctx.route(bg.preview_service.as_deref(), new);
+    // Until the new pods can serve, the preview stays on stable pods rather
+    // than on a superseded preview that is being scaled away.
+    let preview_target = if ctx.sets[new].available == 0 {
+        stable
+    } else {
+        new
+    };
+    ctx.route(bg.preview_service.as_deref(), preview_target);
     ctx.sets[new].desired = preview_count.max(ctx.sets[new].current.min(replicas));
 
     let status = ctx

@@ -875,6 +875,33 @@ fn blue_green_abort_moves_only_active_back_and_preview_keeps_the_newest_replica_
     world.advance(5);
     world.settle();
     assert_eq!(world.replicas_of("web:2"), 0);
+    assert_eq!(
+        world.selector("web-preview"),
+        Some(old),
+        "once the aborted pods go, the preview returns to stable pods"
+    );
+}
+
+#[test]
+fn a_superseded_preview_hands_the_preview_service_back_to_stable() {
+    let mut world = World::new(rollout(
+        blue_green(json!({"autoPromotionEnabled": false})),
+        2,
+    ));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.selector("web-preview"), Some(world.hash_for("web:2")));
+    let bad = world.hash_for("web:3");
+    world.broken.push(bad);
+    world.set_image("web:3");
+    world.settle();
+    assert_eq!(
+        world.replicas_of("web:2"),
+        0,
+        "superseded preview scaled down"
+    );
+    assert_eq!(world.selector("web-preview"), Some(world.hash_for("web:1")));
 }
 
 #[test]
