@@ -45,17 +45,6 @@ async fn wait_for_a_new_second(env: &Env) -> anyhow::Result<()> {
     .await
 }
 
-/// Selector writes follow the status by one watch round-trip at most when a
-/// cache was behind, so wait for the selector rather than read it once.
-async fn wait_selector(env: &Env, service: &str, hash: &str) -> anyhow::Result<()> {
-    wait_until(
-        &format!("Service {service} to select {hash}"),
-        common::TIMEOUT,
-        || async { Ok((env.selector(service).await?.as_deref() == Some(hash)).then_some(())) },
-    )
-    .await
-}
-
 async fn release(env: &Env, rollout: &str, image: &str) -> anyhow::Result<()> {
     wait_for_a_new_second(env).await?;
     env.set_image(rollout, image).await
@@ -99,8 +88,8 @@ async fn blue_green_counts_the_active_replica_set_and_preview_stays_on_abort() -
     // Rule 2: abort moves only the active Service back.
     env.set_abort("shop", true).await?;
     env.wait_phase("shop", RolloutPhase::Degraded).await?;
-    wait_selector(&env, "shop-active", &blue).await?;
-    wait_selector(&env, "shop-preview", &green).await?;
+    env.wait_selector("shop-active", &blue).await?;
+    env.wait_selector("shop-preview", &green).await?;
     env.cleanup().await;
     Ok(())
 }
@@ -225,8 +214,8 @@ async fn blue_green_fast_rollback_within_the_scale_down_delay() -> anyhow::Resul
             && phase(r) == Some(RolloutPhase::Healthy)
     })
     .await?;
-    wait_selector(&env, "shop-active", &blue).await?;
-    wait_selector(&env, "shop-preview", &blue).await?;
+    env.wait_selector("shop-active", &blue).await?;
+    env.wait_selector("shop-preview", &blue).await?;
     env.wait_events(&["SkipSteps"]).await?;
     env.cleanup().await;
     Ok(())

@@ -22,8 +22,8 @@ async fn blue_green_preview_pause_promote_and_delayed_scale_down() -> anyhow::Re
     .await?;
     env.wait_phase("shop", RolloutPhase::Healthy).await?;
     let blue = env.hash_of("shop:1").await?;
-    assert_eq!(env.selector("shop-active").await?, Some(blue.clone()));
-    assert_eq!(env.selector("shop-preview").await?, Some(blue.clone()));
+    env.wait_selector("shop-active", &blue).await?;
+    env.wait_selector("shop-preview", &blue).await?;
 
     env.set_image("shop", "shop:2").await?;
     let paused = env.wait_phase("shop", RolloutPhase::Paused).await?;
@@ -34,12 +34,12 @@ async fn blue_green_preview_pause_promote_and_delayed_scale_down() -> anyhow::Re
     let green = env.hash_of("shop:2").await?;
     env.wait_replicas("both versions up", &[("shop:1", 2), ("shop:2", 2)])
         .await?;
-    assert_eq!(env.selector("shop-preview").await?, Some(green.clone()));
-    assert_eq!(env.selector("shop-active").await?, Some(blue.clone()));
+    env.wait_selector("shop-preview", &green).await?;
+    env.wait_selector("shop-active", &blue).await?;
 
     env.promote("shop").await?;
     env.wait_phase("shop", RolloutPhase::Healthy).await?;
-    assert_eq!(env.selector("shop-active").await?, Some(green.clone()));
+    env.wait_selector("shop-active", &green).await?;
     let old = env.replicas_by_image().await?;
     assert_eq!(
         old.get("shop:1").map(|c| c.0),
@@ -75,8 +75,8 @@ async fn canary_steps_pause_promote_and_timed_resume() -> anyhow::Result<()> {
     env.wait_replicas("20% canary: 1/4", &[("web:2", 1), ("web:1", 4)])
         .await?;
     let canary = env.hash_of("web:2").await?;
-    assert_eq!(env.selector("web-canary").await?, Some(canary.clone()));
-    assert_eq!(env.selector("web-stable").await?, Some(stable.clone()));
+    env.wait_selector("web-canary", &canary).await?;
+    env.wait_selector("web-stable", &stable).await?;
 
     env.promote("web").await?;
     env.wait_rollout("web", "step index 3 (timed pause)", |r| {
@@ -90,7 +90,7 @@ async fn canary_steps_pause_promote_and_timed_resume() -> anyhow::Result<()> {
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.wait_replicas("fully promoted: 5/0", &[("web:2", 5), ("web:1", 0)])
         .await?;
-    assert_eq!(env.selector("web-stable").await?, Some(canary.clone()));
+    env.wait_selector("web-stable", &canary).await?;
     assert_eq!(
         env.rollout("web").await?.status.and_then(|s| s.stable_rs),
         Some(canary)
@@ -114,8 +114,8 @@ async fn abort_returns_to_stable_and_retry_runs_the_steps_again() -> anyhow::Res
     env.wait_phase("web", RolloutPhase::Degraded).await?;
     env.wait_replicas("everything back on stable", &[("web:2", 0), ("web:1", 5)])
         .await?;
-    assert_eq!(env.selector("web-canary").await?, Some(stable.clone()));
-    assert_eq!(env.selector("web-stable").await?, Some(stable.clone()));
+    env.wait_selector("web-canary", &stable).await?;
+    env.wait_selector("web-stable", &stable).await?;
     let message = env
         .rollout("web")
         .await?
@@ -180,7 +180,7 @@ async fn pods_that_never_become_ready_exceed_the_progress_deadline() -> anyhow::
         Some(stable.clone()),
         "never routed to unready pods"
     );
-    assert_eq!(env.selector("web-stable").await?, Some(stable));
+    env.wait_selector("web-stable", &stable).await?;
 
     // Argo rule: progressDeadlineAbort is evaluated on every reconcile, so
     // turning it on after the deadline passed aborts now.

@@ -312,6 +312,17 @@ impl Env {
             .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL).cloned()))
     }
 
+    /// Waits until the Service selects `hash`: a write the controller
+    /// skipped on a stale Service cache lands one watch event later.
+    pub async fn wait_selector(&self, service: &str, hash: &str) -> anyhow::Result<()> {
+        wait_until(
+            &format!("Service {service} to select {hash}"),
+            TIMEOUT,
+            || async { Ok((self.selector(service).await?.as_deref() == Some(hash)).then_some(())) },
+        )
+        .await
+    }
+
     /// The pod-template hash of the ReplicaSet running `image`.
     pub async fn hash_of(&self, image: &str) -> anyhow::Result<String> {
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns);
