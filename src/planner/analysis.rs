@@ -432,12 +432,7 @@ pub fn declared_analyses(rollout: &Rollout) -> Vec<(String, &RolloutAnalysis, bo
 /// Checks, on every reconcile, that each referenced template exists and that
 /// no gating metric would run forever (Argo's `getRolloutValidationErrors`).
 pub(crate) fn check_template_references(snap: &super::Snapshot<'_>) -> Vec<Problem> {
-    let namespace = snap
-        .rollout
-        .metadata
-        .namespace
-        .as_deref()
-        .unwrap_or("default");
+    let namespace = snap.namespace();
     let mut problems = Vec::new();
     for (path, analysis, background) in declared_analyses(snap.rollout) {
         for (index, reference) in analysis.templates.iter().enumerate() {

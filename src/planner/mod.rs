@@ -523,16 +523,22 @@ pub fn referenced_services(rollout: &Rollout) -> Vec<(&'static str, String)> {
     names
 }
 
+impl Snapshot<'_> {
+    /// The Rollout's namespace, for messages that tell the user where to look.
+    pub(crate) fn namespace(&self) -> &str {
+        self.rollout
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default")
+    }
+}
+
 fn add_missing_services(
     snap: &Snapshot<'_>,
     problems: &mut Vec<crate::api::validate::Problem>,
 ) -> bool {
-    let namespace = snap
-        .rollout
-        .metadata
-        .namespace
-        .as_deref()
-        .unwrap_or("default");
+    let namespace = snap.namespace();
     let before = problems.len();
     for (field, name) in referenced_services(snap.rollout) {
         if !snap.services.contains_key(&name) {
