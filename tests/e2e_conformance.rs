@@ -11,19 +11,6 @@ use ramp::api::{POD_TEMPLATE_HASH_LABEL, RolloutPhase};
 use ramp_test_support::wait_until;
 use serde_json::json;
 
-async fn plugin(env: &Env, args: &[&str]) -> anyhow::Result<String> {
-    let mut full = vec!["ramp"];
-    full.extend_from_slice(args);
-    let output = env.kubectl(&full).await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "kubectl ramp {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// Revisions are ordered by creationTimestamp, which the API server keeps at
 /// whole seconds: before the next release, wait until the clock has left the
 /// second the newest ReplicaSet was created in.
@@ -117,7 +104,7 @@ async fn promote_full_finishes_an_aborted_rollout() -> anyhow::Result<()> {
     env.wait_phase("web", RolloutPhase::Paused).await?;
     env.set_abort("web", true).await?;
     env.wait_phase("web", RolloutPhase::Degraded).await?;
-    plugin(&env, &["promote", "web", "--full"]).await?;
+    env.ramp_ok(&["promote", "web", "--full"]).await?;
     let rollout = env.wait_phase("web", RolloutPhase::Healthy).await?;
     let status = rollout.status.unwrap_or_default();
     assert!(!status.abort);
@@ -138,7 +125,7 @@ async fn undo_reuses_the_earlier_replica_set() -> anyhow::Result<()> {
         .await?;
     env.wait_phase("web", RolloutPhase::Healthy).await?;
 
-    plugin(&env, &["undo", "web"]).await?;
+    env.ramp_ok(&["undo", "web"]).await?;
     let rollout = env
         .wait_rollout("web", "stable back on the first ReplicaSet", |r| {
             r.status.as_ref().and_then(|s| s.stable_rs.as_deref()) == Some(first.as_str())

@@ -26,15 +26,7 @@ async fn ramp(env: &Env, args: &[&str]) -> anyhow::Result<Run> {
 }
 
 async fn ok(env: &Env, args: &[&str]) -> anyhow::Result<String> {
-    let run = ramp(env, args).await?;
-    anyhow::ensure!(
-        run.code == 0,
-        "kubectl ramp {args:?} exited {}: {}{}",
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    Ok(run.stdout)
+    env.ramp_ok(args).await
 }
 
 #[tokio::test]

@@ -312,6 +312,22 @@ impl Env {
             .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL).cloned()))
     }
 
+    /// `kubectl ramp ARGS` through kubectl's plugin discovery; its stdout,
+    /// or an error with everything it printed when it exits non-zero.
+    pub async fn ramp_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["ramp"];
+        full.extend_from_slice(args);
+        let output = self.kubectl(&full).await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "kubectl ramp {args:?} exited {:?}: {}{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Waits until the Service selects `hash`: a write the controller
     /// skipped on a stale Service cache lands one watch event later.
     pub async fn wait_selector(&self, service: &str, hash: &str) -> anyhow::Result<()> {
