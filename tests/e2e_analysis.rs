@@ -413,3 +413,110 @@ async fn missing_template_is_invalid_spec_until_it_is_created() -> anyhow::Resul
     env.cleanup().await;
     Ok(())
 }
+
+fn has_pause(rollout: &ramp::api::Rollout, reason: ramp::api::PauseReason) -> bool {
+    rollout
+        .status
+        .as_ref()
+        .is_some_and(|s| s.pause_conditions.iter().any(|c| c.reason == reason))
+}
+
+/// Argo rule: while an InconclusiveAnalysisRun pause stands nothing moves,
+/// not even when the timed pause step it interrupted has run out. Instead of
+/// waiting an hour, the test moves the pause's start two hours back while
+/// the controller is down, then waits for the restarted controller to
+/// observe a new generation before it looks.
+#[tokio::test]
+async fn inconclusive_analysis_halts_even_after_a_timed_pause_runs_out() -> anyhow::Result<()> {
+    use ramp::api::PauseReason;
+    let metrics = Metrics::start(0.0).await?;
+    let mut env = Env::start("analysis-inconclusive").await?;
+    env.apply(&template(
+        "errors",
+        &metrics.prometheus.url,
+        "failureCondition: \"result[0] > 0.2\"",
+        "result[0] < 0.05",
+    ))
+    .await?;
+    let mut yaml = canary_yaml(
+        "web",
+        4,
+        "web:1",
+        "[{setWeight: 25}, {pause: {duration: 1h}}, {setWeight: 50}, {pause: {}}]",
+    );
+    yaml.push_str("      analysis:\n        templates: [{templateName: errors}]\n        args: [{name: service, value: web}]\n");
+    env.apply(&yaml).await?;
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    let stable = env.hash_of("web:1").await?;
+    env.set_image("web", "web:2").await?;
+    env.wait_rollout("web", "the timed pause at step 2", |r| {
+        r.status.as_ref().and_then(|s| s.current_step_index) == Some(1)
+            && has_pause(r, PauseReason::CanaryPauseStep)
+    })
+    .await?;
+    env.wait_replicas("25%", &[("web:2", 1), ("web:1", 3)])
+        .await?;
+    let canary = env.hash_of("web:2").await?;
+    env.wait_selector("web-canary", &canary).await?;
+
+    // Between the success (< 0.05) and failure (> 0.2) conditions.
+    metrics.set(0.1).await?;
+    env.wait_rollout("web", "an InconclusiveAnalysisRun pause", |r| {
+        has_pause(r, PauseReason::InconclusiveAnalysisRun)
+    })
+    .await?;
+
+    env.kill_controller().await;
+    let mut rollout = env.rollout("web").await?;
+    let mut conditions = rollout.status.take().unwrap_or_default().pause_conditions;
+    let two_hours_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
+    for condition in &mut conditions {
+        if condition.reason == PauseReason::CanaryPauseStep {
+            condition.start_time =
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(two_hours_ago);
+        }
+    }
+    env.patch_status(
+        "web",
+        serde_json::json!({"status": {"pauseConditions": conditions}}),
+    )
+    .await?;
+    let bump = serde_json::json!({"spec": {"revisionHistoryLimit": 5}});
+    env.rollouts()
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&bump),
+        )
+        .await?;
+    env.start_controller().await?;
+    let rollout = env.wait_phase("web", RolloutPhase::Paused).await?;
+    let status = rollout.status.unwrap_or_default();
+    assert_eq!(status.current_step_index, Some(1), "no step advanced");
+    assert_eq!(status.stable_rs.as_deref(), Some(stable.as_str()));
+    assert!(
+        status
+            .pause_conditions
+            .iter()
+            .any(|c| c.reason == PauseReason::InconclusiveAnalysisRun)
+    );
+    env.wait_replicas("nothing scaled", &[("web:2", 1), ("web:1", 3)])
+        .await?;
+    assert_eq!(env.selector("web-canary").await?, Some(canary));
+    assert_eq!(env.selector("web-stable").await?, Some(stable));
+
+    // A human's promote releases it; with healthy metrics the next
+    // measurement passes and the rollout goes on to its last pause.
+    metrics.set(0.0).await?;
+    env.promote("web").await?;
+    env.wait_rollout("web", "the last pause step", |r| {
+        r.status.as_ref().and_then(|s| s.current_step_index) == Some(3)
+            && common::phase(r) == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    env.wait_replicas("50%", &[("web:2", 2), ("web:1", 2)])
+        .await?;
+    env.cleanup().await;
+    metrics.prometheus.stop().await;
+    Ok(())
+}

@@ -207,3 +207,102 @@ async fn blue_green_fast_rollback_within_the_scale_down_delay() -> anyhow::Resul
     env.cleanup().await;
     Ok(())
 }
+
+/// Argo's TestRolloutScalingWhenPaused: scaling a paused canary keeps the
+/// weight's share, and one replica at 25% still gets a canary pod.
+#[tokio::test]
+async fn scaling_while_paused_keeps_the_weight_share() -> anyhow::Result<()> {
+    let env = Env::start("conf-scale-paused").await?;
+    env.deploy_canary("web", 1, "web:1", "[{setWeight: 25}, {pause: {}}]")
+        .await?;
+    env.set_image("web", "web:2").await?;
+    env.wait_phase("web", RolloutPhase::Paused).await?;
+    env.wait_replicas("1 canary beside 1 stable", &[("web:2", 1), ("web:1", 1)])
+        .await?;
+    env.scale("web", 8).await?;
+    env.wait_replicas("25% of 8", &[("web:2", 2), ("web:1", 6)])
+        .await?;
+    env.scale("web", 4).await?;
+    env.wait_replicas("25% of 4", &[("web:2", 1), ("web:1", 3)])
+        .await?;
+    env.wait_phase("web", RolloutPhase::Paused).await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Rule 6, with the counts of Argo's TestRolloutScalingDuringUpdate: the
+/// canary never becomes available, maxUnavailable 0 keeps every stable pod,
+/// and the canary gets only what maxSurge leaves, up and down again.
+#[tokio::test]
+async fn max_surge_caps_the_total_while_replicas_change_mid_update() -> anyhow::Result<()> {
+    let env = Env::start("conf-surge").await?;
+    env.deploy_canary(
+        "web",
+        4,
+        "web:1",
+        "[]\n      maxSurge: 2\n      maxUnavailable: 0",
+    )
+    .await?;
+    env.set_image("web", "web:never-ready").await?;
+    env.wait_scaled(
+        "2 canary, 4 stable",
+        &[("web:never-ready", 2), ("web:1", 4)],
+    )
+    .await?;
+    env.scale("web", 8).await?;
+    env.wait_scaled(
+        "6 canary, 4 stable",
+        &[("web:never-ready", 6), ("web:1", 4)],
+    )
+    .await?;
+    env.scale("web", 4).await?;
+    env.wait_scaled("back to 2 canary", &[("web:never-ready", 2), ("web:1", 4)])
+        .await?;
+    let rollout = env
+        .wait_rollout("web", "status counting 6 pods", |r| {
+            r.status.as_ref().is_some_and(|s| s.replicas == 6)
+        })
+        .await?;
+    assert_eq!(rollout.status.map(|s| s.available_replicas), Some(4));
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Rule 7: a setCanaryScale stays in force through later setWeight steps
+/// until one says matchTrafficWeight.
+#[tokio::test]
+async fn set_canary_scale_holds_until_match_traffic_weight() -> anyhow::Result<()> {
+    let env = Env::start("conf-canary-scale").await?;
+    env.deploy_canary(
+        "web",
+        4,
+        "web:1",
+        "[{setCanaryScale: {replicas: 1}}, {setWeight: 50}, {pause: {}}, {setCanaryScale: {matchTrafficWeight: true}}, {pause: {}}]",
+    )
+    .await?;
+    env.set_image("web", "web:2").await?;
+    env.wait_rollout("web", "paused at step 3", |r| {
+        r.status.as_ref().and_then(|s| s.current_step_index) == Some(2)
+            && phase(r) == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    env.wait_replicas(
+        "scale 1 holds through setWeight 50",
+        &[("web:2", 1), ("web:1", 2)],
+    )
+    .await?;
+    env.promote("web").await?;
+    env.wait_rollout("web", "paused at step 5", |r| {
+        r.status.as_ref().and_then(|s| s.current_step_index) == Some(4)
+            && phase(r) == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    env.wait_replicas("back to the weight's share", &[("web:2", 2), ("web:1", 2)])
+        .await?;
+    env.promote("web").await?;
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    env.wait_replicas("promoted", &[("web:2", 4), ("web:1", 0)])
+        .await?;
+    env.cleanup().await;
+    Ok(())
+}

@@ -97,6 +97,31 @@ pub fn rolling_scale(
         removable_available -= available_to_remove;
         counts[index] = set.current - unavailable - available_to_remove;
     }
+    // When replicas drop mid-update the sets can hold more than the ceiling
+    // even at their targets: the excess goes too, pods that cannot serve
+    // first, available ones only as far as min_available allows (Argo's
+    // adjustReplicaWithinLimits has the same effect).
+    let ceiling = replicas + max_surge;
+    let mut over = counts.iter().sum::<i32>() - ceiling;
+    for (index, set) in sets.iter().enumerate() {
+        if over <= 0 {
+            break;
+        }
+        let serving = set.available.min(counts[index]);
+        let idle = (counts[index] - serving).min(over).max(0);
+        counts[index] -= idle;
+        over -= idle;
+    }
+    for (index, set) in sets.iter().enumerate() {
+        if over <= 0 || removable_available <= 0 {
+            break;
+        }
+        let serving = set.available.min(counts[index]);
+        let removed = serving.min(over).min(removable_available);
+        counts[index] -= removed;
+        over -= removed;
+        removable_available -= removed;
+    }
     let mut room = replicas + max_surge - counts.iter().sum::<i32>();
     for (index, set) in sets.iter().enumerate() {
         if set.target <= counts[index] || room <= 0 {

@@ -1979,4 +1979,5 @@ fn scale_downs_are_written_before_scale_ups() {
     );
 }
 
+mod argo_e2e;
 mod properties;

@@ -261,6 +261,40 @@ impl Env {
         Ok(())
     }
 
+    /// Waits until each image's ReplicaSet asks for `count` pods, available
+    /// or not (for pods the test kubelet never makes ready).
+    pub async fn wait_scaled(&self, what: &str, expected: &[(&str, i32)]) -> anyhow::Result<()> {
+        let result = wait_until(what, TIMEOUT, || async {
+            let counts = self.replicas_by_image().await?;
+            let matches = expected
+                .iter()
+                .all(|(image, count)| counts.get(*image).map_or(0, |c| c.0) == *count);
+            Ok(matches.then_some(()))
+        })
+        .await;
+        if let Err(error) = result {
+            bail!(
+                "{error}; ReplicaSets (image: spec/available): {:?}\ncontroller log: {}",
+                self.replicas_by_image().await?,
+                self.log_path("controller").display()
+            );
+        }
+        Ok(())
+    }
+
+    /// What `kubectl scale` (or an HPA) writes: spec.replicas.
+    pub async fn scale(&self, rollout: &str, replicas: i32) -> anyhow::Result<()> {
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        self.rollouts()
+            .patch(
+                rollout,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Every ReplicaSet of the namespace with what a write by the controller
     /// would change: spec generation, labels and annotations.
     pub async fn replica_set_versions(
@@ -406,7 +440,7 @@ impl Env {
             .await
     }
 
-    async fn patch_status(&self, name: &str, patch: serde_json::Value) -> anyhow::Result<()> {
+    pub async fn patch_status(&self, name: &str, patch: serde_json::Value) -> anyhow::Result<()> {
         self.rollouts()
             .patch_status(
                 name,
