@@ -4,6 +4,7 @@
 mod apply;
 pub mod client;
 pub mod http;
+pub mod index;
 pub mod metrics;
 mod rollouts;
 mod runs;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt, future};
+use futures::{FutureExt, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
@@ -165,6 +166,11 @@ pub struct Context {
     pub analysis_runs: Store<AnalysisRun>,
     pub templates: Store<AnalysisTemplate>,
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
+    /// Which Rollouts name each Service and template.
+    pub references: index::ReferenceIndex,
+    /// ReplicaSets and AnalysisRuns by the uid of the Rollout that controls them.
+    pub owned_replica_sets: Arc<index::OwnerIndex<ReplicaSet>>,
+    pub owned_runs: Arc<index::OwnerIndex<AnalysisRun>>,
     pub http: reqwest::Client,
     pub insecure_http: reqwest::Client,
     /// True once every cache has synced. Planning from a half-filled cache
@@ -314,6 +320,8 @@ async fn start_controllers(
     // The Rollout controller keeps its own cache of Rollouts; the others are shared with the planner.
     let rollout_controller = rollouts::build(scoped::<Rollout>(&client, namespace));
     let rollouts = rollout_controller.store();
+    let owned_replica_sets = Arc::new(index::OwnerIndex::<ReplicaSet>::default());
+    let owned_runs = Arc::new(index::OwnerIndex::<AnalysisRun>::default());
     // Only ReplicaSets carrying the hash label can belong to a Rollout.
     let rs_stream = reflector::reflector(
         rs_writer,
@@ -321,7 +329,11 @@ async fn start_controllers(
             scoped::<ReplicaSet>(&client, namespace),
             watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
         )
-        .modify(trim),
+        .modify(trim)
+        .inspect_ok({
+            let index = owned_replica_sets.clone();
+            move |event| index.observe(event)
+        }),
     )
     .default_backoff()
     .touched_objects();
@@ -350,7 +362,11 @@ async fn start_controllers(
             scoped::<AnalysisRun>(&client, namespace),
             watcher::Config::default(),
         )
-        .modify(trim),
+        .modify(trim)
+        .inspect_ok({
+            let index = owned_runs.clone();
+            move |event| index.observe(event)
+        }),
     )
     .default_backoff()
     .touched_objects();
@@ -397,6 +413,9 @@ async fn start_controllers(
         analysis_runs: analysis_runs.clone(),
         templates: templates.clone(),
         cluster_templates: cluster_templates.clone(),
+        references: index::ReferenceIndex::default(),
+        owned_replica_sets,
+        owned_runs,
         http,
         insecure_http,
         synced: ready.clone(),

@@ -1,6 +1,6 @@
 //! The Rollout reconciler: snapshot from the caches, plan, apply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
+use super::index::Reference;
 use super::{Context, Error, apply};
 use crate::api::POD_TEMPLATE_HASH_LABEL;
 use crate::api::{
@@ -55,29 +56,35 @@ pub(super) async fn run(
         cluster_templates,
     } = triggers;
     let store = controller.store();
-    let lookup = store.clone();
-    let template_lookup = store.clone();
-    let cluster_template_lookup = store.clone();
-    let pruner = tokio::spawn(prune_metrics(ctx.clone(), store));
+    let pruner = tokio::spawn(prune(ctx.clone(), store));
+    let (by_service, by_template, by_cluster_template) = (ctx.clone(), ctx.clone(), ctx.clone());
     controller
         .owns_stream(replica_sets)
         .owns_stream(runs)
         .watches_stream(services, move |service: Service| {
-            rollouts_using(&lookup, &service)
+            by_service.references.rollouts_naming(&Reference::Service {
+                namespace: service.namespace().unwrap_or_default(),
+                name: service.name_any(),
+            })
         })
         // A template that appears, changes or disappears changes the verdict
         // on every Rollout naming it, so they are planned again at once.
         .watches_stream(templates, move |template: AnalysisTemplate| {
-            rollouts_referencing_template(
-                &template_lookup,
-                template.namespace().as_deref(),
-                &template.name_any(),
-            )
+            by_template
+                .references
+                .rollouts_naming(&Reference::Template {
+                    namespace: template.namespace().unwrap_or_default(),
+                    name: template.name_any(),
+                })
         })
         .watches_stream(
             cluster_templates,
             move |template: ClusterAnalysisTemplate| {
-                rollouts_referencing_template(&cluster_template_lookup, None, &template.name_any())
+                by_cluster_template
+                    .references
+                    .rollouts_naming(&Reference::ClusterTemplate {
+                        name: template.name_any(),
+                    })
             },
         )
         .graceful_shutdown_on(stop)
@@ -87,41 +94,25 @@ pub(super) async fn run(
     pruner.abort();
 }
 
-/// Rollouts in the Service's namespace that name it.
-fn rollouts_using(store: &Store<Rollout>, service: &Service) -> Vec<ObjectRef<Rollout>> {
-    let namespace = service.namespace();
-    let name = service.name_any();
-    store
-        .state()
+/// The cached objects the owner index names, as the store has them now;
+/// the check runs again on the cached copy because the index is fed just
+/// before the store is.
+fn owned<K>(
+    store: &Store<K>,
+    refs: Vec<ObjectRef<K>>,
+    still_owned: impl Fn(&K) -> bool,
+) -> Vec<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut found: Vec<Arc<K>> = refs
         .iter()
-        .filter(|r| {
-            r.namespace() == namespace && referenced_services(r).iter().any(|(_, s)| *s == name)
-        })
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
-}
-
-/// Rollouts that reference the template: a namespaced one (`namespace` is
-/// Some) from Rollouts in its namespace, a cluster one from any Rollout that
-/// sets `clusterScope: true`.
-fn rollouts_referencing_template(
-    store: &Store<Rollout>,
-    namespace: Option<&str>,
-    name: &str,
-) -> Vec<ObjectRef<Rollout>> {
-    let cluster = namespace.is_none();
-    store
-        .state()
-        .iter()
-        .filter(|r| cluster || r.namespace().as_deref() == namespace)
-        .filter(|r| {
-            planner::analysis::declared_analyses(r)
-                .iter()
-                .flat_map(|(_, analysis, _)| &analysis.templates)
-                .any(|t| t.cluster_scope.unwrap_or(false) == cluster && t.template_name == name)
-        })
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
+        .filter_map(|r| store.get(r))
+        .filter(|object| still_owned(object))
+        .collect();
+    // Store order is arbitrary; a stable order keeps plans reproducible.
+    found.sort_by_key(|object| object.meta().name.clone());
+    found
 }
 
 fn owned_by(references: &Option<Vec<OwnerReference>>, uid: &str) -> bool {
@@ -143,27 +134,26 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
     })?;
     if rollout.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget_rollout(&namespace, &name);
+        ctx.references
+            .forget(&ObjectRef::from_obj(rollout.as_ref()));
         return Ok(Action::await_change());
     }
+    // Recorded before the caches are read: see ReferenceIndex.
+    ctx.references.record(&rollout);
     let uid = rollout.uid().unwrap_or_default();
     let same_namespace = |other: &Option<String>| other.as_deref() == Some(namespace.as_str());
-    let replica_sets: Vec<Arc<ReplicaSet>> = ctx
-        .replica_sets
-        .state()
-        .into_iter()
-        .filter(|rs| {
+    let replica_sets: Vec<Arc<ReplicaSet>> = owned(
+        &ctx.replica_sets,
+        ctx.owned_replica_sets.owned_by(&uid),
+        |rs| {
             same_namespace(&rs.metadata.namespace) && owned_by(&rs.metadata.owner_references, &uid)
-        })
-        .collect();
-    let runs: Vec<Arc<AnalysisRun>> = ctx
-        .analysis_runs
-        .state()
-        .into_iter()
-        .filter(|run| {
+        },
+    );
+    let runs: Vec<Arc<AnalysisRun>> =
+        owned(&ctx.analysis_runs, ctx.owned_runs.owned_by(&uid), |run| {
             same_namespace(&run.metadata.namespace)
                 && owned_by(&run.metadata.owner_references, &uid)
-        })
-        .collect();
+        });
     let services: Vec<(String, Arc<Service>)> = referenced_services(&rollout)
         .into_iter()
         .filter_map(|(_, service)| {
@@ -294,11 +284,13 @@ async fn list_pods(
 
 /// Drops metric series of rollouts that no longer exist. Reads only the
 /// cache, so it costs no API requests.
-async fn prune_metrics(ctx: Arc<Context>, store: Store<Rollout>) {
-    let mut known: Vec<(String, String)> = Vec::new();
+/// Forgets metrics and index entries of Rollouts that are gone (a deleted
+/// Rollout is never reconciled again).
+async fn prune(ctx: Arc<Context>, store: Store<Rollout>) {
+    let mut known: HashSet<(String, String)> = HashSet::new();
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let live: Vec<(String, String)> = store
+        let live: HashSet<(String, String)> = store
             .state()
             .iter()
             .map(|r| (r.namespace().unwrap_or_default(), r.name_any()))
@@ -306,6 +298,7 @@ async fn prune_metrics(ctx: Arc<Context>, store: Store<Rollout>) {
         for gone in known.iter().filter(|k| !live.contains(k)) {
             ctx.metrics.forget_rollout(&gone.0, &gone.1);
         }
+        ctx.references.retain(|r| store.get(r).is_some());
         known = live;
     }
 }
