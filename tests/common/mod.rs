@@ -242,34 +242,35 @@ impl Env {
         Ok(counts)
     }
 
+    /// Waits until each image's ReplicaSet has `count` pods, all available.
     pub async fn wait_replicas(&self, what: &str, expected: &[(&str, i32)]) -> anyhow::Result<()> {
-        let result = wait_until(what, TIMEOUT, || async {
-            let counts = self.replicas_by_image().await?;
-            let matches = expected.iter().all(|(image, count)| {
-                counts.get(*image).copied().unwrap_or((0, 0)) == (*count, *count)
-            });
-            Ok(matches.then_some(()))
+        self.wait_counts(what, expected, |(spec, available), count| {
+            spec == count && available == count
         })
-        .await;
-        if let Err(error) = result {
-            bail!(
-                "{error}; ReplicaSets (image: spec/available): {:?}\ncontroller log: {}",
-                self.replicas_by_image().await?,
-                self.log_path("controller").display()
-            );
-        }
-        Ok(())
+        .await
     }
 
     /// Waits until each image's ReplicaSet asks for `count` pods, available
     /// or not (for pods the test kubelet never makes ready).
     pub async fn wait_scaled(&self, what: &str, expected: &[(&str, i32)]) -> anyhow::Result<()> {
+        self.wait_counts(what, expected, |(spec, _), count| spec == count)
+            .await
+    }
+
+    /// Waits until `matches((spec, available), count)` holds for every
+    /// expected image; the error shows what the ReplicaSets had.
+    async fn wait_counts(
+        &self,
+        what: &str,
+        expected: &[(&str, i32)],
+        matches: impl Fn((i32, i32), i32) -> bool,
+    ) -> anyhow::Result<()> {
         let result = wait_until(what, TIMEOUT, || async {
             let counts = self.replicas_by_image().await?;
-            let matches = expected
-                .iter()
-                .all(|(image, count)| counts.get(*image).map_or(0, |c| c.0) == *count);
-            Ok(matches.then_some(()))
+            let all = expected.iter().all(|(image, count)| {
+                matches(counts.get(*image).copied().unwrap_or((0, 0)), *count)
+            });
+            Ok(all.then_some(()))
         })
         .await;
         if let Err(error) = result {
