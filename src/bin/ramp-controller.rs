@@ -43,6 +43,15 @@ struct Cli {
     /// Seconds a lease stays valid without renewal (takeover time after a crash).
     #[arg(long, env = "RAMP_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Rollouts reconciled at the same time (each one is never reconciled twice at once).
+    #[arg(long, env = "RAMP_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Client-side limit on requests per second to the API server; 0 turns it off.
+    #[arg(long, env = "RAMP_KUBE_API_QPS", default_value_t = 200.0)]
+    kube_api_qps: f64,
+    /// Requests allowed at once above --kube-api-qps before the limit paces them.
+    #[arg(long, env = "RAMP_KUBE_API_BURST", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    kube_api_burst: u32,
     /// Identity in the Lease; defaults to $POD_NAME, then the hostname and process id.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -92,7 +101,18 @@ async fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
     }
     let metrics = std::sync::Arc::new(ramp::controller::metrics::Metrics::default());
-    let client = match client(cli.kubeconfig.as_deref(), metrics.clone()).await {
+    if !cli.kube_api_qps.is_finite() || cli.kube_api_qps < 0.0 {
+        eprintln!(
+            "error: --kube-api-qps {} must be a number of requests per second, 0 or more (0 turns the limit off)",
+            cli.kube_api_qps
+        );
+        return ExitCode::from(2);
+    }
+    let limit = controller::client::RateLimit {
+        qps: cli.kube_api_qps,
+        burst: cli.kube_api_burst,
+    };
+    let client = match client(cli.kubeconfig.as_deref(), metrics.clone(), limit).await {
         Ok(client) => client,
         Err(error) => {
             tracing::error!("cannot build a Kubernetes client: {error}");
@@ -117,6 +137,7 @@ async fn main() -> ExitCode {
         identity,
         lease_duration: Duration::from_secs(cli.lease_duration_seconds),
         http_address: cli.http_address.clone(),
+        concurrency: cli.concurrency,
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, leader_election = settings.leader_election, "starting ramp-controller");
     match controller::run(client, settings, metrics).await {
@@ -151,6 +172,7 @@ fn write_crds(out_dir: Option<&std::path::Path>) -> Result<(), String> {
 async fn client(
     kubeconfig: Option<&str>,
     metrics: std::sync::Arc<ramp::controller::metrics::Metrics>,
+    limit: controller::client::RateLimit,
 ) -> Result<Client, String> {
     let config = match kubeconfig {
         Some(path) => {
@@ -162,5 +184,5 @@ async fn client(
         }
         None => Config::infer().await.map_err(|e| e.to_string())?,
     };
-    controller::client::build(config, metrics).map_err(|e| e.to_string())
+    controller::client::build(config, metrics, Some(limit)).map_err(|e| e.to_string())
 }

@@ -2,6 +2,7 @@
 
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
@@ -42,12 +43,14 @@ pub(super) async fn execute(
             .patch(&change.service, &apply_params(), &Patch::Apply(&patch))
             .await;
         ctx.metrics.request("apply", "Service", &result);
-        result.map_err(|source| Error::PatchService {
+        let mut applied = result.map_err(|source| Error::PatchService {
             namespace: namespace.into(),
             name: change.service.clone(),
             hash: change.hash.clone(),
             source,
         })?;
+        super::trim_service(&mut applied);
+        ctx.recent_services.remember(applied);
     }
 
     let replica_sets: Api<ReplicaSet> = ctx.api(namespace);
@@ -59,11 +62,13 @@ pub(super) async fn execute(
                     .patch(&rs_name, &apply_params(), &Patch::Apply(desired.as_ref()))
                     .await;
                 ctx.metrics.request("apply", "ReplicaSet", &result);
-                result.map_err(|source| Error::ApplyReplicaSet {
+                let mut applied = result.map_err(|source| Error::ApplyReplicaSet {
                     namespace: namespace.into(),
                     name: rs_name.clone(),
                     source,
                 })?;
+                super::trim(&mut applied);
+                ctx.recent_replica_sets.remember(applied);
                 debug!(rollout = %name, replicaset = %rs_name, "applied ReplicaSet");
             }
             ReplicaSetChange::Delete { name: rs_name } => {
@@ -71,6 +76,8 @@ pub(super) async fn execute(
                     .delete(rs_name, &DeleteParams::background())
                     .await;
                 ctx.metrics.request("delete", "ReplicaSet", &result);
+                ctx.recent_replica_sets
+                    .forget(&ObjectRef::new(rs_name).within(namespace));
                 match result {
                     Ok(_) => {}
                     Err(source) if is_not_found(&source) => {}
@@ -95,11 +102,13 @@ pub(super) async fn execute(
                     .patch(&run_name, &apply_params(), &Patch::Apply(run.as_ref()))
                     .await;
                 ctx.metrics.request("apply", "AnalysisRun", &result);
-                result.map_err(|source| Error::CreateAnalysisRun {
+                let mut applied = result.map_err(|source| Error::CreateAnalysisRun {
                     namespace: namespace.into(),
                     name: run_name.clone(),
                     source,
                 })?;
+                super::trim(&mut applied);
+                ctx.recent_runs.remember(applied);
             }
             AnalysisRunChange::Terminate { name: run_name } => {
                 let patch = json!({"spec": {"terminate": true}});
@@ -122,6 +131,8 @@ pub(super) async fn execute(
             AnalysisRunChange::Delete { name: run_name } => {
                 let result = runs.delete(run_name, &DeleteParams::background()).await;
                 ctx.metrics.request("delete", "AnalysisRun", &result);
+                ctx.recent_runs
+                    .forget(&ObjectRef::new(run_name).within(namespace));
                 match result {
                     Ok(_) => {}
                     Err(source) if is_not_found(&source) => {}
@@ -174,7 +185,7 @@ pub(super) async fn execute(
             what: "new status".into(),
             source,
         })?;
-        write_status::<Rollout>(
+        let mut written = write_status::<Rollout>(
             ctx,
             namespace,
             &name,
@@ -184,6 +195,8 @@ pub(super) async fn execute(
             "Rollout",
         )
         .await?;
+        super::trim(&mut written);
+        ctx.recent_rollouts.remember(written);
     }
     Ok(())
 }
@@ -276,7 +289,7 @@ pub(super) async fn write_status<K>(
     old: &Value,
     new: &Value,
     kind: &'static str,
-) -> Result<(), Error>
+) -> Result<K, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -290,7 +303,7 @@ where
         .await;
     ctx.metrics.request("patch_status", kind, &result);
     match result {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written),
         Err(source) if is_conflict(&source) => Err(Error::Conflict {
             kind,
             namespace: namespace.into(),

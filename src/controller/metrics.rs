@@ -50,6 +50,10 @@ pub struct RequestLabels {
 pub struct HttpLabels {
     pub method: String,
     pub watch: String,
+    /// `replicasets`, `rollouts/status`… (a fixed vocabulary, else "other").
+    pub resource: String,
+    /// HTTP status code, or "error" when no response came back.
+    pub code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -264,10 +268,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn http_request(&self, method: &str, watch: bool) {
+    pub fn http_request(&self, method: &str, watch: bool, resource: &str, code: &str) {
         let labels = HttpLabels {
             method: method.into(),
             watch: watch.to_string(),
+            resource: resource.into(),
+            code: code.into(),
         };
         self.http_requests.get_or_create(&labels).inc();
     }

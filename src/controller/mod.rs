@@ -6,6 +6,7 @@ pub mod client;
 pub mod http;
 pub mod index;
 pub mod metrics;
+mod recent;
 mod rollouts;
 mod runs;
 
@@ -18,7 +19,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
@@ -153,6 +154,8 @@ pub struct Settings {
     pub identity: String,
     pub lease_duration: Duration,
     pub http_address: String,
+    /// Rollouts reconciled at once.
+    pub concurrency: u16,
 }
 
 /// Shared by both reconcilers.
@@ -171,6 +174,13 @@ pub struct Context {
     /// ReplicaSets and AnalysisRuns by the uid of the Rollout that controls them.
     pub owned_replica_sets: Arc<index::OwnerIndex<ReplicaSet>>,
     pub owned_runs: Arc<index::OwnerIndex<AnalysisRun>>,
+    /// What this controller last wrote, until the caches show it.
+    pub recent_rollouts: recent::Recent<Rollout>,
+    pub recent_replica_sets: Arc<recent::Recent<ReplicaSet>>,
+    pub recent_services: Arc<recent::Recent<Service>>,
+    pub recent_runs: Arc<recent::Recent<AnalysisRun>>,
+    /// Consecutive status-write conflicts per Rollout, for backoff.
+    pub conflicts: std::sync::Mutex<std::collections::HashMap<ObjectRef<Rollout>, u32>>,
     pub http: reqwest::Client,
     pub insecure_http: reqwest::Client,
     /// True once every cache has synced. Planning from a half-filled cache
@@ -203,6 +213,18 @@ fn trim<K: ResourceExt>(object: &mut K) {
     object
         .annotations_mut()
         .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// Services are cached (and remembered after our writes) with only their
+/// selector: the planner reads nothing else.
+fn trim_service(svc: &mut Service) {
+    trim(svc);
+    if let Some(spec) = svc.spec.as_mut() {
+        let selector = spec.selector.take();
+        *spec = Default::default();
+        spec.selector = selector;
+    }
+    svc.status = None;
 }
 
 /// Runs the controller until SIGTERM/SIGINT, or until leadership is lost.
@@ -318,10 +340,13 @@ async fn start_controllers(
     let (cluster_templates, cluster_template_writer) = reflector::store();
 
     // The Rollout controller keeps its own cache of Rollouts; the others are shared with the planner.
-    let rollout_controller = rollouts::build(scoped::<Rollout>(&client, namespace));
+    let rollout_controller = rollouts::build(scoped::<Rollout>(&client, namespace), settings.concurrency);
     let rollouts = rollout_controller.store();
     let owned_replica_sets = Arc::new(index::OwnerIndex::<ReplicaSet>::default());
     let owned_runs = Arc::new(index::OwnerIndex::<AnalysisRun>::default());
+    let recent_replica_sets = Arc::new(recent::Recent::new(replica_sets.clone()));
+    let recent_services = Arc::new(recent::Recent::new(services.clone()));
+    let recent_runs = Arc::new(recent::Recent::new(analysis_runs.clone()));
     // Only ReplicaSets carrying the hash label can belong to a Rollout.
     let rs_stream = reflector::reflector(
         rs_writer,
@@ -331,8 +356,11 @@ async fn start_controllers(
         )
         .modify(trim)
         .inspect_ok({
-            let index = owned_replica_sets.clone();
-            move |event| index.observe(event)
+            let (index, recent) = (owned_replica_sets.clone(), recent_replica_sets.clone());
+            move |event| {
+                index.observe(event);
+                recent.observe(event);
+            }
         }),
     )
     .default_backoff()
@@ -343,15 +371,10 @@ async fn start_controllers(
             scoped::<Service>(&client, namespace),
             watcher::Config::default(),
         )
-        .modify(|svc: &mut Service| {
-            trim(svc);
-            // Only the selector matters to the planner.
-            if let Some(spec) = svc.spec.as_mut() {
-                let selector = spec.selector.take();
-                *spec = Default::default();
-                spec.selector = selector;
-            }
-            svc.status = None;
+        .modify(trim_service)
+        .inspect_ok({
+            let recent = recent_services.clone();
+            move |event| recent.observe(event)
         }),
     )
     .default_backoff()
@@ -364,8 +387,11 @@ async fn start_controllers(
         )
         .modify(trim)
         .inspect_ok({
-            let index = owned_runs.clone();
-            move |event| index.observe(event)
+            let (index, recent) = (owned_runs.clone(), recent_runs.clone());
+            move |event| {
+                index.observe(event);
+                recent.observe(event);
+            }
         }),
     )
     .default_backoff()
@@ -416,6 +442,11 @@ async fn start_controllers(
         references: index::ReferenceIndex::default(),
         owned_replica_sets,
         owned_runs,
+        recent_rollouts: recent::Recent::new(rollouts.clone()),
+        recent_replica_sets,
+        recent_services,
+        recent_runs,
+        conflicts: Default::default(),
         http,
         insecure_http,
         synced: ready.clone(),

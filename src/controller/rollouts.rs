@@ -27,8 +27,9 @@ use kube::api::{Api, ListParams};
 
 const CONTROLLER: &str = "rollout";
 
-pub(super) fn build(api: Api<Rollout>) -> Controller<Rollout> {
+pub(super) fn build(api: Api<Rollout>, concurrency: u16) -> Controller<Rollout> {
     Controller::new(api, kube::runtime::watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
 }
 
 type Watched<K> = BoxStream<'static, Result<K, kube::runtime::watcher::Error>>;
@@ -127,6 +128,9 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let started = Instant::now();
+    // Plan from our own last write when the watch has not delivered it yet:
+    // the stale copy would repeat what was done and conflict on the write.
+    let rollout = ctx.recent_rollouts.freshest(rollout);
     let name = rollout.name_any();
     let namespace = rollout.namespace().ok_or_else(|| Error::MissingNamespace {
         kind: "Rollout",
@@ -142,25 +146,31 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
     ctx.references.record(&rollout);
     let uid = rollout.uid().unwrap_or_default();
     let same_namespace = |other: &Option<String>| other.as_deref() == Some(namespace.as_str());
-    let replica_sets: Vec<Arc<ReplicaSet>> = owned(
-        &ctx.replica_sets,
-        ctx.owned_replica_sets.owned_by(&uid),
-        |rs| {
-            same_namespace(&rs.metadata.namespace) && owned_by(&rs.metadata.owner_references, &uid)
-        },
+    let rs_owned = |rs: &ReplicaSet| {
+        same_namespace(&rs.metadata.namespace) && owned_by(&rs.metadata.owner_references, &uid)
+    };
+    let replica_sets: Vec<Arc<ReplicaSet>> = ctx.recent_replica_sets.overlay(
+        owned(
+            &ctx.replica_sets,
+            ctx.owned_replica_sets.owned_by(&uid),
+            rs_owned,
+        ),
+        rs_owned,
     );
-    let runs: Vec<Arc<AnalysisRun>> =
-        owned(&ctx.analysis_runs, ctx.owned_runs.owned_by(&uid), |run| {
-            same_namespace(&run.metadata.namespace)
-                && owned_by(&run.metadata.owner_references, &uid)
-        });
+    let run_owned = |run: &AnalysisRun| {
+        same_namespace(&run.metadata.namespace) && owned_by(&run.metadata.owner_references, &uid)
+    };
+    let runs: Vec<Arc<AnalysisRun>> = ctx.recent_runs.overlay(
+        owned(&ctx.analysis_runs, ctx.owned_runs.owned_by(&uid), run_owned),
+        run_owned,
+    );
     let services: Vec<(String, Arc<Service>)> = referenced_services(&rollout)
         .into_iter()
         .filter_map(|(_, service)| {
             let found = ctx
                 .services
                 .get(&ObjectRef::new(&service).within(&namespace))?;
-            Some((service, found))
+            Some((service, ctx.recent_services.freshest(found)))
         })
         .collect();
     let mut templates: Vec<((bool, String), AnalysisTemplateSpec)> = Vec::new();
@@ -210,7 +220,26 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
     {
         info!(rollout = %name, namespace = %namespace, phase = ?status.phase, message = ?status.message, "phase changed");
     }
-    apply::execute(&ctx, &rollout, &namespace, &plan).await?;
+    let key = ObjectRef::from_obj(rollout.as_ref());
+    match apply::execute(&ctx, &rollout, &namespace, &plan).await {
+        Ok(()) => {
+            lock(&ctx.conflicts).remove(&key);
+        }
+        Err(error @ Error::Conflict { .. }) => {
+            // Someone else wrote the Rollout since our copy. Fetch it so the
+            // retry plans from it even while the watch lags; the writes done
+            // before the status are remembered and not repeated.
+            let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), &namespace);
+            let fetched = api.get(&name).await;
+            ctx.metrics.request("get", "Rollout", &fetched);
+            if let Ok(mut fetched) = fetched {
+                super::trim(&mut fetched);
+                ctx.recent_rollouts.remember(fetched);
+            }
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    }
 
     let status = plan.status.as_ref().or(rollout.status.as_ref());
     if let Some(status) = status {
@@ -234,11 +263,37 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
     })
 }
 
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Retry delay after the `attempt`-th conflict in a row: doubling from
+/// 100 ms up to 5 s, spread by ±50 % so Rollouts that conflicted together
+/// do not retry together.
+fn conflict_backoff(attempt: u32, spread: u64) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.saturating_sub(1).min(6)).min(5_000);
+    let jitter = spread % (base + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
 fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(CONTROLLER, error.category());
     match error {
-        // The watch will deliver the newer object in a moment.
-        Error::Conflict { .. } => Action::requeue(Duration::from_millis(500)),
+        Error::Conflict { .. } => {
+            let attempt = {
+                let mut conflicts = lock(&ctx.conflicts);
+                let attempt = conflicts
+                    .entry(ObjectRef::from_obj(rollout.as_ref()))
+                    .or_insert(0);
+                *attempt = attempt.saturating_add(1);
+                *attempt
+            };
+            let spread = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                Instant::now(),
+            );
+            Action::requeue(conflict_backoff(attempt, spread))
+        }
         _ => {
             warn!(rollout = %rollout.name_any(), namespace = ?rollout.namespace(), %error, "reconcile failed; retrying in 5s");
             Action::requeue(Duration::from_secs(5))
@@ -299,6 +354,25 @@ async fn prune(ctx: Arc<Context>, store: Store<Rollout>) {
             ctx.metrics.forget_rollout(&gone.0, &gone.1);
         }
         ctx.references.retain(|r| store.get(r).is_some());
+        lock(&ctx.conflicts).retain(|r, _| store.get(r).is_some());
         known = live;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conflict_backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn conflict_backoff_doubles_with_jitter_and_is_capped() {
+        let bounds = |attempt, spread| conflict_backoff(attempt, spread);
+        assert_eq!(bounds(1, 0), Duration::from_millis(50));
+        assert_eq!(bounds(1, 100), Duration::from_millis(150));
+        assert_eq!(bounds(2, 0), Duration::from_millis(100));
+        assert_eq!(bounds(3, 400), Duration::from_millis(600));
+        assert_eq!(bounds(40, 0), Duration::from_millis(2_500));
+        assert_eq!(bounds(40, 5_000), Duration::from_millis(7_500));
+        assert!(bounds(40, u64::MAX) <= Duration::from_millis(7_500));
     }
 }

@@ -39,6 +39,8 @@ pub(super) async fn controller(
 
 async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    // Our own last status write, if the watch has not delivered it yet.
+    let run = ctx.recent_runs.freshest(run);
     let name = run.name_any();
     let namespace = run.namespace().ok_or_else(|| Error::MissingNamespace {
         kind: "AnalysisRun",
@@ -117,7 +119,7 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
             what: "new run status".into(),
             source,
         })?;
-        apply::write_status::<AnalysisRun>(
+        let mut written = apply::write_status::<AnalysisRun>(
             &ctx,
             &namespace,
             &name,
@@ -127,6 +129,8 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
             "AnalysisRun",
         )
         .await?;
+        super::trim(&mut written);
+        ctx.recent_runs.remember(written);
     }
     // Counted once the completed phase is stored, so a conflict does not count it twice.
     if previous.phase != Some(phase) && phase.is_completed() {
