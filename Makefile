@@ -52,7 +52,7 @@ test: deps build lint
 demo: deps build
 	scripts/demo.sh
 
-## bench: scale benchmark (N = 100, 500, 1000 rollouts); results in target/bench/
+## bench: scale benchmark (N = 100, 1000, 10000 rollouts, 3 runs each on a fresh cluster); results in target/bench/
 bench: deps
 	cargo build --release --bin ramp-controller
 	cargo build --workspace --bins

@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
-# Scale benchmark (see tests/support/src/bin/ramp-bench.rs for what is measured).
-# Extra arguments go to ramp-bench, e.g. `scripts/bench.sh --sizes 100 --idle 10 --cycles 1`.
+# Scale benchmark (see tests/support/src/bin/ramp-bench.rs for what is measured):
+# every size, every run, on a fresh local control plane; then the table of medians.
+#   RAMP_BENCH_SIZES="100 1000 10000" RAMP_BENCH_RUNS=3 scripts/bench.sh [ramp-bench flags] [-- controller flags]
+# e.g. `RAMP_BENCH_SIZES=1000 RAMP_BENCH_RUNS=1 scripts/bench.sh --idle 10 -- --kube-api-qps 0`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-tests/cluster/up.sh
-kubectl --kubeconfig target/cluster/kubeconfig apply --server-side --force-conflicts -k crds/ >/dev/null
-mkdir -p target/bench
-target/debug/ramp-bench --controller target/release/ramp-controller --out target/bench "$@"
-echo "results: target/bench/results.md and target/bench/results.json" >&2
+sizes="${RAMP_BENCH_SIZES:-100 1000 10000}"
+runs="${RAMP_BENCH_RUNS:-3}"
+out="${RAMP_BENCH_OUT:-target/bench}"
+controller="${RAMP_BENCH_CONTROLLER:-target/release/ramp-controller}"
+mkdir -p "$out"
+rm -f "$out"/run-*.json
+for n in $sizes; do
+  for run in $(seq 1 "$runs"); do
+    tests/cluster/down.sh >/dev/null 2>&1 || true
+    tests/cluster/up.sh
+    kubectl --kubeconfig target/cluster/kubeconfig apply --server-side --force-conflicts -k crds/ >/dev/null
+    kubectl --kubeconfig target/cluster/kubeconfig wait --for condition=established --timeout=60s crd --all >/dev/null
+    target/debug/ramp-bench --controller "$controller" --size "$n" --run-label "$run" --out "$out" "$@"
+  done
+done
+tests/cluster/down.sh >/dev/null 2>&1 || true
+target/debug/ramp-bench --report "$out"
+echo "results: $out/results.md and $out/results.json" >&2

@@ -47,6 +47,7 @@ struct Cli {
     #[arg(long, env = "RAMP_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
     /// Client-side limit on requests per second to the API server; 0 turns it off.
+    /// Events are paced by a second limit of the same size, so they never delay rollout writes.
     #[arg(long, env = "RAMP_KUBE_API_QPS", default_value_t = 200.0)]
     kube_api_qps: f64,
     /// Requests allowed at once above --kube-api-qps before the limit paces them.
@@ -112,8 +113,14 @@ async fn main() -> ExitCode {
         qps: cli.kube_api_qps,
         burst: cli.kube_api_burst,
     };
-    let client = match client(cli.kubeconfig.as_deref(), metrics.clone(), limit).await {
-        Ok(client) => client,
+    let clients = async {
+        Ok::<_, String>(controller::Clients {
+            api: client(cli.kubeconfig.as_deref(), metrics.clone(), limit).await?,
+            events: client(cli.kubeconfig.as_deref(), metrics.clone(), limit).await?,
+        })
+    };
+    let clients = match clients.await {
+        Ok(clients) => clients,
         Err(error) => {
             tracing::error!("cannot build a Kubernetes client: {error}");
             return ExitCode::FAILURE;
@@ -140,7 +147,7 @@ async fn main() -> ExitCode {
         concurrency: cli.concurrency,
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, leader_election = settings.leader_election, "starting ramp-controller");
-    match controller::run(client, settings, metrics).await {
+    match controller::run(clients, settings, metrics).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

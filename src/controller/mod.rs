@@ -227,8 +227,20 @@ fn trim_service(svc: &mut Service) {
     svc.status = None;
 }
 
+/// Events go through their own client, with a rate limit of their own: a
+/// burst of Events (several per transition, across a thousand Rollouts) must
+/// not queue ahead of the writes that move the rollouts.
+pub struct Clients {
+    pub api: Client,
+    pub events: Client,
+}
+
 /// Runs the controller until SIGTERM/SIGINT, or until leadership is lost.
-pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Result<(), Error> {
+pub async fn run(clients: Clients, settings: Settings, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let Clients {
+        api: client,
+        events: events_client,
+    } = clients;
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -278,7 +290,15 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> R
     };
     let stop = stop.shared();
 
-    start_controllers(client, &settings, metrics.clone(), ready, stop).await;
+    start_controllers(
+        client,
+        events_client,
+        &settings,
+        metrics.clone(),
+        ready,
+        stop,
+    )
+    .await;
     metrics.set_leader(false);
 
     if let Some((rx, task)) = lease {
@@ -327,6 +347,7 @@ async fn acquire_leadership(
 
 async fn start_controllers(
     client: Client,
+    events_client: Client,
     settings: &Settings,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -340,7 +361,8 @@ async fn start_controllers(
     let (cluster_templates, cluster_template_writer) = reflector::store();
 
     // The Rollout controller keeps its own cache of Rollouts; the others are shared with the planner.
-    let rollout_controller = rollouts::build(scoped::<Rollout>(&client, namespace), settings.concurrency);
+    let rollout_controller =
+        rollouts::build(scoped::<Rollout>(&client, namespace), settings.concurrency);
     let rollouts = rollout_controller.store();
     let owned_replica_sets = Arc::new(index::OwnerIndex::<ReplicaSet>::default());
     let owned_runs = Arc::new(index::OwnerIndex::<AnalysisRun>::default());
@@ -418,7 +440,7 @@ async fn start_controllers(
     .touched_objects();
 
     let recorder = Recorder::new(
-        client.clone(),
+        events_client,
         Reporter {
             controller: crate::api::FIELD_MANAGER.into(),
             instance: Some(settings.identity.clone()),

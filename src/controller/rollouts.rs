@@ -264,14 +264,18 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Retry delay after the `attempt`-th conflict in a row: doubling from
 /// 100 ms up to 5 s, spread by ±50 % so Rollouts that conflicted together
 /// do not retry together.
 fn conflict_backoff(attempt: u32, spread: u64) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.saturating_sub(1).min(6)).min(5_000);
+    let base = 100u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(5_000);
     let jitter = spread % (base + 1);
     Duration::from_millis(base / 2 + jitter)
 }

@@ -1,16 +1,27 @@
-//! Scale benchmark for ramp-controller on the local control plane.
+//! Scale benchmark for ramp-controller on the local control plane: the
+//! workload of issue 14, one size per fresh cluster.
 //!
-//! For each N: create N Rollouts (1 replica, half canary without steps, half
-//! blue/green with auto-promotion) with their Services, wait until all are
-//! Healthy, change every image (at a fixed rate) and drive them to completion,
-//! then idle. Latencies come from this program's own watch events, request
-//! counts from the controller's client-side counting layer
-//! (`ramp_http_requests_total`), memory and CPU from /proc.
+//! Phases, each measured on its own:
+//! - create: N Rollouts (1 replica; even ones canary without steps, odd ones
+//!   blue/green with auto-promotion and a 5 s scale-down delay), each with
+//!   two Services, until every one is settled;
+//! - update: every image patched at `--rate` per second, until every one is
+//!   settled again;
+//! - idle: `--idle` seconds with nothing to do.
 //!
-//! Usage: ramp-bench --controller PATH [--sizes 100,500,1000] [--idle 60]
-//!        [--cycles 5] [--rate 100] [--out target/bench]
+//! Settled means phase Healthy, observedGeneration current, stableRS =
+//! currentPodHash, and every other ReplicaSet of the Rollout scaled to 0.
+//! Times come from this program's watches (patch → first sight of the new
+//! ReplicaSet, patch → settled), requests from the controller's own counting
+//! layer (`ramp_http_requests_total` by method, resource and status code),
+//! memory and CPU from /proc.
+//!
+//! Usage:
+//!   ramp-bench --controller PATH --size N [--rate 100] [--idle 30]
+//!              [--run-label 1] [--out target/bench] [-- controller flags…]
+//!   ramp-bench --report target/bench     (medians over every run-*.json)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -20,7 +31,7 @@ use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -29,47 +40,59 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 const HASH: &str = "rollouts-pod-template-hash";
+const MIB: f64 = 1048576.0;
 
 struct Args {
     controller: PathBuf,
-    sizes: Vec<usize>,
+    size: Option<usize>,
     idle: Duration,
-    cycles: usize,
     rate: f64,
+    label: String,
     out: PathBuf,
+    report: Option<PathBuf>,
+    controller_flags: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         controller: PathBuf::from("target/release/ramp-controller"),
-        sizes: vec![100, 500, 1000],
-        idle: Duration::from_secs(60),
-        cycles: 5,
+        size: None,
+        idle: Duration::from_secs(30),
         rate: 100.0,
+        label: "1".into(),
         out: PathBuf::from("target/bench"),
+        report: None,
+        controller_flags: Vec::new(),
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
+        if flag == "--" {
+            args.controller_flags = iter.by_ref().collect();
+            break;
+        }
         let value = iter
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--controller" => args.controller = value.into(),
-            "--sizes" => {
-                args.sizes = value
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<Result<_, _>>()
-                    .context("--sizes: comma-separated numbers")?
-            }
+            "--size" => args.size = Some(value.parse().context("--size: a number of Rollouts")?),
             "--idle" => args.idle = Duration::from_secs(value.parse().context("--idle: seconds")?),
-            "--cycles" => args.cycles = value.parse().context("--cycles: a number")?,
-            "--rate" => args.rate = value.parse().context("--rate: updates per second")?,
+            "--rate" => {
+                args.rate = value.parse().context("--rate: updates per second")?;
+                if !(args.rate > 0.0) {
+                    bail!("--rate must be above 0 updates per second");
+                }
+            }
+            "--run-label" => args.label = value,
             "--out" => args.out = value.into(),
+            "--report" => args.report = Some(value.into()),
             other => {
                 bail!("unknown flag {other}; see the header of tests/support/src/bin/ramp-bench.rs")
             }
         }
+    }
+    if args.size.is_none() && args.report.is_none() {
+        bail!("give --size N (one benchmark run) or --report DIR (the table of all runs)");
     }
     Ok(args)
 }
@@ -107,13 +130,19 @@ struct Controller {
 }
 
 impl Controller {
-    async fn start(binary: &PathBuf, namespace: &str, log: PathBuf) -> anyhow::Result<Controller> {
+    async fn start(
+        binary: &PathBuf,
+        namespace: &str,
+        extra: &[String],
+        log: PathBuf,
+    ) -> anyhow::Result<Controller> {
         let port = free_port()?;
         let log = std::fs::File::create(log)?;
         let child = Command::new(binary)
             .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
             .arg(format!("--namespace={namespace}"))
             .arg("--leader-elect=false")
+            .args(extra)
             .arg(format!("--http-address=127.0.0.1:{port}"))
             .env("RAMP_LOG_LEVEL", "warn")
             .stdout(Stdio::from(log.try_clone()?))
@@ -159,52 +188,116 @@ impl Controller {
         proc_sample(self.pid()).map(|s| s.1).unwrap_or(0)
     }
 
-    fn rss_since(&self, since: Instant) -> Vec<u64> {
+    fn rss_between(&self, from: Instant, to: Instant) -> Vec<f64> {
         self.samples
             .lock()
             .map(|s| {
                 s.iter()
-                    .filter(|(t, _)| *t >= since)
-                    .map(|(_, r)| *r)
+                    .filter(|(t, _)| *t >= from && *t <= to)
+                    .map(|(_, r)| *r as f64 / MIB)
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    fn peak(&self) -> u64 {
-        self.samples
-            .lock()
-            .map(|s| s.iter().map(|(_, r)| *r).max().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
-    /// (all HTTP requests, non-GET requests, Event creations) the controller has sent so far.
-    async fn requests(&self) -> anyhow::Result<(f64, f64, f64)> {
+    /// `ramp_http_requests_total` series: (method, watch, resource, code) → count.
+    async fn requests(&self) -> anyhow::Result<Requests> {
         let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
             .await?
             .text()
             .await?;
-        let mut all = 0.0;
-        let mut writes = 0.0;
-        let mut events = 0.0;
+        let mut counts = Requests::new();
         for line in text.lines() {
-            let value = line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            if line.starts_with("ramp_http_requests_total{") {
-                all += value;
-                if !line.contains("method=\"GET\"") {
-                    writes += value;
-                }
-            }
-            if line.starts_with("ramp_kube_requests_total{") && line.contains("kind=\"Event\"") {
-                events += value;
+            let Some(labels) = line
+                .strip_prefix("ramp_http_requests_total{")
+                .and_then(|l| l.split_once('}'))
+            else {
+                continue;
+            };
+            let value: f64 = labels.1.trim().parse().unwrap_or(0.0);
+            let label = |key: &str| {
+                labels
+                    .0
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(&format!("{key}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            let key = RequestKey {
+                method: if label("watch") == "true" {
+                    "WATCH".into()
+                } else {
+                    label("method")
+                },
+                resource: label("resource"),
+                code: label("code"),
+            };
+            *counts.entry(key).or_default() += value;
+        }
+        Ok(counts)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct RequestKey {
+    method: String,
+    resource: String,
+    code: String,
+}
+
+type Requests = BTreeMap<RequestKey, f64>;
+
+fn delta(after: &Requests, before: &Requests) -> Requests {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+/// What one phase cost, in the shape the report reads.
+fn phase_report(
+    requests: &Requests,
+    n: usize,
+    cpu_seconds: f64,
+    rss: &mut [f64],
+    seconds: f64,
+) -> Value {
+    let mut by_verb: BTreeMap<String, f64> = BTreeMap::new();
+    let mut by_code: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut writes, mut status_writes, mut conflicts, mut all) = (0.0, 0.0, 0.0, 0.0);
+    for (key, count) in requests {
+        all += count;
+        *by_verb
+            .entry(format!("{} {}", key.method, key.resource))
+            .or_default() += count;
+        if !key.code.starts_with('2') {
+            *by_code.entry(key.code.clone()).or_default() += count;
+        }
+        let write = !matches!(key.method.as_str(), "GET" | "WATCH");
+        if write && key.resource != "events" {
+            writes += count;
+        }
+        if key.method == "PATCH" && key.resource == "rollouts/status" {
+            status_writes += count;
+            if key.code == "409" {
+                conflicts += count;
             }
         }
-        Ok((all, writes, events))
     }
+    json!({
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "rss_peak_mib": rss.iter().copied().fold(0.0, f64::max),
+        "rss_median_mib": percentile(rss, 50.0),
+        "requests": all,
+        "requests_by_verb_and_resource": by_verb,
+        "non_2xx_by_code": by_code,
+        "status_writes": status_writes,
+        "conflicts": conflicts,
+        "writes_excluding_events": writes,
+        "writes_per_rollout_excluding_events": writes / n as f64,
+    })
 }
 
 fn services(name: &str) -> [Value; 2] {
@@ -226,22 +319,6 @@ fn rollout(name: &str, canary: bool) -> Value {
             "strategy": strategy}})
 }
 
-fn settled(rollout: &DynamicObject) -> bool {
-    let status = &rollout.data["status"];
-    status["phase"] == "Healthy"
-        && status["observedGeneration"].as_i64() == rollout.metadata.generation
-        && status["stableRS"] == status["currentPodHash"]
-}
-
-async fn wait_all_settled(api: &Api<DynamicObject>, n: usize, what: &str) -> anyhow::Result<()> {
-    wait_until(what, Duration::from_secs(900), || async {
-        let list = api.list(&ListParams::default()).await?;
-        let done = list.items.iter().filter(|r| settled(r)).count();
-        Ok((done == n).then_some(()))
-    })
-    .await
-}
-
 fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -251,195 +328,187 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[rank.min(values.len() - 1)]
 }
 
+/// What the watches have shown of one Rollout and its ReplicaSets.
 #[derive(Default)]
-struct Timeline {
-    changed: HashMap<String, Instant>,
-    new_rs: HashMap<String, Instant>,
-    available: HashMap<String, Instant>,
-    acted: HashMap<String, Instant>,
+struct Observed {
+    generation: i64,
+    observed_generation: i64,
+    healthy: bool,
+    stable: String,
+    current: String,
+    /// pod-template hash → spec.replicas
+    replica_sets: HashMap<String, i32>,
 }
 
-/// One update cycle: change every image, record the timeline from watches.
-async fn update_cycle(
+impl Observed {
+    fn settled(&self, target_generation: i64) -> bool {
+        self.healthy
+            && self.generation >= target_generation
+            && self.observed_generation == self.generation
+            && !self.stable.is_empty()
+            && self.stable == self.current
+            && self
+                .replica_sets
+                .iter()
+                .all(|(hash, replicas)| *hash == self.stable || *replicas == 0)
+    }
+}
+
+/// The watch-fed view of the whole namespace, and the current phase's timeline.
+#[derive(Default)]
+struct World {
+    rollouts: HashMap<String, Observed>,
+    target_generation: HashMap<String, i64>,
+    old_hash: HashMap<String, String>,
+    patched: HashMap<String, Instant>,
+    new_rs: HashMap<String, Instant>,
+    settled: HashMap<String, Instant>,
+}
+
+impl World {
+    fn check(&mut self, name: &str, now: Instant) {
+        let Some(target) = self.target_generation.get(name).copied() else {
+            return;
+        };
+        if self.settled.contains_key(name) {
+            return;
+        }
+        if self.rollouts.get(name).is_some_and(|r| r.settled(target)) {
+            self.settled.insert(name.to_string(), now);
+        }
+    }
+
+    /// Starts a phase: every Rollout must reach `target` generations again.
+    fn begin(&mut self, targets: HashMap<String, i64>) {
+        self.old_hash = self
+            .rollouts
+            .iter()
+            .map(|(name, r)| (name.clone(), r.stable.clone()))
+            .collect();
+        self.target_generation = targets;
+        self.patched.clear();
+        self.new_rs.clear();
+        self.settled.clear();
+        let names: Vec<String> = self.rollouts.keys().cloned().collect();
+        let now = Instant::now();
+        for name in names {
+            self.check(&name, now);
+        }
+    }
+}
+
+fn lock(world: &Mutex<World>) -> std::sync::MutexGuard<'_, World> {
+    world
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn watch_world(
     client: &Client,
     namespace: &str,
-    n: usize,
-    image: &str,
-    rate: f64,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    world: Arc<Mutex<World>>,
+) -> tokio::task::JoinHandle<()> {
     let rollouts: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &rollout_resource());
-    let before = rollouts.list(&ListParams::default()).await?;
-    let old_hash: HashMap<String, String> = before
-        .items
-        .iter()
-        .map(|r| {
-            (
-                r.name_any(),
-                r.data["status"]["stableRS"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-        .collect();
-    let canary: HashSet<String> = before
-        .items
-        .iter()
-        .filter(|r| r.data["spec"]["strategy"]["canary"].is_object())
-        .map(|r| r.name_any())
-        .collect();
-    let target_generation: HashMap<String, i64> = before
-        .items
-        .iter()
-        .map(|r| (r.name_any(), r.metadata.generation.unwrap_or(0) + 1))
-        .collect();
-    let timeline = Arc::new(Mutex::new(Timeline::default()));
-
-    let rollout_watch = {
-        let timeline = timeline.clone();
-        let target = target_generation.clone();
-        watcher(rollouts.clone(), watcher::Config::default())
-            .applied_objects()
-            .try_for_each(move |r| {
-                let name = r.name_any();
-                if r.metadata.generation >= target.get(&name).copied()
-                    && let Ok(mut t) = timeline.lock()
-                {
-                    t.changed.entry(name).or_insert_with(Instant::now);
-                }
-                futures::future::ready(Ok(()))
-            })
-    };
-    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
-    let rs_watch = {
-        let timeline = timeline.clone();
-        let old_hash = old_hash.clone();
-        let canary = canary.clone();
-        watcher(rs_api, watcher::Config::default().labels(HASH))
-            .applied_objects()
-            .try_for_each(move |rs| {
-                let Some(owner) = rs
-                    .metadata
-                    .owner_references
-                    .as_ref()
-                    .and_then(|o| o.first())
-                    .map(|o| o.name.clone())
-                else {
-                    return futures::future::ready(Ok(()));
-                };
-                let hash = rs.labels().get(HASH).cloned().unwrap_or_default();
-                let now = Instant::now();
-                if let Ok(mut t) = timeline.lock() {
-                    let old = old_hash.get(&owner).cloned().unwrap_or_default();
-                    let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-                    let available = rs
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.available_replicas)
-                        .unwrap_or(0);
-                    if hash != old {
-                        t.new_rs.entry(owner.clone()).or_insert(now);
-                        if available >= 1 {
-                            t.available.entry(owner.clone()).or_insert(now);
-                        }
-                    } else if canary.contains(&owner)
-                        && replicas == 0
-                        && t.available.contains_key(&owner)
-                    {
-                        t.acted.entry(owner).or_insert(now);
-                    }
-                }
-                futures::future::ready(Ok(()))
-            })
-    };
-    let svc_api: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let svc_watch = {
-        let timeline = timeline.clone();
-        let old_hash = old_hash.clone();
-        watcher(svc_api, watcher::Config::default())
-            .applied_objects()
-            .try_for_each(move |svc| {
-                let name = svc.name_any();
-                if let Some(owner) = name.strip_suffix("-a") {
-                    let selected = svc
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.selector.as_ref())
-                        .and_then(|s| s.get(HASH))
-                        .cloned();
-                    let old = old_hash.get(owner).cloned();
-                    if selected.is_some()
-                        && selected != old
-                        && let Ok(mut t) = timeline.lock()
-                        && t.available.contains_key(owner)
-                    {
-                        t.acted
-                            .entry(owner.to_string())
-                            .or_insert_with(Instant::now);
-                    }
-                }
-                futures::future::ready(Ok(()))
-            })
-    };
-    let watches = tokio::spawn(async move {
-        let _ = tokio::join!(rollout_watch, rs_watch, svc_watch);
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let patch =
-        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut ticker = tokio::time::interval(interval);
-    for name in old_hash.keys() {
-        ticker.tick().await;
-        // The change exists no later than the moment the patch is sent; the
-        // Rollout's own watch event can arrive after the new ReplicaSet's.
-        let sent = Instant::now();
-        rollouts
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        if let Ok(mut t) = timeline.lock() {
-            let seen = t.changed.get(name).copied().unwrap_or(sent);
-            t.changed.insert(name.clone(), seen.min(sent));
-        }
-    }
-    wait_all_settled(&rollouts, n, "every rollout to complete the update").await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    watches.abort();
-
-    let t = timeline
-        .lock()
-        .map_err(|_| anyhow::anyhow!("timeline lock poisoned"))?;
-    let mut create = Vec::new();
-    let mut act = Vec::new();
-    for name in old_hash.keys() {
-        if let (Some(changed), Some(rs)) = (t.changed.get(name), t.new_rs.get(name)) {
-            create.push(rs.saturating_duration_since(*changed).as_secs_f64() * 1000.0);
-        }
-        if let (Some(available), Some(acted)) = (t.available.get(name), t.acted.get(name)) {
-            act.push(acted.saturating_duration_since(*available).as_secs_f64() * 1000.0);
-        }
-    }
-    Ok((create, act))
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let rollout_world = world.clone();
+    let rollout_watch = watcher(rollouts, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .try_for_each(move |r| {
+            let name = r.name_any();
+            let status = &r.data["status"];
+            let now = Instant::now();
+            let mut world = lock(&rollout_world);
+            let observed = world.rollouts.entry(name.clone()).or_default();
+            observed.generation = r.metadata.generation.unwrap_or(0);
+            observed.observed_generation = status["observedGeneration"].as_i64().unwrap_or(0);
+            observed.healthy = status["phase"] == "Healthy";
+            observed.stable = status["stableRS"].as_str().unwrap_or_default().into();
+            observed.current = status["currentPodHash"].as_str().unwrap_or_default().into();
+            world.check(&name, now);
+            futures::future::ready(Ok(()))
+        });
+    let rs_watch = watcher(replica_sets, watcher::Config::default().labels(HASH))
+        .default_backoff()
+        .touched_objects()
+        .try_for_each(move |rs| {
+            let owner = rs
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.first())
+                .map(|o| o.name.clone());
+            let Some(owner) = owner else {
+                return futures::future::ready(Ok(()));
+            };
+            let hash = rs.labels().get(HASH).cloned().unwrap_or_default();
+            let replicas = if rs.metadata.deletion_timestamp.is_some() {
+                0
+            } else {
+                rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+            };
+            let now = Instant::now();
+            let mut world = lock(&world);
+            world
+                .rollouts
+                .entry(owner.clone())
+                .or_default()
+                .replica_sets
+                .insert(hash.clone(), replicas);
+            if world.patched.contains_key(&owner) && world.old_hash.get(&owner) != Some(&hash) {
+                world.new_rs.entry(owner.clone()).or_insert(now);
+            }
+            world.check(&owner, now);
+            futures::future::ready(Ok(()))
+        });
+    tokio::spawn(async move {
+        let _ = tokio::join!(rollout_watch, rs_watch);
+    })
 }
 
-async fn run_size(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
-    eprintln!("== N = {n}");
+async fn wait_settled(world: &Mutex<World>, n: usize, what: &str) -> anyhow::Result<()> {
+    let mut reported = Instant::now();
+    wait_until(what, Duration::from_secs(1800), || {
+        let settled = lock(world).settled.len();
+        if reported.elapsed() >= Duration::from_secs(10) {
+            eprintln!("   {settled}/{n} settled");
+            reported = Instant::now();
+        }
+        async move { Ok((settled >= n).then_some(())) }
+    })
+    .await
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("r{i}")).collect()
+}
+
+async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
+    eprintln!("== N = {n} (run {})", args.label);
     let namespace = TestNamespace::create(client, &format!("bench{n}")).await?;
     let ns = namespace.name.clone();
     std::fs::create_dir_all(&args.out)?;
     let controller = Controller::start(
         &args.controller,
         &ns,
-        args.out.join(format!("controller-{n}.log")),
+        &args.controller_flags,
+        args.out.join(format!("controller-{n}-{}.log", args.label)),
     )
     .await?;
+    let world = Arc::new(Mutex::new(World::default()));
+    let watches = watch_world(client, &ns, world.clone());
     let rollouts: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &rollout_resource());
     let services_api: Api<Service> = Api::namespaced(client.clone(), &ns);
 
-    let created = Instant::now();
+    // create
+    lock(&world).begin(names(n).into_iter().map(|name| (name, 1)).collect());
+    let (requests_before, ticks_before, started) = (
+        controller.requests().await?,
+        controller.cpu_ticks(),
+        Instant::now(),
+    );
     futures::stream::iter(0..n)
         .map(|i| {
             let rollouts = rollouts.clone();
@@ -463,128 +532,206 @@ async fn run_size(client: &Client, args: &Args, n: usize) -> anyhow::Result<Valu
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await?;
-    wait_all_settled(&rollouts, n, "every rollout Healthy after creation").await?;
-    eprintln!(
-        "   {n} rollouts healthy after {:.1}s",
-        created.elapsed().as_secs_f64()
+    wait_settled(&world, n, "every Rollout settled after creation").await?;
+    let create_seconds = started.elapsed().as_secs_f64();
+    let create = phase_report(
+        &delta(&controller.requests().await?, &requests_before),
+        n,
+        (controller.cpu_ticks() - ticks_before) as f64 / TICKS_PER_SECOND,
+        &mut controller.rss_between(started, Instant::now()),
+        create_seconds,
     );
+    eprintln!("   created and settled in {create_seconds:.1}s");
 
-    let mut create_latencies = Vec::new();
-    let mut action_latencies = Vec::new();
-    let mut cycle_rss = Vec::new();
-    let mut per_rollout = Vec::new();
-    let mut writes_per_rollout = Vec::new();
-    let mut events_per_rollout = Vec::new();
-    for cycle in 0..args.cycles.max(1) {
-        let (requests_before, writes_before, events_before) = controller.requests().await?;
-        let (mut create, mut act) =
-            update_cycle(client, &ns, n, &format!("bench:{}", cycle + 2), args.rate).await?;
-        let (requests_after, writes_after, events_after) = controller.requests().await?;
-        events_per_rollout.push((events_after - events_before) / n as f64);
-        per_rollout.push((requests_after - requests_before) / n as f64);
-        writes_per_rollout.push((writes_after - writes_before) / n as f64);
-        create_latencies.append(&mut create);
-        action_latencies.append(&mut act);
-        // Let blue/green scale-down delays (5s) expire before sampling steady memory.
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        let since = Instant::now();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let mut steady: Vec<f64> = controller
-            .rss_since(since)
-            .iter()
-            .map(|r| *r as f64)
-            .collect();
-        cycle_rss.push(percentile(&mut steady, 50.0) / 1048576.0);
-        eprintln!(
-            "   cycle {}: steady RSS {:.1} MiB, {:.1} requests/rollout",
-            cycle + 1,
-            cycle_rss[cycle],
-            per_rollout[cycle]
-        );
+    // update
+    let targets: HashMap<String, i64> = {
+        let world = lock(&world);
+        names(n)
+            .into_iter()
+            .map(|name| {
+                let generation = world.rollouts.get(&name).map(|r| r.generation).unwrap_or(1);
+                (name, generation + 1)
+            })
+            .collect()
+    };
+    lock(&world).begin(targets);
+    let (requests_before, ticks_before, started) = (
+        controller.requests().await?,
+        controller.cpu_ticks(),
+        Instant::now(),
+    );
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "bench:2"}]}}}});
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
+    for name in names(n) {
+        ticker.tick().await;
+        // Stamped before the patch is sent: the new ReplicaSet can be seen
+        // before the patch call returns.
+        lock(&world).patched.insert(name.clone(), Instant::now());
+        rollouts
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
     }
+    let last_patch = Instant::now();
+    wait_settled(&world, n, "every Rollout settled after the update").await?;
+    let settled_all = Instant::now();
+    let update = phase_report(
+        &delta(&controller.requests().await?, &requests_before),
+        n,
+        (controller.cpu_ticks() - ticks_before) as f64 / TICKS_PER_SECOND,
+        &mut controller.rss_between(started, settled_all),
+        settled_all.duration_since(started).as_secs_f64(),
+    );
+    let (mut to_rs, mut to_settled) = (Vec::new(), Vec::new());
+    {
+        let world = lock(&world);
+        for (name, patched) in &world.patched {
+            if let Some(seen) = world.new_rs.get(name) {
+                to_rs.push(seen.saturating_duration_since(*patched).as_secs_f64() * 1000.0);
+            }
+            if let Some(settled) = world.settled.get(name) {
+                to_settled.push(settled.saturating_duration_since(*patched).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    let after_last_patch = settled_all.duration_since(last_patch).as_secs_f64();
+    eprintln!("   updated: all settled {after_last_patch:.1}s after the last patch");
 
-    let (idle_requests_before, _, _) = controller.requests().await?;
-    let ticks_before = controller.cpu_ticks();
-    let idle_start = Instant::now();
+    // idle
+    let (requests_before, ticks_before, started) = (
+        controller.requests().await?,
+        controller.cpu_ticks(),
+        Instant::now(),
+    );
     tokio::time::sleep(args.idle).await;
-    let idle_cpu = (controller.cpu_ticks() - ticks_before) as f64 / TICKS_PER_SECOND;
-    let (idle_requests_after, _, _) = controller.requests().await?;
-    let mut idle_rss: Vec<f64> = controller
-        .rss_since(idle_start)
-        .iter()
-        .map(|r| *r as f64)
-        .collect();
-    let steady = percentile(&mut idle_rss, 50.0) / 1048576.0;
-    let result = json!({
-        "n": n,
-        "peak_rss_mib": controller.peak() as f64 / 1048576.0,
-        "steady_rss_mib": steady,
-        "rss_after_each_cycle_mib": cycle_rss,
-        "idle_seconds": args.idle.as_secs(),
-        "idle_cpu_seconds": idle_cpu,
-        "idle_requests": idle_requests_after - idle_requests_before,
-        "change_to_new_rs_ms": {"p50": percentile(&mut create_latencies.clone(), 50.0), "p99": percentile(&mut create_latencies.clone(), 99.0), "samples": create_latencies.len()},
-        "available_to_next_action_ms": {"p50": percentile(&mut action_latencies.clone(), 50.0), "p99": percentile(&mut action_latencies.clone(), 99.0), "samples": action_latencies.len()},
-        "requests_per_rollout_update": per_rollout,
-        "non_get_requests_per_rollout_update": writes_per_rollout,
-        "events_per_rollout_update": events_per_rollout,
-    });
+    let idle = phase_report(
+        &delta(&controller.requests().await?, &requests_before),
+        n,
+        (controller.cpu_ticks() - ticks_before) as f64 / TICKS_PER_SECOND,
+        &mut controller.rss_between(started, Instant::now()),
+        args.idle.as_secs_f64(),
+    );
+    watches.abort();
     drop(controller);
     namespace.cleanup().await;
-    Ok(result)
+    Ok(json!({
+        "n": n,
+        "run": args.label,
+        "rate_updates_per_second": args.rate,
+        "controller_flags": args.controller_flags,
+        "create": create,
+        "update": update,
+        "idle": idle,
+        "update_settled_all_after_last_patch_seconds": after_last_patch,
+        "patch_to_new_rs_ms": {"p50": percentile(&mut to_rs.clone(), 50.0), "p99": percentile(&mut to_rs.clone(), 99.0), "samples": to_rs.len()},
+        "patch_to_settled_ms": {"p50": percentile(&mut to_settled.clone(), 50.0), "p99": percentile(&mut to_settled.clone(), 99.0), "samples": to_settled.len()},
+    }))
+}
+
+/// The median over runs of one number in each run's JSON.
+fn median_of(runs: &[&Value], path: &[&str]) -> f64 {
+    let mut values: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| path.iter().fold(Some(*r), |v, key| v?.get(*key))?.as_f64())
+        .collect();
+    percentile(&mut values, 50.0)
+}
+
+fn report(dir: &PathBuf) -> anyhow::Result<()> {
+    let mut runs: Vec<Value> = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default();
+        if file.starts_with("run-") && file.ends_with(".json") {
+            let text = std::fs::read_to_string(&path)?;
+            runs.push(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+            );
+        }
+    }
+    if runs.is_empty() {
+        bail!("no run-*.json in {}; run `make bench` first", dir.display());
+    }
+    let mut by_size: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
+    for run in &runs {
+        by_size
+            .entry(run["n"].as_u64().unwrap_or(0))
+            .or_default()
+            .push(run);
+    }
+    let mut table = String::from(
+        "Medians over runs, each on a fresh cluster. Update phase unless marked.\n\n\
+         | N | runs | create: settled s | create: peak RSS MiB | all settled after last patch s | patch→new RS p50 / p99 ms | patch→settled p50 / p99 ms | conflicts / status writes | writes per update (no Events) | requests per update | update CPU s | update peak RSS MiB | idle RSS MiB | idle CPU s | idle requests |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut summary = Vec::new();
+    for (n, runs) in &by_size {
+        let m = |path: &[&str]| median_of(runs, path);
+        let (conflicts, writes) = (m(&["update", "conflicts"]), m(&["update", "status_writes"]));
+        table.push_str(&format!(
+            "| {n} | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} ({:.2} %) | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} |\n",
+            runs.len(),
+            m(&["create", "seconds"]),
+            m(&["create", "rss_peak_mib"]),
+            m(&["update_settled_all_after_last_patch_seconds"]),
+            m(&["patch_to_new_rs_ms", "p50"]),
+            m(&["patch_to_new_rs_ms", "p99"]),
+            m(&["patch_to_settled_ms", "p50"]),
+            m(&["patch_to_settled_ms", "p99"]),
+            conflicts,
+            writes,
+            100.0 * conflicts / writes.max(1.0),
+            m(&["update", "writes_per_rollout_excluding_events"]),
+            m(&["update", "requests"]) / *n as f64,
+            m(&["update", "cpu_seconds"]),
+            m(&["update", "rss_peak_mib"]),
+            m(&["idle", "rss_median_mib"]),
+            m(&["idle", "cpu_seconds"]),
+            m(&["idle", "requests"]),
+        ));
+        summary.push(json!({"n": n, "runs": runs.len()}));
+    }
+    table.push_str("\nRequests by verb and resource in the update phase (first run of each size; `WATCH` is a watch request):\n\n");
+    for (n, runs) in &by_size {
+        let by_verb = &runs[0]["update"]["requests_by_verb_and_resource"];
+        let codes = &runs[0]["update"]["non_2xx_by_code"];
+        let list: Vec<String> = by_verb
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k} {}", v.as_f64().unwrap_or(0.0)))
+            .collect();
+        table.push_str(&format!(
+            "- N = {n}: {}; non-2xx by code: {codes}\n",
+            list.join(", ")
+        ));
+    }
+    std::fs::write(dir.join("results.md"), &table)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json!({"sizes": summary, "runs": runs}))?,
+    )?;
+    println!("{table}");
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if let Some(dir) = &args.report {
+        return report(dir);
+    }
+    let Some(n) = args.size else {
+        bail!("--size N is required");
+    };
     let client = cluster_client().await?;
-    let mut results = Vec::new();
-    for &n in &args.sizes {
-        results.push(run_size(&client, &args, n).await?);
-        // Written after every size so a later failure keeps what was measured.
-        let report = json!({"rate_updates_per_second": args.rate, "cycles": args.cycles, "results": results});
-        std::fs::write(
-            args.out.join("results.json"),
-            serde_json::to_string_pretty(&report)?,
-        )?;
-    }
-    let mut table = String::from(
-        "| N | peak RSS MiB | steady RSS MiB | RSS per cycle MiB | idle CPU s | idle requests | change→RS p50/p99 ms | available→action p50/p99 ms | requests/rollout | non-GET/rollout | of which Events |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in &results {
-        let cycles: Vec<String> = r["rss_after_each_cycle_mib"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| format!("{:.1}", v.as_f64().unwrap_or(0.0)))
-            .collect();
-        let avg = |key: &str| {
-            let values: Vec<f64> = r[key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_f64)
-                .collect();
-            values.iter().sum::<f64>() / values.len().max(1) as f64
-        };
-        table.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {} | {:.2} | {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} | {:.1} | {:.1} |\n",
-            r["n"],
-            r["peak_rss_mib"].as_f64().unwrap_or(0.0),
-            r["steady_rss_mib"].as_f64().unwrap_or(0.0),
-            cycles.join(" → "),
-            r["idle_cpu_seconds"].as_f64().unwrap_or(0.0),
-            r["idle_requests"],
-            r["change_to_new_rs_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
-            r["change_to_new_rs_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
-            r["available_to_next_action_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
-            r["available_to_next_action_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
-            avg("requests_per_rollout_update"),
-            avg("non_get_requests_per_rollout_update"),
-            avg("events_per_rollout_update"),
-        ));
-    }
-    std::fs::write(args.out.join("results.md"), &table)?;
-    println!("{table}");
+    let result = run(&client, &args, n).await?;
+    std::fs::write(
+        args.out.join(format!("run-{n}-{}.json", args.label)),
+        serde_json::to_string_pretty(&result)?,
+    )?;
     Ok(())
 }
