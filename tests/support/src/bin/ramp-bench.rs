@@ -79,7 +79,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--idle" => args.idle = Duration::from_secs(value.parse().context("--idle: seconds")?),
             "--rate" => {
                 args.rate = value.parse().context("--rate: updates per second")?;
-                if !(args.rate > 0.0) {
+                if args.rate.is_nan() || args.rate <= 0.0 {
                     bail!("--rate must be above 0 updates per second");
                 }
             }
@@ -631,7 +631,7 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
 fn median_of(runs: &[&Value], path: &[&str]) -> f64 {
     let mut values: Vec<f64> = runs
         .iter()
-        .filter_map(|r| path.iter().fold(Some(*r), |v, key| v?.get(*key))?.as_f64())
+        .filter_map(|r| path.iter().try_fold(*r, |v, key| v.get(*key))?.as_f64())
         .collect();
     percentile(&mut values, 50.0)
 }
