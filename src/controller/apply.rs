@@ -43,13 +43,12 @@ pub(super) async fn execute(
             .patch(&change.service, &apply_params(), &Patch::Apply(&patch))
             .await;
         ctx.metrics.request("apply", "Service", &result);
-        let mut applied = result.map_err(|source| Error::PatchService {
+        let applied = result.map_err(|source| Error::PatchService {
             namespace: namespace.into(),
             name: change.service.clone(),
             hash: change.hash.clone(),
             source,
         })?;
-        super::trim_service(&mut applied);
         ctx.recent_services.remember(applied);
     }
 
@@ -62,12 +61,11 @@ pub(super) async fn execute(
                     .patch(&rs_name, &apply_params(), &Patch::Apply(desired.as_ref()))
                     .await;
                 ctx.metrics.request("apply", "ReplicaSet", &result);
-                let mut applied = result.map_err(|source| Error::ApplyReplicaSet {
+                let applied = result.map_err(|source| Error::ApplyReplicaSet {
                     namespace: namespace.into(),
                     name: rs_name.clone(),
                     source,
                 })?;
-                super::trim(&mut applied);
                 ctx.recent_replica_sets.remember(applied);
                 debug!(rollout = %name, replicaset = %rs_name, "applied ReplicaSet");
             }
@@ -102,12 +100,11 @@ pub(super) async fn execute(
                     .patch(&run_name, &apply_params(), &Patch::Apply(run.as_ref()))
                     .await;
                 ctx.metrics.request("apply", "AnalysisRun", &result);
-                let mut applied = result.map_err(|source| Error::CreateAnalysisRun {
+                let applied = result.map_err(|source| Error::CreateAnalysisRun {
                     namespace: namespace.into(),
                     name: run_name.clone(),
                     source,
                 })?;
-                super::trim(&mut applied);
                 ctx.recent_runs.remember(applied);
             }
             AnalysisRunChange::Terminate { name: run_name } => {
@@ -185,7 +182,7 @@ pub(super) async fn execute(
             what: "new status".into(),
             source,
         })?;
-        let mut written = write_status::<Rollout>(
+        let written = write_status::<Rollout>(
             ctx,
             namespace,
             &name,
@@ -195,7 +192,6 @@ pub(super) async fn execute(
             "Rollout",
         )
         .await?;
-        super::trim(&mut written);
         ctx.recent_rollouts.remember(written);
     }
     Ok(())

@@ -215,6 +215,14 @@ fn trim<K: ResourceExt>(object: &mut K) {
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
+/// A poisoned lock only means another reconcile panicked mid-update; the
+/// maps behind these locks stay usable, so carry on with them.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Services are cached (and remembered after our writes) with only their
 /// selector: the planner reads nothing else.
 fn trim_service(svc: &mut Service) {
@@ -366,9 +374,9 @@ async fn start_controllers(
     let rollouts = rollout_controller.store();
     let owned_replica_sets = Arc::new(index::OwnerIndex::<ReplicaSet>::default());
     let owned_runs = Arc::new(index::OwnerIndex::<AnalysisRun>::default());
-    let recent_replica_sets = Arc::new(recent::Recent::new(replica_sets.clone()));
-    let recent_services = Arc::new(recent::Recent::new(services.clone()));
-    let recent_runs = Arc::new(recent::Recent::new(analysis_runs.clone()));
+    let recent_replica_sets = Arc::new(recent::Recent::new(replica_sets.clone(), trim));
+    let recent_services = Arc::new(recent::Recent::new(services.clone(), trim_service));
+    let recent_runs = Arc::new(recent::Recent::new(analysis_runs.clone(), trim));
     // Only ReplicaSets carrying the hash label can belong to a Rollout.
     let rs_stream = reflector::reflector(
         rs_writer,
@@ -464,7 +472,7 @@ async fn start_controllers(
         references: index::ReferenceIndex::default(),
         owned_replica_sets,
         owned_runs,
-        recent_rollouts: recent::Recent::new(rollouts.clone()),
+        recent_rollouts: recent::Recent::new(rollouts.clone(), trim),
         recent_replica_sets,
         recent_services,
         recent_runs,

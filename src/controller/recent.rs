@@ -11,7 +11,7 @@
 //! concurrent write (a user's edit) conflicts.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Resource;
@@ -36,6 +36,9 @@ struct State<K: Resource<DynamicType = ()> + 'static> {
 
 pub struct Recent<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
+    /// The same trimming the store's watch applies, so a remembered copy
+    /// looks exactly like the cached one it stands in for.
+    trim: fn(&mut K),
     state: Mutex<State<K>>,
 }
 
@@ -53,13 +56,30 @@ fn newer<K: Resource>(written: &K, cached: &K) -> bool {
     }
 }
 
+/// Our copy if it is newer than the cached one; otherwise the cache has
+/// caught up and the entry goes.
+fn pick<K>(state: &mut State<K>, key: &ObjectRef<K>, cached: Arc<K>) -> Arc<K>
+where
+    K: Resource<DynamicType = ()> + 'static,
+{
+    match state.entries.get(key) {
+        Some(entry) if newer(entry.object.as_ref(), cached.as_ref()) => entry.object.clone(),
+        Some(_) => {
+            state.entries.remove(key);
+            cached
+        }
+        None => cached,
+    }
+}
+
 impl<K> Recent<K>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    pub fn new(store: Store<K>) -> Self {
+    pub fn new(store: Store<K>, trim: fn(&mut K)) -> Self {
         Recent {
             store,
+            trim,
             state: Mutex::new(State {
                 entries: HashMap::new(),
                 swept: Instant::now(),
@@ -68,11 +88,12 @@ where
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<K>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.state)
     }
 
     /// Records the copy the API server returned from one of our writes.
-    pub fn remember(&self, object: K) {
+    pub fn remember(&self, mut object: K) {
+        (self.trim)(&mut object);
         let key = ObjectRef::from_obj(&object);
         let now = Instant::now();
         let mut state = self.lock();
@@ -115,15 +136,7 @@ where
     /// The newer of the cached copy and the one we last wrote.
     pub fn freshest(&self, cached: Arc<K>) -> Arc<K> {
         let key = ObjectRef::from_obj(cached.as_ref());
-        let mut state = self.lock();
-        match state.entries.get(&key) {
-            Some(entry) if newer(entry.object.as_ref(), cached.as_ref()) => entry.object.clone(),
-            Some(_) => {
-                state.entries.remove(&key);
-                cached
-            }
-            None => cached,
-        }
+        pick(&mut self.lock(), &key, cached)
     }
 
     /// The cached objects, each replaced by our newer copy where we have
@@ -136,16 +149,7 @@ where
             .into_iter()
             .map(|cached| {
                 let key = ObjectRef::from_obj(cached.as_ref());
-                let chosen = match state.entries.get(&key) {
-                    Some(entry) if newer(entry.object.as_ref(), cached.as_ref()) => {
-                        entry.object.clone()
-                    }
-                    Some(_) => {
-                        state.entries.remove(&key);
-                        cached
-                    }
-                    None => cached,
-                };
+                let chosen = pick(&mut state, &key, cached);
                 seen.insert(key);
                 chosen
             })
@@ -184,61 +188,50 @@ mod tests {
         map
     }
 
-    fn store_with(objects: &[ConfigMap]) -> Store<ConfigMap> {
+    fn recent_over(cached: &[ConfigMap]) -> Recent<ConfigMap> {
         let (store, mut writer) = reflector::store();
-        for object in objects {
+        for object in cached {
             writer.apply_watcher_event(&watcher::Event::Apply(object.clone()));
         }
-        store
+        Recent::new(store, |map: &mut ConfigMap| map.metadata.labels = None)
+    }
+
+    /// The resourceVersion `freshest` picks when the cache holds `cached`.
+    fn freshest_version(recent: &Recent<ConfigMap>, cached: ConfigMap) -> String {
+        let chosen = recent.freshest(Arc::new(cached));
+        chosen.metadata.resource_version.clone().unwrap_or_default()
     }
 
     #[test]
     fn our_newer_write_wins_until_the_cache_catches_up() {
-        let recent = Recent::new(store_with(&[]));
+        let recent = recent_over(&[]);
         recent.remember(object("a", "12"));
-        let stale = Arc::new(object("a", "10"));
-        assert_eq!(
-            recent.freshest(stale).metadata.resource_version.as_deref(),
-            Some("12")
-        );
-        let caught_up = Arc::new(object("a", "15"));
-        assert_eq!(
-            recent
-                .freshest(caught_up)
-                .metadata
-                .resource_version
-                .as_deref(),
-            Some("15")
-        );
+        assert_eq!(freshest_version(&recent, object("a", "10")), "12");
+        assert_eq!(freshest_version(&recent, object("a", "15")), "15");
         assert_eq!(recent.len(), 0, "a cache that caught up drops the entry");
     }
 
     #[test]
     fn an_older_write_never_replaces_a_newer_one() {
-        let recent = Recent::new(store_with(&[]));
+        let recent = recent_over(&[]);
         recent.remember(object("a", "20"));
         recent.remember(object("a", "18"));
-        let cached = Arc::new(object("a", "5"));
-        assert_eq!(
-            recent.freshest(cached).metadata.resource_version.as_deref(),
-            Some("20")
-        );
+        assert_eq!(freshest_version(&recent, object("a", "5")), "20");
     }
 
     #[test]
     fn unparseable_versions_leave_the_cache_in_charge() {
-        let recent = Recent::new(store_with(&[]));
+        let recent = recent_over(&[]);
         recent.remember(object("a", "opaque-2"));
-        let cached = Arc::new(object("a", "opaque-1"));
         assert_eq!(
-            recent.freshest(cached).metadata.resource_version.as_deref(),
-            Some("opaque-1")
+            freshest_version(&recent, object("a", "opaque-1")),
+            "opaque-1"
         );
     }
 
     #[test]
     fn overlay_adds_written_objects_the_cache_does_not_show_yet() {
-        let recent = Recent::new(store_with(&[object("old", "3")]));
+        let recent = recent_over(&[object("old", "3")]);
         recent.remember(object("new", "9"));
         recent.remember(object("other-owner", "9"));
         let merged = recent.overlay(vec![Arc::new(object("old", "3"))], |o| {
@@ -252,8 +245,19 @@ mod tests {
     }
 
     #[test]
+    fn remembered_copies_are_trimmed_like_the_cache() {
+        let recent = recent_over(&[]);
+        let mut labelled = object("a", "12");
+        labelled.metadata.labels = Some([("k".to_string(), "v".to_string())].into());
+        recent.remember(labelled);
+        let chosen = recent.freshest(Arc::new(object("a", "10")));
+        assert_eq!(chosen.metadata.resource_version.as_deref(), Some("12"));
+        assert_eq!(chosen.metadata.labels, None);
+    }
+
+    #[test]
     fn a_deleted_object_leaves_the_overlay() {
-        let recent = Recent::new(store_with(&[]));
+        let recent = recent_over(&[]);
         recent.remember(object("gone", "9"));
         recent.observe(&watcher::Event::Delete(object("gone", "10")));
         assert!(recent.overlay(Vec::new(), |_| true).is_empty());

@@ -16,7 +16,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{info, warn};
 
 use super::index::Reference;
-use super::{Context, Error, apply};
+use super::{Context, Error, apply, lock};
 use crate::api::POD_TEMPLATE_HASH_LABEL;
 use crate::api::{
     AnalysisRun, AnalysisTemplate, AnalysisTemplateSpec, ClusterAnalysisTemplate, Rollout,
@@ -146,9 +146,10 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
     ctx.references.record(&rollout);
     let uid = rollout.uid().unwrap_or_default();
     let same_namespace = |other: &Option<String>| other.as_deref() == Some(namespace.as_str());
-    let rs_owned = |rs: &ReplicaSet| {
-        same_namespace(&rs.metadata.namespace) && owned_by(&rs.metadata.owner_references, &uid)
+    let controlled = |meta: &kube::api::ObjectMeta| {
+        same_namespace(&meta.namespace) && owned_by(&meta.owner_references, &uid)
     };
+    let rs_owned = |rs: &ReplicaSet| controlled(&rs.metadata);
     let replica_sets: Vec<Arc<ReplicaSet>> = ctx.recent_replica_sets.overlay(
         owned(
             &ctx.replica_sets,
@@ -157,9 +158,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         ),
         rs_owned,
     );
-    let run_owned = |run: &AnalysisRun| {
-        same_namespace(&run.metadata.namespace) && owned_by(&run.metadata.owner_references, &uid)
-    };
+    let run_owned = |run: &AnalysisRun| controlled(&run.metadata);
     let runs: Vec<Arc<AnalysisRun>> = ctx.recent_runs.overlay(
         owned(&ctx.analysis_runs, ctx.owned_runs.owned_by(&uid), run_owned),
         run_owned,
@@ -232,8 +231,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
             let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), &namespace);
             let fetched = api.get(&name).await;
             ctx.metrics.request("get", "Rollout", &fetched);
-            if let Ok(mut fetched) = fetched {
-                super::trim(&mut fetched);
+            if let Ok(fetched) = fetched {
                 ctx.recent_rollouts.remember(fetched);
             }
             return Err(error);
@@ -261,12 +259,6 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Retry delay after the `attempt`-th conflict in a row: doubling from
@@ -370,13 +362,12 @@ mod tests {
 
     #[test]
     fn conflict_backoff_doubles_with_jitter_and_is_capped() {
-        let bounds = |attempt, spread| conflict_backoff(attempt, spread);
-        assert_eq!(bounds(1, 0), Duration::from_millis(50));
-        assert_eq!(bounds(1, 100), Duration::from_millis(150));
-        assert_eq!(bounds(2, 0), Duration::from_millis(100));
-        assert_eq!(bounds(3, 400), Duration::from_millis(600));
-        assert_eq!(bounds(40, 0), Duration::from_millis(2_500));
-        assert_eq!(bounds(40, 5_000), Duration::from_millis(7_500));
-        assert!(bounds(40, u64::MAX) <= Duration::from_millis(7_500));
+        assert_eq!(conflict_backoff(1, 0), Duration::from_millis(50));
+        assert_eq!(conflict_backoff(1, 100), Duration::from_millis(150));
+        assert_eq!(conflict_backoff(2, 0), Duration::from_millis(100));
+        assert_eq!(conflict_backoff(3, 400), Duration::from_millis(600));
+        assert_eq!(conflict_backoff(40, 0), Duration::from_millis(2_500));
+        assert_eq!(conflict_backoff(40, 5_000), Duration::from_millis(7_500));
+        assert!(conflict_backoff(40, u64::MAX) <= Duration::from_millis(7_500));
     }
 }

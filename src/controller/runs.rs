@@ -119,7 +119,7 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
             what: "new run status".into(),
             source,
         })?;
-        let mut written = apply::write_status::<AnalysisRun>(
+        let written = apply::write_status::<AnalysisRun>(
             &ctx,
             &namespace,
             &name,
@@ -129,7 +129,6 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
             "AnalysisRun",
         )
         .await?;
-        super::trim(&mut written);
         ctx.recent_runs.remember(written);
     }
     // Counted once the completed phase is stored, so a conflict does not count it twice.
