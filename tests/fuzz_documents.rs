@@ -192,6 +192,7 @@ proptest! {
                 services: BTreeMap::new(),
                 analysis_runs: Vec::new(),
                 analysis_templates: BTreeMap::new(),
+                cluster_templates_read_secrets: false,
                 pods: None,
                 now: "2026-01-01T00:00:00Z".parse().map_err(|e: jiff::Error| TestCaseError::fail(e.to_string()))?,
             };

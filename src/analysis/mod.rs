@@ -2,6 +2,7 @@
 //! and template validation shared with `kubectl ramp lint`.
 
 pub mod condition;
+pub mod policy;
 pub mod prometheus;
 pub mod run;
 

@@ -105,6 +105,43 @@ pub struct AnalysisTemplateSpec {
     pub measurement_retention: Vec<MeasurementRetention>,
 }
 
+impl AnalysisTemplateSpec {
+    /// Every Secret the template makes the controller read, with the field
+    /// that names it. Used to keep cluster-wide templates from reading the
+    /// Secrets of whichever namespace happens to use them.
+    pub fn secret_references(&self) -> Vec<(String, &SecretKeyRef)> {
+        let mut found = Vec::new();
+        for (index, arg) in self.args.iter().enumerate() {
+            if let Some(secret) = arg
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+            {
+                found.push((format!("spec.args[{index}].valueFrom.secretKeyRef"), secret));
+            }
+        }
+        for (index, metric) in self.metrics.iter().enumerate() {
+            let Some(auth) = metric
+                .provider
+                .prometheus
+                .as_ref()
+                .and_then(|p| p.authentication.as_ref())
+            else {
+                continue;
+            };
+            let field = format!("spec.metrics[{index}].provider.prometheus.authentication");
+            if let Some(token) = &auth.bearer_token {
+                found.push((format!("{field}.bearerToken"), token));
+            }
+            if let Some(basic) = &auth.basic_auth {
+                found.push((format!("{field}.basicAuth.username"), &basic.username));
+                found.push((format!("{field}.basicAuth.password"), &basic.password));
+            }
+        }
+        found
+    }
+}
+
 /// Cluster-scoped twin of AnalysisTemplate, shared by every namespace.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use ramp::analysis::policy::{AddressAllowList, AnalysisPolicy};
 use ramp::controller::{self, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -53,6 +54,14 @@ struct Cli {
     /// Requests allowed at once above --kube-api-qps before the limit paces them.
     #[arg(long, env = "RAMP_KUBE_API_BURST", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
     kube_api_burst: u32,
+    /// Metric provider addresses analysis may call, comma-separated or repeated:
+    /// `host`, `host:port`, `https://host:port` or `*.domain`. Empty allows any address.
+    #[arg(long, env = "RAMP_METRIC_ADDRESS_ALLOW", value_delimiter = ',')]
+    metric_address_allow: Vec<String>,
+    /// Let runs built from ClusterAnalysisTemplates read Secrets (in the run's namespace).
+    /// Off by default: a cluster-wide template would read the Secrets of every namespace using it.
+    #[arg(long, env = "RAMP_ALLOW_CLUSTER_TEMPLATE_SECRETS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_cluster_template_secrets: bool,
     /// Identity in the Lease; defaults to $POD_NAME, then the hostname and process id.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -109,6 +118,17 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let allowed_addresses = match AddressAllowList::parse(&cli.metric_address_allow) {
+        Ok(allowed) => allowed,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let analysis_policy = AnalysisPolicy {
+        allowed_addresses,
+        cluster_templates_read_secrets: cli.allow_cluster_template_secrets,
+    };
     let limit = controller::client::RateLimit {
         qps: cli.kube_api_qps,
         burst: cli.kube_api_burst,
@@ -145,8 +165,9 @@ async fn main() -> ExitCode {
         lease_duration: Duration::from_secs(cli.lease_duration_seconds),
         http_address: cli.http_address.clone(),
         concurrency: cli.concurrency,
+        analysis_policy,
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, leader_election = settings.leader_election, "starting ramp-controller");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, leader_election = settings.leader_election, metric_address_allow = %settings.analysis_policy.allowed_addresses.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "any".into()), cluster_templates_read_secrets = settings.analysis_policy.cluster_templates_read_secrets, "starting ramp-controller");
     match controller::run(clients, settings, metrics).await {
         Ok(()) => {
             tracing::info!("stopped");

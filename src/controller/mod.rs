@@ -115,6 +115,8 @@ pub enum Error {
         address: String,
         source: std::io::Error,
     },
+    #[error("building the HTTP client for metric providers: {0}")]
+    HttpClient(String),
 }
 
 impl Error {
@@ -130,7 +132,7 @@ impl Error {
             Error::WriteStatus { .. } => "status",
             Error::Conflict { .. } => "conflict",
             Error::MissingNamespace { .. } | Error::Serialize { .. } => "invalid_object",
-            Error::LeaderElection(_) | Error::Serve { .. } => "runtime",
+            Error::LeaderElection(_) | Error::Serve { .. } | Error::HttpClient(_) => "runtime",
         }
     }
 }
@@ -156,6 +158,8 @@ pub struct Settings {
     pub http_address: String,
     /// Rollouts reconciled at once.
     pub concurrency: u16,
+    /// Which metric addresses and Secrets analysis may reach.
+    pub analysis_policy: crate::analysis::policy::AnalysisPolicy,
 }
 
 /// Shared by both reconcilers.
@@ -183,6 +187,7 @@ pub struct Context {
     pub conflicts: std::sync::Mutex<std::collections::HashMap<ObjectRef<Rollout>, u32>>,
     pub http: reqwest::Client,
     pub insecure_http: reqwest::Client,
+    pub analysis_policy: crate::analysis::policy::AnalysisPolicy,
     /// True once every cache has synced. Planning from a half-filled cache
     /// would see "no ReplicaSets" and start over, so reconciles wait for it.
     pub synced: Arc<AtomicBool>,
@@ -306,7 +311,7 @@ pub async fn run(clients: Clients, settings: Settings, metrics: Arc<Metrics>) ->
         ready,
         stop,
     )
-    .await;
+    .await?;
     metrics.set_leader(false);
 
     if let Some((rx, task)) = lease {
@@ -360,7 +365,7 @@ async fn start_controllers(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     stop: future::Shared<impl Future<Output = ()> + Send + 'static>,
-) {
+) -> Result<(), Error> {
     let namespace = &settings.namespace;
     let (replica_sets, rs_writer) = reflector::store();
     let (services, service_writer) = reflector::store();
@@ -454,11 +459,21 @@ async fn start_controllers(
             instance: Some(settings.identity.clone()),
         },
     );
-    let http = reqwest::Client::builder().build().unwrap_or_default();
+    // With an allow-list, a redirect could lead an allowed address to any
+    // other host, so redirects are not followed then.
+    let redirects = || match settings.analysis_policy.allowed_addresses {
+        Some(_) => reqwest::redirect::Policy::none(),
+        None => reqwest::redirect::Policy::default(),
+    };
+    let http = reqwest::Client::builder()
+        .redirect(redirects())
+        .build()
+        .map_err(|e| Error::HttpClient(e.to_string()))?;
     let insecure_http = reqwest::Client::builder()
+        .redirect(redirects())
         .danger_accept_invalid_certs(true)
         .build()
-        .unwrap_or_default();
+        .map_err(|e| Error::HttpClient(e.to_string()))?;
     let context = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -479,6 +494,7 @@ async fn start_controllers(
         conflicts: Default::default(),
         http,
         insecure_http,
+        analysis_policy: settings.analysis_policy.clone(),
         synced: ready.clone(),
     });
 
@@ -533,6 +549,7 @@ async fn start_controllers(
     );
     let run_controller = runs::controller(context.clone(), namespace, stop.clone());
     tokio::join!(rollout_controller, run_controller);
+    Ok(())
 }
 
 /// Reconciler failures are logged by the error policy; anything else the

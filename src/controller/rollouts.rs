@@ -210,6 +210,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
             .iter()
             .map(|(key, spec)| (key.clone(), spec))
             .collect(),
+        cluster_templates_read_secrets: ctx.analysis_policy.cluster_templates_read_secrets,
         pods,
         now,
     };

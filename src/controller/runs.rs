@@ -16,7 +16,8 @@ use kube::runtime::watcher;
 use tracing::{info, warn};
 
 use super::{Context, Error, apply, scoped};
-use crate::analysis::condition::Conditions;
+use crate::analysis::condition::{Conditions, MetricValue};
+use crate::analysis::policy;
 use crate::analysis::prometheus::{self, ADDRESS_ENV, DEFAULT_TIMEOUT, Request};
 use crate::analysis::run::{assess, due_metrics, record};
 use crate::api::{AnalysisPhase, AnalysisRun, Measurement, Metric, SecretKeyRef};
@@ -159,14 +160,37 @@ async fn measure(
     metric: &Metric,
 ) -> (Measurement, Option<String>) {
     let started = Timestamp::now();
+    // Secret values read for this measurement; every text that leaves it
+    // (message, resolved query) has them replaced, so status, Events and
+    // logs never carry one.
+    let mut secrets = Vec::new();
     let outcome = async {
-        let request = resolve_request(ctx, run, namespace, metric).await?;
+        let request = resolve_request(ctx, run, namespace, metric, &mut secrets).await?;
         let query = request.query.clone();
         let result = prometheus::query(&ctx.http, &ctx.insecure_http, &request).await;
         Ok::<_, String>((query, result))
     }
     .await;
     let finished = Timestamp::now();
+    let (measurement, query) = assess_outcome(metric, outcome, started, finished);
+    let hide = |text: String| policy::redact(&text, &secrets);
+    (
+        Measurement {
+            message: measurement.message.map(hide),
+            value: measurement.value.map(hide),
+            ..measurement
+        },
+        query.map(hide),
+    )
+}
+
+/// Turns the query outcome into a measurement.
+fn assess_outcome(
+    metric: &Metric,
+    outcome: Result<(String, Result<MetricValue, String>), String>,
+    started: Timestamp,
+    finished: Timestamp,
+) -> (Measurement, Option<String>) {
     let measurement = |phase, message: Option<String>, value: Option<String>| Measurement {
         phase,
         message,
@@ -205,6 +229,7 @@ async fn resolve_request(
     run: &AnalysisRun,
     namespace: &str,
     metric: &Metric,
+    secrets: &mut Vec<String>,
 ) -> Result<Request, String> {
     let Some(provider) = &metric.provider.prometheus else {
         return Err(format!(
@@ -221,7 +246,7 @@ async fn resolve_request(
                 .and_then(|f| f.secret_key_ref.as_ref()),
         ) {
             (Some(value), _) => value.clone(),
-            (None, Some(secret)) => read_secret(ctx, namespace, secret).await?,
+            (None, Some(secret)) => read_secret(ctx, namespace, secret, secrets).await?,
             (None, None) => return Err(format!("argument {:?} has no value", arg.name)),
         };
         args.insert(arg.name.clone(), value);
@@ -233,6 +258,9 @@ async fn resolve_request(
         .or_else(|| std::env::var(ADDRESS_ENV).ok())
         .ok_or_else(|| format!("no Prometheus address: set provider.prometheus.address or the controller's {ADDRESS_ENV}"))?;
     let address = prometheus::substitute(&address, &args)?;
+    if let Some(allowed) = &ctx.analysis_policy.allowed_addresses {
+        allowed.check(&address)?;
+    }
     let mut headers = Vec::new();
     for header in &provider.headers {
         headers.push((
@@ -244,16 +272,18 @@ async fn resolve_request(
         if let Some(token) = &auth.bearer_token {
             headers.push((
                 "Authorization".into(),
-                format!("Bearer {}", read_secret(ctx, namespace, token).await?),
+                format!(
+                    "Bearer {}",
+                    read_secret(ctx, namespace, token, secrets).await?
+                ),
             ));
         }
         if let Some(basic) = &auth.basic_auth {
-            let user = read_secret(ctx, namespace, &basic.username).await?;
-            let password = read_secret(ctx, namespace, &basic.password).await?;
-            headers.push((
-                "Authorization".into(),
-                format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
-            ));
+            let user = read_secret(ctx, namespace, &basic.username, secrets).await?;
+            let password = read_secret(ctx, namespace, &basic.password, secrets).await?;
+            let encoded = base64(format!("{user}:{password}").as_bytes());
+            secrets.push(encoded.clone());
+            headers.push(("Authorization".into(), format!("Basic {encoded}")));
         }
     }
     let timeout = match provider.timeout {
@@ -270,11 +300,14 @@ async fn resolve_request(
 }
 
 /// Secrets are read when needed, never cached: caching every Secret in the
-/// cluster would cost memory and widen what the controller holds.
+/// cluster would cost memory and widen what the controller holds. Only the
+/// run's own namespace is read; the value is also added to `secrets` so it
+/// can be redacted from whatever the measurement reports.
 async fn read_secret(
     ctx: &Context,
     namespace: &str,
     reference: &SecretKeyRef,
+    secrets: &mut Vec<String>,
 ) -> Result<String, String> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret = api.get_opt(&reference.name).await;
@@ -292,14 +325,16 @@ async fn read_secret(
                 reference.name, reference.key
             )
         })?;
-    String::from_utf8(bytes.0.clone())
+    let value = String::from_utf8(bytes.0.clone())
         .map(|s| s.trim_end_matches('\n').to_string())
         .map_err(|_| {
             format!(
                 "Secret {namespace}/{} key {:?} is not UTF-8 text",
                 reference.name, reference.key
             )
-        })
+        })?;
+    secrets.push(value.clone());
+    Ok(value)
 }
 
 fn base64(input: &[u8]) -> String {

@@ -225,6 +225,15 @@ fn build_run(
                 )
             }
         })?;
+        if cluster
+            && !ctx.snap.cluster_templates_read_secrets
+            && let Some((field, secret)) = template.secret_references().first()
+        {
+            return Err(format!(
+                "ClusterAnalysisTemplate {:?} reads Secret {:?} ({field}), but cluster templates may not read Secrets unless the controller runs with --allow-cluster-template-secrets; move the metric into an AnalysisTemplate in namespace {namespace}",
+                reference.template_name, secret.name
+            ));
+        }
         for metric in &template.metrics {
             if spec.metrics.iter().any(|m| m.name == metric.name) {
                 return Err(format!(

@@ -46,6 +46,10 @@ pub struct Snapshot<'a> {
     pub analysis_runs: Vec<&'a AnalysisRun>,
     /// Templates by (cluster scoped, name), for creating AnalysisRuns.
     pub analysis_templates: BTreeMap<(bool, String), &'a AnalysisTemplateSpec>,
+    /// Whether runs built from ClusterAnalysisTemplates may read Secrets.
+    /// Off by default: a cluster-wide template would otherwise read the
+    /// Secrets of every namespace that uses it.
+    pub cluster_templates_read_secrets: bool,
     /// The rollout's pods; loaded only while a restart is pending (see `restart::pending_restart`).
     pub pods: Option<Vec<PodInfo>>,
     pub now: Timestamp,

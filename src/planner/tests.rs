@@ -69,6 +69,7 @@ struct World {
     last_plan: Plan,
     pods: Option<Vec<PodInfo>>,
     relabelled: Vec<PodMetadataChange>,
+    cluster_templates_read_secrets: bool,
 }
 
 impl World {
@@ -90,6 +91,7 @@ impl World {
             last_plan: Plan::default(),
             pods: None,
             relabelled: Vec::new(),
+            cluster_templates_read_secrets: false,
         }
     }
 
@@ -100,6 +102,7 @@ impl World {
             services: self.services.iter().map(|(k, v)| (k.clone(), v)).collect(),
             analysis_runs: self.runs.values().collect(),
             analysis_templates: self.templates.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            cluster_templates_read_secrets: self.cluster_templates_read_secrets,
             pods: self.pods.clone(),
             now: self.now,
         };
@@ -1117,6 +1120,69 @@ fn required_argument_without_value_is_an_error() {
         message.contains("argument \"service\" is required"),
         "{message}"
     );
+}
+
+#[test]
+fn cluster_template_reading_a_secret_needs_the_operator_s_consent() {
+    let secret_reading = |world: &mut World| {
+        let template: AnalysisTemplateSpec = serde_json::from_value(json!({
+            "args": [{"name": "token", "valueFrom": {"secretKeyRef": {"name": "prom", "key": "token"}}}],
+            "metrics": [{"name": "errors", "successCondition": "result < 0.05",
+                "provider": {"prometheus": {"query": "errors{token=\"{{args.token}}\"}"}}}]
+        }))
+        .expect("fixture");
+        world.templates.insert((true, "shared".into()), template);
+    };
+    let step =
+        json!({"analysis": {"templates": [{"templateName": "shared", "clusterScope": true}]}});
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, step])), 5));
+    secret_reading(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert!(world.runs.is_empty(), "no run is created");
+    assert!(
+        world.status().abort,
+        "the gate errors and the rollout aborts"
+    );
+    assert_eq!(
+        (world.replicas_of("web:2"), world.replicas_of("web:1")),
+        (0, 5)
+    );
+    let message = world.status().message.unwrap_or_default();
+    assert!(
+        message.contains("ClusterAnalysisTemplate \"shared\" reads Secret \"prom\" (spec.args[0].valueFrom.secretKeyRef)")
+            && message.contains("--allow-cluster-template-secrets"),
+        "{message}"
+    );
+
+    // With the operator's consent the same template gates normally.
+    let mut world = World::new(rollout(canary(json!([{"setWeight": 20}, step])), 5));
+    world.cluster_templates_read_secrets = true;
+    secret_reading(&mut world);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.runs.len(), 1);
+    assert!(!world.status().abort);
+
+    // A namespaced template may read its own namespace's Secrets.
+    let mut world = World::new(rollout(
+        canary(
+            json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "shared"}]}}]),
+        ),
+        5,
+    ));
+    secret_reading(&mut world);
+    let shared = world
+        .templates
+        .remove(&(true, "shared".into()))
+        .expect("fixture");
+    world.templates.insert((false, "shared".into()), shared);
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.runs.len(), 1);
 }
 
 #[test]
