@@ -3,11 +3,15 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{Env, blue_green_yaml, canary_yaml, phase};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Event;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use ramp::api::{PauseReason, RolloutPhase};
+use ramp_test_support::wait_until;
 use serde_json::json;
 
 #[tokio::test]
@@ -335,6 +339,182 @@ async fn role_labels_follow_canary_and_stable_pods() -> anyhow::Result<()> {
         },
     )
     .await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// One kind of schema-valid but meaningless Rollout: its spec (under
+/// `spec:`, indented four spaces) and what the InvalidSpec message must say.
+struct BadKind {
+    strategy: &'static str,
+    selector_extra: &'static str,
+    expected: &'static str,
+}
+
+const BAD_KINDS: [BadKind; 10] = [
+    BadKind {
+        strategy: "canary: {steps: [{setWeight: 150}]}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.steps[0].setWeight: 150 is not a percentage",
+    },
+    BadKind {
+        strategy: "canary: {steps: [{setWeight: 10}]}",
+        selector_extra: ", tier: web",
+        expected: "spec.selector.matchLabels.tier: selects tier=web but spec.template.metadata.labels has no tier",
+    },
+    BadKind {
+        strategy: "canary: {canaryService: same, stableService: same}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.canaryService: canaryService and stableService are both \"same\"",
+    },
+    BadKind {
+        strategy: "canary: {stableService: nowhere}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.stableService: Service \"nowhere\" not found",
+    },
+    BadKind {
+        strategy: "canary: {steps: [{analysis: {templates: [{templateName: missing}]}}]}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.steps[0].analysis.templates[0].templateName: AnalysisTemplate \"missing\" not found",
+    },
+    BadKind {
+        strategy: "canary: {steps: [{pause: {duration: soon}}]}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.steps[0].pause.duration",
+    },
+    BadKind {
+        strategy: "canary: {steps: [{setCanaryScale: {replicas: 9}}]}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.steps[0].setCanaryScale.replicas: 9 is outside 0..=2",
+    },
+    BadKind {
+        strategy: "canary: {steps: [{setWeight: 10, pause: {}}]}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.steps[0]: a step must set exactly one of",
+    },
+    BadKind {
+        strategy: "canary: {maxSurge: 0, maxUnavailable: 0}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.maxUnavailable: maxSurge and maxUnavailable are both 0",
+    },
+    BadKind {
+        strategy: "blueGreen: {activeService: same, previewService: same}",
+        selector_extra: "",
+        expected: "spec.strategy.blueGreen.previewService: is the same Service as activeService",
+    },
+];
+
+/// Waits until `count` Rollouts named `bad-*` carry an InvalidSpec
+/// condition; returns each name with the condition's message.
+async fn wait_until_reported(env: &Env, count: usize) -> anyhow::Result<Vec<(String, String)>> {
+    wait_until(
+        &format!("{count} InvalidSpec conditions"),
+        common::TIMEOUT,
+        || async {
+            let reported: Vec<(String, String)> = env
+                .rollouts()
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|r| r.name_any().starts_with("bad-"))
+                .filter_map(|r| {
+                    let condition = r
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "InvalidSpec" && c.status == "True")?
+                        .clone();
+                    Some((r.name_any(), condition.message.unwrap_or_default()))
+                })
+                .collect();
+            Ok((reported.len() == count).then_some(reported))
+        },
+    )
+    .await
+}
+
+/// Waits until `count` different `bad-*` Rollouts have an InvalidSpec Event.
+async fn wait_invalid_spec_events(env: &Env, count: usize) -> anyhow::Result<()> {
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    wait_until(
+        &format!("InvalidSpec Events for {count} Rollouts"),
+        common::TIMEOUT,
+        || async {
+            let objects: BTreeSet<String> = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("InvalidSpec"))
+                .filter_map(|e| e.involved_object.name)
+                .filter(|name| name.starts_with("bad-"))
+                .collect();
+            Ok((objects.len() == count).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn two_hundred_bad_rollouts_are_reported_while_a_good_one_progresses() -> anyhow::Result<()> {
+    let env = Env::start("bad-input").await?;
+    env.deploy_canary(
+        "good",
+        2,
+        "good:1",
+        "[{setWeight: 50}, {pause: {duration: 1}}]",
+    )
+    .await?;
+    let mut documents = Vec::new();
+    for index in 0..200 {
+        let kind = &BAD_KINDS[index % BAD_KINDS.len()];
+        let name = format!("bad-{index:03}");
+        documents.push(format!(
+            r#"apiVersion: ramp.dev/v1alpha1
+kind: Rollout
+metadata: {{name: {name}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: {name}{extra}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: app, image: "bad:1"}}]}}
+  strategy:
+    {strategy}
+"#,
+            extra = kind.selector_extra,
+            strategy = kind.strategy,
+        ));
+    }
+    env.apply(&documents.join("---\n")).await?;
+    // The good rollout is released while the bad ones are being reported.
+    env.set_image("good", "good:2").await?;
+
+    let reported = wait_until_reported(&env, 200).await?;
+    for (name, message) in &reported {
+        let index: usize = name.trim_start_matches("bad-").parse()?;
+        let expected = BAD_KINDS[index % BAD_KINDS.len()].expected;
+        assert!(
+            message.contains(expected),
+            "{name}: {message:?} should say {expected:?}"
+        );
+    }
+    let good = env.wait_phase("good", RolloutPhase::Healthy).await?;
+    assert_eq!(
+        good.status.as_ref().and_then(|s| s.stable_rs.clone()),
+        Some(env.hash_of("good:2").await?)
+    );
+    env.wait_replicas("the good one released", &[("good:2", 2), ("good:1", 0)])
+        .await?;
+    let images: Vec<String> = env.replicas_by_image().await?.into_keys().collect();
+    assert_eq!(
+        images,
+        ["good:1", "good:2"],
+        "no ReplicaSet for a bad Rollout"
+    );
+    wait_invalid_spec_events(&env, 200).await?;
     env.cleanup().await;
     Ok(())
 }
