@@ -3,69 +3,10 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::analysis::{Metrics, template};
 use common::{Env, blue_green_yaml, canary_yaml};
 use ramp::api::{AnalysisPhase, AnalysisRun, RolloutPhase};
-use ramp_test_support::{MetricsTarget, Prometheus, wait_until};
-
-const SERIES: &str = "app_errors_ratio{service=\"web\"}";
-
-struct Metrics {
-    target: MetricsTarget,
-    prometheus: Prometheus,
-}
-
-impl Metrics {
-    async fn start(initial: f64) -> anyhow::Result<Metrics> {
-        let target = MetricsTarget::start().await?;
-        target.set(SERIES, initial);
-        let prometheus = Prometheus::start(&[target.addr]).await?;
-        let metrics = Metrics { target, prometheus };
-        metrics.expect(initial).await?;
-        Ok(metrics)
-    }
-
-    /// Sets the ratio and waits until Prometheus has scraped it.
-    async fn set(&self, value: f64) -> anyhow::Result<()> {
-        self.target.set(SERIES, value);
-        self.expect(value).await
-    }
-
-    async fn expect(&self, value: f64) -> anyhow::Result<()> {
-        wait_until(
-            &format!("Prometheus to see {value}"),
-            Duration::from_secs(30),
-            || async {
-                let result = self.prometheus.query(SERIES).await?;
-                Ok((ramp_test_support::scalar(&result) == Some(value)).then_some(()))
-            },
-        )
-        .await
-    }
-}
-
-/// An error-ratio template pointed at this test's Prometheus.
-fn template(name: &str, prometheus: &str, extra: &str, condition: &str) -> String {
-    format!(
-        r#"
-apiVersion: ramp.dev/v1alpha1
-kind: AnalysisTemplate
-metadata: {{name: {name}}}
-spec:
-  args: [{{name: service}}]
-  metrics:
-  - name: error-ratio
-    interval: 1s
-    successCondition: "{condition}"
-    {extra}
-    provider:
-      prometheus:
-        address: {prometheus}
-        query: sum(app_errors_ratio{{service="{{{{args.service}}}}"}})
-"#
-    )
-}
+use ramp_test_support::wait_until;
 
 const ANALYSIS_STEP: &str =
     "{analysis: {templates: [{templateName: errors}], args: [{name: service, value: web}]}}";

@@ -1,22 +1,19 @@
 //! Chaos (issue 12): the controller is SIGKILLed at random moments while a
-//! canary and a blue/green rollout move through their steps. A watcher
-//! samples Services and ReplicaSets at 10 Hz and checks the safety
-//! invariants on the real cluster; at the end both rollouts must stand where
-//! their spec says, with one ReplicaSet per template.
+//! canary (with an analysis step) and a blue/green rollout (with
+//! pre-promotion analysis) move through their steps, measured against a real
+//! Prometheus. A watcher samples Services and ReplicaSets at 10 Hz and checks
+//! the safety invariants on the real cluster; at the end both rollouts must
+//! stand where their spec says, with one ReplicaSet per template.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::analysis::{Metrics, template};
+use common::invariants::{PodCeiling, Watcher, one_replica_set_per_hash};
 use common::{Env, blue_green_yaml, phase};
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
-use ramp::api::{POD_TEMPLATE_HASH_LABEL, RolloutPhase};
+use kube::ResourceExt;
+use ramp::api::{AnalysisPhase, POD_TEMPLATE_HASH_LABEL, RolloutPhase};
 
 const KILLS: usize = 20;
 const CANARY_REPLICAS: i32 = 4;
@@ -37,93 +34,9 @@ impl Lcg {
     }
 }
 
-#[derive(Default)]
-struct Samples {
-    taken: usize,
-    violations: Vec<String>,
-}
-
-/// Available pods per hash, with a description for failure messages.
-async fn availability(
-    replica_sets: &Api<ReplicaSet>,
-) -> anyhow::Result<(Vec<ReplicaSet>, BTreeMap<String, i32>)> {
-    let sets = replica_sets
-        .list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL))
-        .await?
-        .items;
-    let available = sets
-        .iter()
-        .filter_map(|rs| {
-            let hash = rs.labels().get(POD_TEMPLATE_HASH_LABEL)?.clone();
-            Some((hash, rs.status.as_ref()?.available_replicas.unwrap_or(0)))
-        })
-        .collect();
-    Ok((sets, available))
-}
-
-/// One look at the namespace: every hash a Service selects has available
-/// pods, and the canary never runs more than replicas + maxSurge pods.
-/// The Services are read between two ReplicaSet lists; a hash counts as
-/// unserved only when both lists agree, since one list may predate the
-/// Service change and the other may follow a later scale-down.
-async fn sample(client: &Client, ns: &str, samples: &mut Samples) -> anyhow::Result<()> {
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
-    let (_, before) = availability(&replica_sets).await?;
-    let services = services.list(&ListParams::default()).await?.items;
-    let (sets, after) = availability(&replica_sets).await?;
-    for service in services {
-        let selected = service
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.as_ref())
-            .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL))
-            .cloned();
-        let Some(hash) = selected else { continue };
-        let served = |counts: &BTreeMap<String, i32>| counts.get(&hash).copied().unwrap_or(0) > 0;
-        if !served(&before) && !served(&after) {
-            samples.violations.push(format!(
-                "Service {} (resourceVersion {:?}) selects {hash}, which has no available pods: {:?}",
-                service.name_any(),
-                service.resource_version(),
-                sets.iter()
-                    .map(|rs| (
-                        rs.name_any(),
-                        rs.spec.as_ref().and_then(|s| s.replicas),
-                        rs.status.as_ref().and_then(|s| s.available_replicas),
-                        rs.status.as_ref().and_then(|s| s.observed_generation),
-                    ))
-                    .collect::<Vec<_>>()
-            ));
-        }
-    }
-    let canary_pods: i32 = sets
-        .iter()
-        .filter(|rs| rs.name_any().starts_with("web-"))
-        .filter_map(|rs| rs.spec.as_ref()?.replicas)
-        .sum();
-    if canary_pods > CANARY_REPLICAS + CANARY_SURGE {
-        samples.violations.push(format!(
-            "canary runs {canary_pods} pods, more than {CANARY_REPLICAS} + {CANARY_SURGE}"
-        ));
-    }
-    samples.taken += 1;
-    Ok(())
-}
-
-fn one_replica_set_per_hash(sets: &[ReplicaSet]) -> Result<(), String> {
-    let mut seen = BTreeSet::new();
-    for rs in sets {
-        let hash = rs.labels().get(POD_TEMPLATE_HASH_LABEL).cloned();
-        if !seen.insert(hash.clone()) {
-            return Err(format!("two ReplicaSets for hash {hash:?}"));
-        }
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn killed_controller_never_breaks_the_invariants() -> anyhow::Result<()> {
+    let metrics = Metrics::start(0.0).await?;
     let mut env = Env::start("chaos").await?;
     let seed = std::env::var("RAMP_CHAOS_SEED")
         .ok()
@@ -132,36 +45,38 @@ async fn killed_controller_never_breaks_the_invariants() -> anyhow::Result<()> {
     eprintln!("chaos seed {seed} (replay with RAMP_CHAOS_SEED={seed})");
     let mut random = Lcg(seed);
 
+    env.apply(&template(
+        "errors",
+        &metrics.prometheus.url,
+        "count: 2",
+        "result[0] < 0.05",
+    ))
+    .await?;
+    let analysis = "{templates: [{templateName: errors}], args: [{name: service, value: web}]}";
     env.deploy_canary(
         "web",
         CANARY_REPLICAS,
         "web:1",
-        "[{setWeight: 25}, {pause: {duration: 1}}, {setWeight: 50}, {pause: {duration: 1}}, {setWeight: 75}, {pause: {duration: 1}}]",
+        &format!("[{{setWeight: 25}}, {{pause: {{duration: 1}}}}, {{analysis: {analysis}}}, {{setWeight: 50}}, {{pause: {{duration: 1}}}}, {{setWeight: 75}}, {{pause: {{duration: 1}}}}]"),
     )
     .await?;
     env.apply(&blue_green_yaml(
         "shop",
         2,
         "shop:1",
-        "autoPromotionSeconds: 1\n      scaleDownDelaySeconds: 1",
+        &format!("autoPromotionSeconds: 1\n      scaleDownDelaySeconds: 1\n      prePromotionAnalysis: {analysis}"),
     ))
     .await?;
     env.wait_phase("shop", RolloutPhase::Healthy).await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (client, ns, stop) = (env.client.clone(), env.ns.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut samples = Samples::default();
-            while !stop.load(Ordering::SeqCst) {
-                if let Err(error) = sample(&client, &ns, &mut samples).await {
-                    eprintln!("sample failed (API busy?): {error:#}");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            samples
-        })
-    };
+    let watcher = Watcher::start(
+        env.client.clone(),
+        env.ns.clone(),
+        vec![PodCeiling {
+            prefix: "web-",
+            max_pods: CANARY_REPLICAS + CANARY_SURGE,
+        }],
+    );
 
     // A release every few kills, so kills land in every phase of both strategies.
     let mut version = 1;
@@ -198,18 +113,17 @@ async fn killed_controller_never_breaks_the_invariants() -> anyhow::Result<()> {
         ],
     )
     .await?;
-    stop.store(true, Ordering::SeqCst);
-    let samples = watcher.await?;
-
-    let sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &env.ns);
-    let sets = sets.list(&ListParams::default()).await?.items;
-    for prefix in ["web-", "shop-"] {
-        let mine: Vec<ReplicaSet> = sets
-            .iter()
-            .filter(|rs| rs.name_any().starts_with(prefix))
-            .cloned()
-            .collect();
-        one_replica_set_per_hash(&mine).map_err(anyhow::Error::msg)?;
+    let samples = watcher.finish().await?;
+    one_replica_set_per_hash(&env.client, &env.ns, &["web-", "shop-"]).await?;
+    // Both final releases passed through their analysis, not around it.
+    let runs = env.analysis_runs().await?;
+    for image in [format!("web:{version}"), format!("shop:{version}")] {
+        let hash = env.hash_of(&image).await?;
+        let passed = runs.iter().any(|run| {
+            run.labels().get(POD_TEMPLATE_HASH_LABEL) == Some(&hash)
+                && run.status.as_ref().and_then(|s| s.phase) == Some(AnalysisPhase::Successful)
+        });
+        assert!(passed, "{image} has a Successful AnalysisRun");
     }
     eprintln!(
         "chaos: {KILLS} kills survived, {} invariant samples, {} violations",
@@ -219,5 +133,6 @@ async fn killed_controller_never_breaks_the_invariants() -> anyhow::Result<()> {
     assert!(samples.taken > KILLS, "the watcher sampled throughout");
     assert_eq!(samples.violations, Vec::<String>::new());
     env.cleanup().await;
+    metrics.prometheus.stop().await;
     Ok(())
 }

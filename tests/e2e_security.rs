@@ -5,13 +5,12 @@
 
 mod common;
 
+use common::analysis::Metrics;
 use common::{Env, LeftoverGuard};
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use ramp::api::{AnalysisPhase, AnalysisRun, RolloutPhase};
-use ramp_test_support::{MetricsTarget, Prometheus, TestNamespace, free_port, wait_until};
-
-const SERIES: &str = "app_errors_ratio{service=\"web\"}";
+use ramp_test_support::{TestNamespace, free_port, wait_until};
 
 fn secret(name: &str, value: &str) -> anyhow::Result<Secret> {
     Ok(serde_json::from_value(serde_json::json!({
@@ -75,9 +74,8 @@ fn phase_and_message(run: &AnalysisRun) -> (Option<AnalysisPhase>, String) {
 
 #[tokio::test]
 async fn secrets_stay_in_their_namespace_and_out_of_every_report() -> anyhow::Result<()> {
-    let target = MetricsTarget::start().await?;
-    target.set(SERIES, 0.0);
-    let prometheus = Prometheus::start(&[target.addr]).await?;
+    let metrics = Metrics::start(0.0).await?;
+    let prometheus = &metrics.prometheus;
     let allowed = prometheus
         .url
         .strip_prefix("http://")
@@ -219,6 +217,6 @@ spec:
     }
     other.cleanup().await;
     env.cleanup().await;
-    prometheus.stop().await;
+    metrics.prometheus.stop().await;
     Ok(())
 }

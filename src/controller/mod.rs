@@ -9,6 +9,7 @@ pub mod metrics;
 mod recent;
 mod rollouts;
 mod runs;
+mod triggers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -374,83 +375,102 @@ async fn start_controllers(
     let (cluster_templates, cluster_template_writer) = reflector::store();
 
     // The Rollout controller keeps its own cache of Rollouts; the others are shared with the planner.
-    let rollout_controller =
-        rollouts::build(scoped::<Rollout>(&client, namespace), settings.concurrency);
-    let rollouts = rollout_controller.store();
+    let (rollouts, rollout_writer) = reflector::store();
+    let rollout_stream = triggers::settled_applied(
+        reflector::reflector(
+            rollout_writer,
+            watcher(
+                scoped::<Rollout>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .modify(trim),
+        )
+        .default_backoff(),
+    );
+    let rollout_controller = rollouts::build(
+        rollout_stream.boxed(),
+        rollouts.clone(),
+        settings.concurrency,
+    );
     let owned_replica_sets = Arc::new(index::OwnerIndex::<ReplicaSet>::default());
     let owned_runs = Arc::new(index::OwnerIndex::<AnalysisRun>::default());
     let recent_replica_sets = Arc::new(recent::Recent::new(replica_sets.clone(), trim));
     let recent_services = Arc::new(recent::Recent::new(services.clone(), trim_service));
     let recent_runs = Arc::new(recent::Recent::new(analysis_runs.clone(), trim));
     // Only ReplicaSets carrying the hash label can belong to a Rollout.
-    let rs_stream = reflector::reflector(
-        rs_writer,
-        watcher(
-            scoped::<ReplicaSet>(&client, namespace),
-            watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+    let rs_stream = triggers::settled_objects(
+        reflector::reflector(
+            rs_writer,
+            watcher(
+                scoped::<ReplicaSet>(&client, namespace),
+                watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+            )
+            .modify(trim)
+            .inspect_ok({
+                let (index, recent) = (owned_replica_sets.clone(), recent_replica_sets.clone());
+                move |event| {
+                    index.observe(event);
+                    recent.observe(event);
+                }
+            }),
         )
-        .modify(trim)
-        .inspect_ok({
-            let (index, recent) = (owned_replica_sets.clone(), recent_replica_sets.clone());
-            move |event| {
-                index.observe(event);
-                recent.observe(event);
-            }
-        }),
-    )
-    .default_backoff()
-    .touched_objects();
-    let service_stream = reflector::reflector(
-        service_writer,
-        watcher(
-            scoped::<Service>(&client, namespace),
-            watcher::Config::default(),
+        .default_backoff(),
+    );
+    let service_stream = triggers::settled_objects(
+        reflector::reflector(
+            service_writer,
+            watcher(
+                scoped::<Service>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .modify(trim_service)
+            .inspect_ok({
+                let recent = recent_services.clone();
+                move |event| recent.observe(event)
+            }),
         )
-        .modify(trim_service)
-        .inspect_ok({
-            let recent = recent_services.clone();
-            move |event| recent.observe(event)
-        }),
-    )
-    .default_backoff()
-    .touched_objects();
-    let run_stream = reflector::reflector(
-        run_writer,
-        watcher(
-            scoped::<AnalysisRun>(&client, namespace),
-            watcher::Config::default(),
+        .default_backoff(),
+    );
+    let run_stream = triggers::settled_objects(
+        reflector::reflector(
+            run_writer,
+            watcher(
+                scoped::<AnalysisRun>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .modify(trim)
+            .inspect_ok({
+                let (index, recent) = (owned_runs.clone(), recent_runs.clone());
+                move |event| {
+                    index.observe(event);
+                    recent.observe(event);
+                }
+            }),
         )
-        .modify(trim)
-        .inspect_ok({
-            let (index, recent) = (owned_runs.clone(), recent_runs.clone());
-            move |event| {
-                index.observe(event);
-                recent.observe(event);
-            }
-        }),
-    )
-    .default_backoff()
-    .touched_objects();
-    let template_stream = reflector::reflector(
-        template_writer,
-        watcher(
-            scoped::<AnalysisTemplate>(&client, namespace),
-            watcher::Config::default(),
+        .default_backoff(),
+    );
+    let template_stream = triggers::settled_objects(
+        reflector::reflector(
+            template_writer,
+            watcher(
+                scoped::<AnalysisTemplate>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .modify(trim),
         )
-        .modify(trim),
-    )
-    .default_backoff()
-    .touched_objects();
-    let cluster_template_stream = reflector::reflector(
-        cluster_template_writer,
-        watcher(
-            Api::<ClusterAnalysisTemplate>::all(client.clone()),
-            watcher::Config::default(),
+        .default_backoff(),
+    );
+    let cluster_template_stream = triggers::settled_objects(
+        reflector::reflector(
+            cluster_template_writer,
+            watcher(
+                Api::<ClusterAnalysisTemplate>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .modify(trim),
         )
-        .modify(trim),
-    )
-    .default_backoff()
-    .touched_objects();
+        .default_backoff(),
+    );
 
     let recorder = Recorder::new(
         events_client,

@@ -56,16 +56,24 @@ fn newer<K: Resource>(written: &K, cached: &K) -> bool {
     }
 }
 
-/// Our copy if it is newer than the cached one; otherwise the cache has
-/// caught up and the entry goes.
-fn pick<K>(state: &mut State<K>, key: &ObjectRef<K>, cached: Arc<K>) -> Arc<K>
+/// Our copy if it is newer than the cached one. Otherwise the entry goes,
+/// but only once `store` has caught up too: the copy passed in may come
+/// from another cache (the AnalysisRun controller watches runs on its own),
+/// and dropping the entry because that one caught up would leave the
+/// lagging shared store without it.
+fn pick<K>(state: &mut State<K>, store: &Store<K>, key: &ObjectRef<K>, cached: Arc<K>) -> Arc<K>
 where
-    K: Resource<DynamicType = ()> + 'static,
+    K: Resource<DynamicType = ()> + Clone + 'static,
 {
     match state.entries.get(key) {
         Some(entry) if newer(entry.object.as_ref(), cached.as_ref()) => entry.object.clone(),
-        Some(_) => {
-            state.entries.remove(key);
+        Some(entry) => {
+            let caught_up = store
+                .get(key)
+                .is_some_and(|stored| !newer(entry.object.as_ref(), stored.as_ref()));
+            if caught_up {
+                state.entries.remove(key);
+            }
             cached
         }
         None => cached,
@@ -136,7 +144,7 @@ where
     /// The newer of the cached copy and the one we last wrote.
     pub fn freshest(&self, cached: Arc<K>) -> Arc<K> {
         let key = ObjectRef::from_obj(cached.as_ref());
-        pick(&mut self.lock(), &key, cached)
+        pick(&mut self.lock(), &self.store, &key, cached)
     }
 
     /// The cached objects, each replaced by our newer copy where we have
@@ -149,7 +157,7 @@ where
             .into_iter()
             .map(|cached| {
                 let key = ObjectRef::from_obj(cached.as_ref());
-                let chosen = pick(&mut state, &key, cached);
+                let chosen = pick(&mut state, &self.store, &key, cached);
                 seen.insert(key);
                 chosen
             })
@@ -189,11 +197,18 @@ mod tests {
     }
 
     fn recent_over(cached: &[ConfigMap]) -> Recent<ConfigMap> {
+        recent_and_writer(cached).0
+    }
+
+    fn recent_and_writer(
+        cached: &[ConfigMap],
+    ) -> (Recent<ConfigMap>, reflector::store::Writer<ConfigMap>) {
         let (store, mut writer) = reflector::store();
         for object in cached {
             writer.apply_watcher_event(&watcher::Event::Apply(object.clone()));
         }
-        Recent::new(store, |map: &mut ConfigMap| map.metadata.labels = None)
+        let recent = Recent::new(store, |map: &mut ConfigMap| map.metadata.labels = None);
+        (recent, writer)
     }
 
     /// The resourceVersion `freshest` picks when the cache holds `cached`.
@@ -204,11 +219,21 @@ mod tests {
 
     #[test]
     fn our_newer_write_wins_until_the_cache_catches_up() {
-        let recent = recent_over(&[]);
+        let (recent, mut writer) = recent_and_writer(&[object("a", "10")]);
         recent.remember(object("a", "12"));
         assert_eq!(freshest_version(&recent, object("a", "10")), "12");
+        // Another cache (the run controller's own) has caught up; the store
+        // this overlay covers has not, so the entry must stay for it.
         assert_eq!(freshest_version(&recent, object("a", "15")), "15");
-        assert_eq!(recent.len(), 0, "a cache that caught up drops the entry");
+        assert_eq!(recent.len(), 1);
+        assert_eq!(freshest_version(&recent, object("a", "10")), "12");
+        writer.apply_watcher_event(&watcher::Event::Apply(object("a", "15")));
+        assert_eq!(freshest_version(&recent, object("a", "15")), "15");
+        assert_eq!(
+            recent.len(),
+            0,
+            "once its own store caught up the entry goes"
+        );
     }
 
     #[test]

@@ -27,12 +27,19 @@ use kube::api::{Api, ListParams};
 
 const CONTROLLER: &str = "rollout";
 
-pub(super) fn build(api: Api<Rollout>, concurrency: u16) -> Controller<Rollout> {
-    Controller::new(api, kube::runtime::watcher::Config::default())
+/// The Rollout controller over its own cache; `rollouts` triggers it only
+/// once `store` holds what it triggers for (see `triggers`).
+pub(super) fn build(
+    rollouts: Watched<Rollout>,
+    store: Store<Rollout>,
+    concurrency: u16,
+) -> Controller<Rollout> {
+    Controller::for_stream(rollouts, store)
+        .trigger_backoff(super::triggers::TriggerPause)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
 }
 
-type Watched<K> = BoxStream<'static, Result<K, kube::runtime::watcher::Error>>;
+pub(super) type Watched<K> = BoxStream<'static, Result<K, kube::runtime::watcher::Error>>;
 
 /// The shared reflectors' event streams that wake the Rollout controller.
 pub(super) struct Triggers {

@@ -12,10 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{info, warn};
 
-use super::{Context, Error, apply, scoped};
+use super::{Context, Error, apply, scoped, triggers, trim};
 use crate::analysis::condition::{Conditions, MetricValue};
 use crate::analysis::policy;
 use crate::analysis::prometheus::{self, ADDRESS_ENV, DEFAULT_TIMEOUT, Request};
@@ -31,7 +31,16 @@ pub(super) async fn controller(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api = scoped::<AnalysisRun>(&ctx.client, namespace);
-    Controller::new(api, watcher::Config::default())
+    let (store, writer) = reflector::store();
+    let runs = triggers::settled_applied(
+        reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).modify(trim),
+        )
+        .default_backoff(),
+    );
+    Controller::for_stream(runs, store)
+        .trigger_backoff(triggers::TriggerPause)
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| super::log_stream_error(result, "analysis run controller"))

@@ -3,6 +3,9 @@
 //! that namespace, so tests run in parallel without seeing each other.
 #![allow(dead_code)]
 
+pub mod analysis;
+pub mod invariants;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -484,6 +487,44 @@ impl Env {
             bail!("{error}; Events seen: {:?}", self.event_reasons().await?);
         }
         Ok(())
+    }
+
+    /// Kills the local API server and starts it again (tests/cluster/restart-apiserver.sh);
+    /// returns once it answers /readyz.
+    pub async fn restart_api_server(&self) -> anyhow::Result<()> {
+        let script = repo_root().join("tests/cluster/restart-apiserver.sh");
+        let output = Command::new(&script).output().await?;
+        if !output.status.success() {
+            bail!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until an AnalysisRun for the ReplicaSet running `image` has a
+    /// successful measurement; returns the run's name.
+    pub async fn wait_measured(&self, image: &str) -> anyhow::Result<String> {
+        wait_until(
+            &format!("a successful measurement for {image}"),
+            TIMEOUT,
+            || async {
+                let hash = self.hash_of(image).await?;
+                Ok(self.analysis_runs().await?.into_iter().find_map(|run| {
+                    let measured = run.labels().get(POD_TEMPLATE_HASH_LABEL) == Some(&hash)
+                        && run
+                            .status
+                            .as_ref()?
+                            .metric_results
+                            .iter()
+                            .any(|m| m.successful >= 1);
+                    measured.then(|| run.name_any())
+                }))
+            },
+        )
+        .await
     }
 
     pub async fn cleanup(mut self) {

@@ -9,7 +9,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -27,7 +27,16 @@ async fn main() -> anyhow::Result<()> {
         .default_backoff()
         .applied_objects();
     futures::pin_mut!(stream);
-    while let Some(pod) = stream.try_next().await? {
+    // A watch error (the API server restarting, say) is reported and the
+    // backoff retries; the kubelet must outlive it like a real one does.
+    while let Some(next) = stream.next().await {
+        let pod = match next {
+            Ok(pod) => pod,
+            Err(error) => {
+                eprintln!("test-kubelet: watch failed, retrying: {error}");
+                continue;
+            }
+        };
         if let Err(error) = handle(&client, &pod).await {
             eprintln!(
                 "test-kubelet: {}/{}: {error}",
