@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ControllerProcess, Env, LeftoverGuard};
-use k8s_openapi::api::core::v1::Pod;
+use common::{ControllerProcess, Env, LeftoverGuard, canary_yaml};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use ramp::api::RolloutPhase;
+use ramp::controller::shard::Shard;
 use ramp_test_support::{MetricsTarget, Prometheus, kubeconfig_path, repo_root, wait_until};
 use serde_json::json;
 
@@ -404,6 +405,117 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
     let runs = env.analysis_runs().await?;
     assert_eq!(runs.len(), 2, "two analysis steps ran");
     prometheus.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shards_split_rollouts_and_a_killed_shard_is_taken_over() -> anyhow::Result<()> {
+    let env = Env::without_controller("shards").await?;
+    let ns = env.ns.clone();
+    let args = |index: u32, identity: &str| {
+        vec![
+            "--leader-elect=true".to_string(),
+            format!("--lease-namespace={ns}"),
+            "--lease-duration-seconds=3".into(),
+            "--shards=2".into(),
+            format!("--shard-index={index}"),
+            format!("--identity={identity}"),
+        ]
+    };
+    let zero =
+        ControllerProcess::spawn(&env, &kubeconfig_path(), "shard-0", &args(0, "shard-0")).await?;
+    let mut one_a =
+        ControllerProcess::spawn(&env, &kubeconfig_path(), "shard-1a", &args(1, "shard-1a"))
+            .await?;
+    wait_until(
+        "shard 0 and shard 1a to lead their shards",
+        common::TIMEOUT,
+        || async { Ok((zero.is_leader().await? && one_a.is_leader().await?).then_some(())) },
+    )
+    .await?;
+    let one_b =
+        ControllerProcess::spawn(&env, &kubeconfig_path(), "shard-1b", &args(1, "shard-1b"))
+            .await?;
+    one_b.wait_ready().await?;
+
+    // Two Rollouts in each shard; which names land where depends on the namespace.
+    let mut names: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for candidate in (0..).map(|i| format!("app-{i}")) {
+        let shard = Shard::of(2, &ns, &candidate) as usize;
+        if names[shard].len() < 2 {
+            names[shard].push(candidate);
+        }
+        if names.iter().all(|n| n.len() == 2) {
+            break;
+        }
+    }
+    let all: Vec<&String> = names.iter().flatten().collect();
+    for name in &all {
+        env.apply(&canary_yaml(
+            name,
+            2,
+            &format!("{name}:1"),
+            "[{setWeight: 50}, {pause: {}}]",
+        ))
+        .await?;
+    }
+    for name in &all {
+        env.wait_phase(name, RolloutPhase::Healthy).await?;
+        env.set_image(name, &format!("{name}:2")).await?;
+    }
+    for name in &all {
+        env.wait_phase(name, RolloutPhase::Paused).await?;
+    }
+    assert!(
+        !one_b.is_leader().await?,
+        "1b stands by while 1a leads shard 1"
+    );
+
+    // Shard 1's leader dies mid-rollout; its standby finishes shard 1's Rollouts.
+    one_a.child.kill().await?;
+    for name in &all {
+        env.promote(name).await?;
+    }
+    for name in &all {
+        env.wait_phase(name, RolloutPhase::Healthy).await?;
+    }
+    for name in &all {
+        env.wait_replicas(
+            &format!("{name} on its second release"),
+            &[
+                (format!("{name}:2").as_str(), 2),
+                (format!("{name}:1").as_str(), 0),
+            ],
+        )
+        .await?;
+    }
+    assert!(one_b.is_leader().await?, "1b took shard 1 over");
+
+    // Every Event about a Rollout comes from a replica of that Rollout's shard.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    let events = events.list(&ListParams::default()).await?.items;
+    let mut reporters: Vec<(String, String)> = Vec::new();
+    for event in &events {
+        let (Some(kind), Some(name)) = (&event.involved_object.kind, &event.involved_object.name)
+        else {
+            continue;
+        };
+        if kind == "Rollout" {
+            let reporter = event.reporting_instance.clone().unwrap_or_default();
+            reporters.push((name.clone(), reporter));
+        }
+    }
+    assert!(!reporters.is_empty(), "the shards published Events");
+    for (name, reporter) in &reporters {
+        let shard = Shard::of(2, &ns, name);
+        assert!(
+            reporter.starts_with(&format!("shard-{shard}")),
+            "{name} belongs to shard {shard} but {reporter} wrote about it"
+        );
+    }
+    let from_b = reporters.iter().filter(|(_, r)| r == "shard-1b").count();
+    assert!(from_b > 0, "the standby of shard 1 carried its Rollouts on");
     env.cleanup().await;
     Ok(())
 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use ramp::analysis::policy::{AddressAllowList, AnalysisPolicy};
+use ramp::controller::shard::Shard;
 use ramp::controller::{self, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -62,6 +63,14 @@ struct Cli {
     /// Off by default: a cluster-wide template would read the Secrets of every namespace using it.
     #[arg(long, env = "RAMP_ALLOW_CLUSTER_TEMPLATE_SECRETS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     allow_cluster_template_secrets: bool,
+    /// Split Rollouts across this many controller processes by a stable hash of namespace/name.
+    #[arg(long, env = "RAMP_SHARDS", default_value_t = 1)]
+    shards: u32,
+    /// Which share this process reconciles, 0 to --shards - 1. With leader election,
+    /// each shard has its own Lease (`<lease-name>-shard-<index>`), so replicas of one
+    /// shard take over from each other.
+    #[arg(long, env = "RAMP_SHARD_INDEX", default_value_t = 0)]
+    shard_index: u32,
     /// Identity in the Lease; defaults to $POD_NAME, then the hostname and process id.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -125,6 +134,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let shard = match Shard::new(cli.shards, cli.shard_index) {
+        Ok(shard) => shard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let analysis_policy = AnalysisPolicy {
         allowed_addresses,
         cluster_templates_read_secrets: cli.allow_cluster_template_secrets,
@@ -160,14 +176,19 @@ async fn main() -> ExitCode {
         namespace: cli.namespace.clone(),
         leader_election: cli.leader_elect,
         lease_namespace,
-        lease_name: cli.lease_name.clone(),
+        lease_name: if shard.count() > 1 {
+            format!("{}-shard-{}", cli.lease_name, shard.index())
+        } else {
+            cli.lease_name.clone()
+        },
         identity,
         lease_duration: Duration::from_secs(cli.lease_duration_seconds),
         http_address: cli.http_address.clone(),
         concurrency: cli.concurrency,
         analysis_policy,
+        shard,
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, leader_election = settings.leader_election, metric_address_allow = %settings.analysis_policy.allowed_addresses.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "any".into()), cluster_templates_read_secrets = settings.analysis_policy.cluster_templates_read_secrets, "starting ramp-controller");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = ?settings.namespace, leader_election = settings.leader_election, shard = settings.shard.index(), shards = settings.shard.count(), metric_address_allow = %settings.analysis_policy.allowed_addresses.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "any".into()), cluster_templates_read_secrets = settings.analysis_policy.cluster_templates_read_secrets, "starting ramp-controller");
     match controller::run(clients, settings, metrics).await {
         Ok(()) => {
             tracing::info!("stopped");

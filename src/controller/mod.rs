@@ -9,6 +9,7 @@ pub mod metrics;
 mod recent;
 mod rollouts;
 mod runs;
+pub mod shard;
 mod triggers;
 
 use std::sync::Arc;
@@ -161,6 +162,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Which metric addresses and Secrets analysis may reach.
     pub analysis_policy: crate::analysis::policy::AnalysisPolicy,
+    /// The Rollouts this process reconciles.
+    pub shard: shard::Shard,
 }
 
 /// Shared by both reconcilers.
@@ -379,11 +382,13 @@ async fn start_controllers(
     let rollout_stream = triggers::settled_applied(
         reflector::reflector(
             rollout_writer,
-            watcher(
-                scoped::<Rollout>(&client, namespace),
-                watcher::Config::default(),
-            )
-            .modify(trim),
+            settings.shard.filter(
+                watcher(
+                    scoped::<Rollout>(&client, namespace),
+                    watcher::Config::default(),
+                )
+                .modify(trim),
+            ),
         )
         .default_backoff(),
     );
@@ -401,18 +406,22 @@ async fn start_controllers(
     let rs_stream = triggers::settled_objects(
         reflector::reflector(
             rs_writer,
-            watcher(
-                scoped::<ReplicaSet>(&client, namespace),
-                watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
-            )
-            .modify(trim)
-            .inspect_ok({
-                let (index, recent) = (owned_replica_sets.clone(), recent_replica_sets.clone());
-                move |event| {
-                    index.observe(event);
-                    recent.observe(event);
-                }
-            }),
+            settings
+                .shard
+                .filter(
+                    watcher(
+                        scoped::<ReplicaSet>(&client, namespace),
+                        watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+                    )
+                    .modify(trim),
+                )
+                .inspect_ok({
+                    let (index, recent) = (owned_replica_sets.clone(), recent_replica_sets.clone());
+                    move |event| {
+                        index.observe(event);
+                        recent.observe(event);
+                    }
+                }),
         )
         .default_backoff(),
     );
@@ -434,18 +443,22 @@ async fn start_controllers(
     let run_stream = triggers::settled_objects(
         reflector::reflector(
             run_writer,
-            watcher(
-                scoped::<AnalysisRun>(&client, namespace),
-                watcher::Config::default(),
-            )
-            .modify(trim)
-            .inspect_ok({
-                let (index, recent) = (owned_runs.clone(), recent_runs.clone());
-                move |event| {
-                    index.observe(event);
-                    recent.observe(event);
-                }
-            }),
+            settings
+                .shard
+                .filter(
+                    watcher(
+                        scoped::<AnalysisRun>(&client, namespace),
+                        watcher::Config::default(),
+                    )
+                    .modify(trim),
+                )
+                .inspect_ok({
+                    let (index, recent) = (owned_runs.clone(), recent_runs.clone());
+                    move |event| {
+                        index.observe(event);
+                        recent.observe(event);
+                    }
+                }),
         )
         .default_backoff(),
     );
@@ -567,7 +580,7 @@ async fn start_controllers(
         },
         stop.clone(),
     );
-    let run_controller = runs::controller(context.clone(), namespace, stop.clone());
+    let run_controller = runs::controller(context.clone(), namespace, settings.shard, stop.clone());
     tokio::join!(rollout_controller, run_controller);
     Ok(())
 }

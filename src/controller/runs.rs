@@ -15,6 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{info, warn};
 
+use super::shard::Shard;
 use super::{Context, Error, apply, scoped, triggers, trim};
 use crate::analysis::condition::{Conditions, MetricValue};
 use crate::analysis::policy;
@@ -28,6 +29,7 @@ const CONTROLLER: &str = "analysisrun";
 pub(super) async fn controller(
     ctx: Arc<Context>,
     namespace: &Option<String>,
+    shard: Shard,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api = scoped::<AnalysisRun>(&ctx.client, namespace);
@@ -35,7 +37,7 @@ pub(super) async fn controller(
     let runs = triggers::settled_applied(
         reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default()).modify(trim),
+            shard.filter(watcher(api, watcher::Config::default()).modify(trim)),
         )
         .default_backoff(),
     );
