@@ -5,6 +5,7 @@ mod common;
 
 use common::analysis::{Metrics, template};
 use common::{Env, blue_green_yaml, canary_yaml};
+use kube::ResourceExt;
 use ramp::api::{AnalysisPhase, AnalysisRun, RolloutPhase};
 use ramp_test_support::wait_until;
 
@@ -459,5 +460,126 @@ async fn inconclusive_analysis_halts_even_after_a_timed_pause_runs_out() -> anyh
         .await?;
     env.cleanup().await;
     metrics.prometheus.stop().await;
+    Ok(())
+}
+
+/// A web metric: POSTs the service and a Secret-held token to the receiver,
+/// and judges `{$.data}` of its JSON answer.
+fn web_template(receiver: &str) -> String {
+    format!(
+        r#"
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: checks}}
+spec:
+  args:
+  - name: service
+  - name: token
+    valueFrom: {{secretKeyRef: {{name: checks-token, key: token}}}}
+  metrics:
+  - name: smoke
+    interval: 1s
+    count: 2
+    successCondition: "result.ok == true && result.ratio < 0.05"
+    provider:
+      web:
+        url: {receiver}/verdict/{{{{args.service}}}}
+        method: POST
+        headers: [{{key: Authorization, value: "Bearer {{{{args.token}}}}"}}]
+        jsonBody: {{service: "{{{{args.service}}}}", checks: [smoke]}}
+        jsonPath: "{{$.data}}"
+        timeoutSeconds: 5
+"#
+    )
+}
+
+#[tokio::test]
+async fn web_metric_gates_on_a_json_answer_and_errors_on_a_bad_status() -> anyhow::Result<()> {
+    let receiver =
+        ramp_test_support::WebReceiver::start(200, r#"{"data": {"ok": true, "ratio": 0.01}}"#)
+            .await?;
+    let env = Env::start("analysis-web").await?;
+    env.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: checks-token}\nstringData: {token: w3b-token}\n",
+    )
+    .await?;
+    env.apply(&web_template(&receiver.url)).await?;
+    let step =
+        "{analysis: {templates: [{templateName: checks}], args: [{name: service, value: web}]}}";
+    env.deploy_canary("web", 2, "web:1", &format!("[{{setWeight: 50}}, {step}]"))
+        .await?;
+
+    // A good answer promotes.
+    env.set_image("web", "web:2").await?;
+    let run = wait_run(&env, "-1", AnalysisPhase::Successful).await?;
+    let result = &run.status.as_ref().expect("status").metric_results[0];
+    assert_eq!(result.successful, 2);
+    assert_eq!(
+        result.measurements[0].value.as_deref(),
+        Some(r#"{"ok":true,"ratio":0.01}"#)
+    );
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    let requests = receiver.requests();
+    assert!(requests.len() >= 2, "{requests:?}");
+    let first = &requests[0];
+    assert_eq!(
+        (first.method.as_str(), first.path.as_str()),
+        ("POST", "/verdict/web")
+    );
+    assert_eq!(
+        first.headers.get("authorization").map(String::as_str),
+        Some("Bearer w3b-token")
+    );
+    assert_eq!(
+        first.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    let body: serde_json::Value = serde_json::from_str(&first.body)?;
+    assert_eq!(
+        body,
+        serde_json::json!({"service": "web", "checks": ["smoke"]})
+    );
+
+    // A bad verdict aborts back to stable.
+    receiver.answer(200, r#"{"data": {"ok": true, "ratio": 0.5}}"#);
+    env.set_image("web", "web:3").await?;
+    let failed = wait_run(&env, "-1", AnalysisPhase::Failed).await?;
+    assert!(failed.name_any().contains(&env.hash_of("web:3").await?));
+    env.wait_phase("web", RolloutPhase::Degraded).await?;
+    env.wait_replicas("aborted to web:2", &[("web:3", 0), ("web:2", 2)])
+        .await?;
+
+    // A non-2xx answer is an Error, whatever the body says.
+    receiver.answer(500, r#"{"data": {"ok": true, "ratio": 0.0}}"#);
+    env.apply(&format!(
+        r#"
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisRun
+metadata: {{name: direct}}
+spec:
+  metrics:
+  - name: smoke
+    consecutiveErrorLimit: 0
+    successCondition: "result.ok == true"
+    provider: {{web: {{url: "{}/verdict/direct", jsonPath: "{{$.data}}"}}}}
+"#,
+        receiver.url
+    ))
+    .await?;
+    let run = wait_until("the direct run to error", common::TIMEOUT, || async {
+        Ok(env
+            .analysis_runs()
+            .await?
+            .into_iter()
+            .find(|r| r.name_any() == "direct" && run_phase(r) == Some(AnalysisPhase::Error)))
+    })
+    .await?;
+    let message = run.status.as_ref().expect("status").metric_results[0]
+        .measurements
+        .last()
+        .and_then(|m| m.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("received HTTP 500"), "{message}");
+    env.cleanup().await;
     Ok(())
 }

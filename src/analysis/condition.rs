@@ -18,6 +18,9 @@ use crate::api::AnalysisPhase;
 pub enum MetricValue {
     Scalar(f64),
     Vector(Vec<f64>),
+    /// A web metric's answer: numbers become doubles, objects maps
+    /// (`result.data.ok == true`), text a string (`result == "ok"`).
+    Json(serde_json::Value),
 }
 
 impl MetricValue {
@@ -35,6 +38,7 @@ impl MetricValue {
                         .join(",")
                 )
             }
+            MetricValue::Json(value) => value.to_string(),
         }
     }
 
@@ -44,7 +48,32 @@ impl MetricValue {
             MetricValue::Vector(values) => {
                 Value::List(Arc::new(values.iter().map(|v| Value::Float(*v)).collect()))
             }
+            MetricValue::Json(value) => json_to_cel(value),
         }
+    }
+}
+
+fn json_to_cel(value: &serde_json::Value) -> Value {
+    use serde_json::Value as Json;
+    match value {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        Json::String(text) => Value::String(Arc::new(text.clone())),
+        Json::Array(items) => Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Json::Object(fields) => Value::Map(cel::objects::Map {
+            map: Arc::new(
+                fields
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            cel::objects::Key::String(Arc::new(k.clone())),
+                            json_to_cel(v),
+                        )
+                    })
+                    .collect(),
+            ),
+        }),
     }
 }
 
@@ -191,6 +220,33 @@ mod tests {
                 "{success:?} {failure:?} {value}"
             );
         }
+    }
+
+    #[test]
+    fn json_answers_are_maps_strings_and_doubles() {
+        let answer =
+            Json(serde_json::json!({"ok": true, "ratio": 0.02, "count": 5, "status": "green"}));
+        for (condition, expected) in [
+            ("result.ok == true", Successful),
+            ("result.ratio < 0.05", Successful),
+            ("result.count == 5 && result.count > 4", Successful),
+            ("result.status == 'red'", Failed),
+        ] {
+            assert_eq!(
+                assess(Some(condition), None, answer.clone()),
+                Ok(expected),
+                "{condition}"
+            );
+        }
+        assert_eq!(
+            assess(Some("result == 'ok'"), None, Json(serde_json::json!("ok"))),
+            Ok(Successful)
+        );
+        assert_eq!(
+            assess(Some("result > 0.9"), None, Json(serde_json::json!(0.95))),
+            Ok(Successful)
+        );
+        assert!(assess(Some("result.missing"), None, answer).is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 pub mod condition;
 pub mod policy;
 pub mod prometheus;
+pub mod provider;
 pub mod run;
+pub mod web;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -76,14 +78,39 @@ fn validate_provider(
     if let Some(name) = metric.provider.unknown.keys().next() {
         add(
             format!("{field}.provider.{name}"),
-            format!("provider {name:?} is not supported; Ramp implements the prometheus provider"),
+            format!(
+                "provider {name:?} is not supported; Ramp implements the prometheus and web providers"
+            ),
         );
+        return;
+    }
+    // Substituting with a placeholder value for every declared argument finds
+    // any placeholder that no argument could ever fill.
+    let declared: BTreeMap<String, String> = args
+        .iter()
+        .map(|a| (a.to_string(), "x".to_string()))
+        .collect();
+    if let Some(config) = &metric.provider.web {
+        if metric.provider.prometheus.is_some() {
+            add(
+                format!("{field}.provider"),
+                "set one provider, not both prometheus and web".into(),
+            );
+        }
+        // An argument may hold the whole URL, so its scheme is only checked
+        // when the URL is written out.
+        let templated = config.url.contains("{{");
+        if let Err(message) = web::prepare(config, &declared)
+            && !(templated && message.contains("is not an http:// or https:// URL"))
+        {
+            add(format!("{field}.provider.web"), message);
+        }
         return;
     }
     let Some(prometheus) = &metric.provider.prometheus else {
         add(
             format!("{field}.provider"),
-            "set provider.prometheus".into(),
+            "set provider.prometheus or provider.web".into(),
         );
         return;
     };
@@ -93,12 +120,6 @@ fn validate_provider(
             "is empty; write a PromQL query".into(),
         );
     }
-    // Substituting with a placeholder value for every declared argument finds
-    // any placeholder that no argument could ever fill.
-    let declared: BTreeMap<String, String> = args
-        .iter()
-        .map(|a| (a.to_string(), "x".to_string()))
-        .collect();
     if let Err(message) = prometheus::substitute(&prometheus.query, &declared) {
         add(
             format!("{field}.provider.prometheus.query"),

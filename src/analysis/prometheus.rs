@@ -133,7 +133,8 @@ pub async fn query(
     parse_response(status, &body)
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error with its causes, for messages.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

@@ -19,7 +19,7 @@ use super::shard::Shard;
 use super::{Context, Error, apply, scoped, triggers, trim};
 use crate::analysis::condition::{Conditions, MetricValue};
 use crate::analysis::policy;
-use crate::analysis::prometheus::{self, ADDRESS_ENV, DEFAULT_TIMEOUT, Request};
+use crate::analysis::provider::{Measure, provider_of};
 use crate::analysis::run::{assess, due_metrics, record};
 use crate::api::{AnalysisPhase, AnalysisRun, Measurement, Metric, SecretKeyRef};
 use crate::planner::PlannedEvent;
@@ -176,10 +176,23 @@ async fn measure(
     // logs never carry one.
     let mut secrets = Vec::new();
     let outcome = async {
-        let request = resolve_request(ctx, run, namespace, metric, &mut secrets).await?;
-        let query = request.query.clone();
-        let result = prometheus::query(&ctx.http, &ctx.insecure_http, &request).await;
-        Ok::<_, String>((query, result))
+        let provider = provider_of(metric)?;
+        let (args, auth_headers) =
+            resolve_inputs(ctx, run, namespace, metric, &mut secrets).await?;
+        let answer = provider
+            .measure(Measure {
+                http: &ctx.http,
+                insecure_http: &ctx.insecure_http,
+                args: &args,
+                allowed: ctx.analysis_policy.allowed_addresses.as_ref(),
+                auth_headers,
+            })
+            .await;
+        match (answer.asked, answer.value) {
+            (Some(asked), value) => Ok((asked, value)),
+            (None, Err(message)) => Err(message),
+            (None, Ok(value)) => Ok((String::new(), Ok(value))),
+        }
     }
     .await;
     let finished = Timestamp::now();
@@ -235,19 +248,15 @@ fn assess_outcome(
     }
 }
 
-async fn resolve_request(
+/// The run's arguments with their values (Secrets read from the run's
+/// namespace) and the credentials the metric's provider asks for.
+async fn resolve_inputs(
     ctx: &Context,
     run: &AnalysisRun,
     namespace: &str,
     metric: &Metric,
     secrets: &mut Vec<String>,
-) -> Result<Request, String> {
-    let Some(provider) = &metric.provider.prometheus else {
-        return Err(format!(
-            "metric {:?} has no prometheus provider",
-            metric.name
-        ));
-    };
+) -> Result<(BTreeMap<String, String>, Vec<(String, String)>), String> {
     let mut args = BTreeMap::new();
     for arg in &run.spec.args {
         let value = match (
@@ -262,24 +271,13 @@ async fn resolve_request(
         };
         args.insert(arg.name.clone(), value);
     }
-    let address = provider
-        .address
-        .clone()
-        .filter(|a| !a.trim().is_empty())
-        .or_else(|| std::env::var(ADDRESS_ENV).ok())
-        .ok_or_else(|| format!("no Prometheus address: set provider.prometheus.address or the controller's {ADDRESS_ENV}"))?;
-    let address = prometheus::substitute(&address, &args)?;
-    if let Some(allowed) = &ctx.analysis_policy.allowed_addresses {
-        allowed.check(&address)?;
-    }
     let mut headers = Vec::new();
-    for header in &provider.headers {
-        headers.push((
-            header.key.clone(),
-            prometheus::substitute(&header.value, &args)?,
-        ));
-    }
-    if let Some(auth) = &provider.authentication {
+    let auth = metric
+        .provider
+        .prometheus
+        .as_ref()
+        .and_then(|p| p.authentication.as_ref());
+    if let Some(auth) = auth {
         if let Some(token) = &auth.bearer_token {
             headers.push((
                 "Authorization".into(),
@@ -297,17 +295,7 @@ async fn resolve_request(
             headers.push(("Authorization".into(), format!("Basic {encoded}")));
         }
     }
-    let timeout = match provider.timeout {
-        Some(seconds) if seconds > 0 => Duration::from_secs(seconds as u64),
-        _ => DEFAULT_TIMEOUT,
-    };
-    Ok(Request {
-        address,
-        query: prometheus::substitute(&provider.query, &args)?,
-        timeout,
-        headers,
-        insecure: provider.insecure.unwrap_or(false),
-    })
+    Ok((args, headers))
 }
 
 /// Secrets are read when needed, never cached: caching every Secret in the

@@ -285,3 +285,93 @@ pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// A request the [`WebReceiver`] received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    answer: (u16, String),
+    requests: Vec<Received>,
+}
+
+/// An HTTP endpoint on loopback that answers every request with the status
+/// and body the test sets, and records what it was sent.
+pub struct WebReceiver {
+    pub url: String,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+impl WebReceiver {
+    pub async fn start(status: u16, body: &str) -> anyhow::Result<Self> {
+        let state = Arc::new(Mutex::new(ReceiverState {
+            answer: (status, body.to_string()),
+            requests: Vec::new(),
+        }));
+        let shared = state.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let state = shared.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                let received = Received {
+                    method: parts.method.to_string(),
+                    path: parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                        .collect(),
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                };
+                let (status, body) = match state.lock() {
+                    Ok(mut state) => {
+                        state.requests.push(received);
+                        state.answer.clone()
+                    }
+                    Err(_) => (500, "receiver state poisoned".to_string()),
+                };
+                (
+                    axum::http::StatusCode::from_u16(status)
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                    body,
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(WebReceiver {
+            url: format!("http://{addr}"),
+            state,
+        })
+    }
+
+    /// What every following request is answered with.
+    pub fn answer(&self, status: u16, body: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.answer = (status, body.to_string());
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.state
+            .lock()
+            .map(|s| s.requests.clone())
+            .unwrap_or_default()
+    }
+}
