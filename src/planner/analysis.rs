@@ -465,6 +465,20 @@ pub(crate) fn check_template_references(snap: &super::Snapshot<'_>) -> Vec<Probl
                 problems.push(Problem { field, message });
                 continue;
             };
+            for metric in &template.metrics {
+                let unsupported = metric.provider.unknown.keys().next();
+                if let Some(provider) = unsupported.filter(|_| {
+                    metric.provider.prometheus.is_none() && metric.provider.web.is_none()
+                }) {
+                    problems.push(Problem {
+                        field: field.clone(),
+                        message: format!(
+                            "metric {:?} of template {:?} uses provider {provider:?}, which Ramp does not implement (it has prometheus and web); change the provider or drop the metric",
+                            metric.name, reference.template_name
+                        ),
+                    });
+                }
+            }
             if background {
                 continue;
             }

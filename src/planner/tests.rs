@@ -1104,6 +1104,29 @@ fn rule_gating_metric_with_an_interval_but_no_count_runs_indefinitely() {
 }
 
 #[test]
+fn a_provider_ramp_does_not_implement_is_refused_before_the_update_starts() {
+    let mut world = World::new(rollout(
+        canary(json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "dd"}]}}])),
+        5,
+    ));
+    let template: AnalysisTemplateSpec = serde_json::from_value(json!({
+        "metrics": [{"name": "errors", "successCondition": "result < 0.05",
+            "provider": {"datadog": {"query": "errors"}}}]
+    }))
+    .expect("fixture");
+    world.templates.insert((false, "dd".into()), template);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    assert!(world.replica_sets.is_empty(), "nothing is created");
+    let message = invalid_spec_message(&world).expect("InvalidSpec condition");
+    assert!(
+        message.contains("spec.strategy.canary.steps[1].analysis.templates[0].templateName")
+            && message.contains("uses provider \"datadog\", which Ramp does not implement"),
+        "{message}"
+    );
+}
+
+#[test]
 fn required_argument_without_value_is_an_error() {
     let mut world = World::new(rollout(
         canary(
