@@ -273,6 +273,22 @@ fn build_run(
             },
         );
     }
+    // A template's own `valueFrom.fieldRef` reads the Rollout, as a
+    // rollout-level one does; the run gets the value, not the reference.
+    for arg in args.values_mut() {
+        let field = arg
+            .value_from
+            .as_ref()
+            .filter(|_| arg.value.is_none())
+            .and_then(|from| from.field_ref.as_ref())
+            .map(|field| field.field_path.clone());
+        if let Some(path) = field {
+            let value = resolve_field_path(rollout, &path)
+                .map_err(|e| format!("template argument {:?}: {e}", arg.name))?;
+            arg.value = Some(value);
+            arg.value_from = None;
+        }
+    }
     if let Some(missing) = args
         .values()
         .find(|a| a.value.is_none() && a.value_from.is_none())

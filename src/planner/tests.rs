@@ -1127,6 +1127,44 @@ fn a_provider_ramp_does_not_implement_is_refused_before_the_update_starts() {
 }
 
 #[test]
+fn template_field_ref_arguments_are_resolved_from_the_rollout() {
+    let mut world = World::new(rollout(
+        canary(
+            json!([{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "by-app"}]}}]),
+        ),
+        5,
+    ));
+    let template: AnalysisTemplateSpec = serde_json::from_value(json!({
+        "args": [{"name": "app", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}}],
+        "metrics": [{"name": "errors", "successCondition": "result < 0.05",
+            "provider": {"prometheus": {"query": "errors{app=\"{{args.app}}\"}"}}}]
+    }))
+    .expect("fixture");
+    world.templates.insert((false, "by-app".into()), template);
+    world
+        .rollout
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("app".into(), "checkout".into());
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    let run = world.runs.values().next().expect("a run");
+    let arg = run
+        .spec
+        .args
+        .iter()
+        .find(|a| a.name == "app")
+        .expect("app arg");
+    assert_eq!(arg.value.as_deref(), Some("checkout"));
+    assert_eq!(
+        arg.value_from, None,
+        "the run carries the value, not the reference"
+    );
+}
+
+#[test]
 fn required_argument_without_value_is_an_error() {
     let mut world = World::new(rollout(
         canary(
