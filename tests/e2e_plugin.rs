@@ -263,3 +263,56 @@ async fn lint_uses_the_controller_rules() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn convert_turns_an_argo_manifest_into_a_running_rollout() -> anyhow::Result<()> {
+    let env = Env::start("plugin-convert").await?;
+    // An Argo user's manifest: the same objects under argoproj.io, with
+    // Argo's annotation prefix and an Argo CD annotation that must survive.
+    let argo = canary_yaml("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]")
+        .replace("ramp.dev/v1alpha1", "argoproj.io/v1alpha1")
+        .replace(
+            "metadata: {name: web}",
+            "metadata: {name: web, annotations: {rollout.argoproj.io/owner: team-a, argocd.argoproj.io/sync-wave: \"2\"}}",
+        );
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), &argo)?;
+    let converted = ok(&env, &["convert", "-f", &file.path().display().to_string()]).await?;
+    env.apply(&converted).await?;
+    let rollout = env.wait_phase("web", RolloutPhase::Healthy).await?;
+    let annotations = rollout.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("rollout.ramp.dev/owner")
+            .map(String::as_str),
+        Some("team-a")
+    );
+    assert_eq!(
+        annotations
+            .get("argocd.argoproj.io/sync-wave")
+            .map(String::as_str),
+        Some("2")
+    );
+    env.wait_replicas("running", &[("web:1", 2)]).await?;
+
+    // What Ramp cannot do is reported, and the exit code says so.
+    let routed = argo.replace(
+        "steps: [{setWeight: 50}, {pause: {}}]",
+        "steps: [{setWeight: 50}, {pause: {}}]\n      trafficRouting: {istio: {virtualService: {name: web}}}",
+    );
+    std::fs::write(file.path(), &routed)?;
+    let run = ramp(&env, &["convert", "-f", &file.path().display().to_string()]).await?;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("spec.strategy.canary.trafficRouting: traffic routers"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("apiVersion: ramp.dev/v1alpha1"),
+        "the conversion is still printed"
+    );
+    env.cleanup().await;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! `kubectl-ramp`: see and steer rollouts from the terminal.
 
 pub mod actions;
+pub mod convert;
 pub mod lint;
 pub mod render;
 
@@ -99,6 +100,13 @@ enum Command {
     },
     /// Check Rollout and AnalysisTemplate YAML offline with the controller's rules.
     Lint {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Rewrite Argo Rollouts YAML (Rollout, AnalysisTemplate, ClusterAnalysisTemplate,
+    /// AnalysisRun) for Ramp and report what Ramp does not support. The result goes to
+    /// stdout (comments are not kept), the report to stderr; exit 1 when there is a report.
+    Convert {
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
@@ -211,6 +219,7 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
             return Ok(());
         }
         Command::Lint { file } => return run_lint(file),
+        Command::Convert { file } => return run_convert(file),
         _ => {}
     }
     let (client, namespace) = connect(&cli).await?;
@@ -360,18 +369,47 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
             })
             .await
         }
-        Command::Version | Command::Completion { .. } | Command::Lint { .. } => Ok(()),
+        Command::Version
+        | Command::Completion { .. }
+        | Command::Lint { .. }
+        | Command::Convert { .. } => Ok(()),
+    }
+}
+
+/// A file's text, or stdin's for `-`.
+fn read_input(file: &str) -> Result<String, PluginError> {
+    if file == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| PluginError::Io(format!("reading stdin: {e}")))
+    } else {
+        std::fs::read_to_string(file).map_err(|e| PluginError::Io(format!("reading {file}: {e}")))
+    }
+}
+
+fn run_convert(file: &str) -> Result<(), PluginError> {
+    let converted = convert::convert(&read_input(file)?)
+        .map_err(|e| PluginError::Usage(format!("{file}: {e}")))?;
+    print!("{}", converted.yaml);
+    for finding in &converted.findings {
+        eprintln!("{file}: {finding}");
+    }
+    if converted.converted == 0 {
+        eprintln!(
+            "{file}: no argoproj.io/v1alpha1 Rollout, AnalysisTemplate, ClusterAnalysisTemplate or AnalysisRun to convert"
+        );
+    }
+    if converted.findings.is_empty() {
+        Ok(())
+    } else {
+        Err(PluginError::Unhealthy(format!(
+            "{} thing(s) in {file} Ramp does not support or accept; see above",
+            converted.findings.len()
+        )))
     }
 }
 
 fn run_lint(file: &str) -> Result<(), PluginError> {
-    let text = if file == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| PluginError::Io(format!("reading stdin: {e}")))?
-    } else {
-        std::fs::read_to_string(file)
-            .map_err(|e| PluginError::Io(format!("reading {file}: {e}")))?
-    };
+    let text = read_input(file)?;
     let (findings, checked) = lint::lint(&text);
     for finding in &findings {
         println!("{file}: {finding}");
