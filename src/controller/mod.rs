@@ -440,7 +440,8 @@ async fn start_controllers(
         )
         .default_backoff(),
     );
-    let run_stream = triggers::settled_objects(
+    // One cache and one watch of AnalysisRuns serve both controllers.
+    let (run_events, run_controller_events) = triggers::fan_out(
         reflector::reflector(
             run_writer,
             settings
@@ -461,7 +462,9 @@ async fn start_controllers(
                 }),
         )
         .default_backoff(),
+        stop.clone(),
     );
+    let run_stream = triggers::settled_objects(run_events);
     let template_stream = triggers::settled_objects(
         reflector::reflector(
             template_writer,
@@ -580,7 +583,11 @@ async fn start_controllers(
         },
         stop.clone(),
     );
-    let run_controller = runs::controller(context.clone(), namespace, settings.shard, stop.clone());
+    let run_controller = runs::controller(
+        context.clone(),
+        triggers::settled_applied(run_controller_events).boxed(),
+        stop.clone(),
+    );
     tokio::join!(rollout_controller, run_controller);
     Ok(())
 }

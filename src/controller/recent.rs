@@ -57,10 +57,9 @@ fn newer<K: Resource>(written: &K, cached: &K) -> bool {
 }
 
 /// Our copy if it is newer than the cached one. Otherwise the entry goes,
-/// but only once `store` has caught up too: the copy passed in may come
-/// from another cache (the AnalysisRun controller watches runs on its own),
-/// and dropping the entry because that one caught up would leave the
-/// lagging shared store without it.
+/// but only once `store` has caught up too: a caller may pass a copy it got
+/// elsewhere (a fresh GET, another cache), and dropping the entry because
+/// that copy is current would leave the lagging store without it.
 fn pick<K>(state: &mut State<K>, store: &Store<K>, key: &ObjectRef<K>, cached: Arc<K>) -> Arc<K>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,

@@ -12,11 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+
 use tracing::{info, warn};
 
-use super::shard::Shard;
-use super::{Context, Error, apply, scoped, triggers, trim};
+use super::{Context, Error, apply, triggers};
 use crate::analysis::condition::{Conditions, MetricValue};
 use crate::analysis::policy;
 use crate::analysis::provider::{Measure, provider_of};
@@ -26,21 +25,15 @@ use crate::planner::PlannedEvent;
 
 const CONTROLLER: &str = "analysisrun";
 
+/// The AnalysisRun controller over the cache it shares with the Rollout
+/// controller (`ctx.analysis_runs`); `runs` triggers it once that cache holds
+/// what it triggers for.
 pub(super) async fn controller(
     ctx: Arc<Context>,
-    namespace: &Option<String>,
-    shard: Shard,
+    runs: super::rollouts::Watched<AnalysisRun>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api = scoped::<AnalysisRun>(&ctx.client, namespace);
-    let (store, writer) = reflector::store();
-    let runs = triggers::settled_applied(
-        reflector::reflector(
-            writer,
-            shard.filter(watcher(api, watcher::Config::default()).modify(trim)),
-        )
-        .default_backoff(),
-    );
+    let store = ctx.analysis_runs.clone();
     Controller::for_stream(runs, store)
         .trigger_backoff(triggers::TriggerPause)
         .graceful_shutdown_on(stop)

@@ -87,6 +87,48 @@ where
         .flatten()
 }
 
+/// One reflector's events for two controllers, so both plan from one cache
+/// and one watch. The first stream gets everything, errors included; the
+/// second the events only (its controller reads the same store). The
+/// bounded channels pass backpressure on: neither controller runs more than
+/// a buffer ahead of the other. Ends at `stop` or when both are gone.
+pub fn fan_out<K, S>(
+    events: S,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> (
+    impl Stream<Item = Result<Event<K>, Error>> + Send,
+    impl Stream<Item = Result<Event<K>, Error>> + Send,
+)
+where
+    K: Clone + Send + 'static,
+    S: Stream<Item = Result<Event<K>, Error>> + Send + 'static,
+{
+    use futures::SinkExt;
+    let (mut first, first_rx) = futures::channel::mpsc::channel(FAN_OUT_BUFFER);
+    let (mut second, second_rx) = futures::channel::mpsc::channel(FAN_OUT_BUFFER);
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let next = tokio::select! {
+                _ = &mut stop => break,
+                next = events.next() => next,
+            };
+            let Some(item) = next else { break };
+            if let Ok(event) = &item {
+                let _ = second.send(Ok(event.clone())).await;
+            }
+            let _ = first.send(item).await;
+            if first.is_closed() && second.is_closed() {
+                break;
+            }
+        }
+    });
+    (first_rx, second_rx)
+}
+
+const FAN_OUT_BUFFER: usize = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +183,34 @@ mod tests {
                 ("5".to_string(), Some("5".to_string())),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn fan_out_gives_both_sides_every_event_and_only_the_first_the_errors() {
+        let events = stream::iter(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(config_map("a", "1"))),
+            Ok(Event::InitDone),
+            Err(Error::NoResourceVersion),
+            Ok(Event::Apply(config_map("a", "2"))),
+        ]);
+        let (first, second) = fan_out(events, futures::future::pending::<()>());
+        let versions = |items: Vec<Result<ConfigMap, Error>>| -> Vec<String> {
+            items
+                .into_iter()
+                .map(|i| {
+                    i.map_or("error".into(), |o| {
+                        o.metadata.resource_version.unwrap_or_default()
+                    })
+                })
+                .collect()
+        };
+        let (first, second) = futures::join!(
+            settled_objects(first).collect::<Vec<_>>(),
+            settled_applied(second).collect::<Vec<_>>()
+        );
+        assert_eq!(versions(first), ["1", "error", "2"]);
+        assert_eq!(versions(second), ["1", "2"]);
     }
 
     #[tokio::test]
