@@ -9,8 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::analysis::{Metrics, template};
-use common::invariants::{PodCeiling, Watcher, one_replica_set_per_hash};
+use common::analysis::{ERRORS_ANALYSIS, Metrics, template};
+use common::invariants::{Watcher, one_replica_set_per_hash};
 use common::{Env, blue_green_yaml, phase};
 use kube::ResourceExt;
 use ramp::api::{AnalysisPhase, POD_TEMPLATE_HASH_LABEL, RolloutPhase};
@@ -52,7 +52,7 @@ async fn killed_controller_never_breaks_the_invariants() -> anyhow::Result<()> {
         "result[0] < 0.05",
     ))
     .await?;
-    let analysis = "{templates: [{templateName: errors}], args: [{name: service, value: web}]}";
+    let analysis = ERRORS_ANALYSIS;
     env.deploy_canary(
         "web",
         CANARY_REPLICAS,
@@ -69,14 +69,7 @@ async fn killed_controller_never_breaks_the_invariants() -> anyhow::Result<()> {
     .await?;
     env.wait_phase("shop", RolloutPhase::Healthy).await?;
 
-    let watcher = Watcher::start(
-        env.client.clone(),
-        env.ns.clone(),
-        vec![PodCeiling {
-            prefix: "web-",
-            max_pods: CANARY_REPLICAS + CANARY_SURGE,
-        }],
-    );
+    let watcher = Watcher::for_canary(&env, "web-", CANARY_REPLICAS + CANARY_SURGE);
 
     // A release every few kills, so kills land in every phase of both strategies.
     let mut version = 1;

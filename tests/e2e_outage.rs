@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::analysis::{Metrics, template};
-use common::invariants::{PodCeiling, Watcher, one_replica_set_per_hash};
+use common::analysis::{ERRORS_ANALYSIS, Metrics, template};
+use common::invariants::{Watcher, one_replica_set_per_hash};
 use common::{Env, blue_green_yaml};
 use ramp::api::RolloutPhase;
 
@@ -39,7 +39,7 @@ async fn api_server_restart_and_prometheus_outage_keep_rollouts_safe() -> anyhow
         "result[0] < 0.05",
     ))
     .await?;
-    let analysis = "{templates: [{templateName: errors}], args: [{name: service, value: web}]}";
+    let analysis = ERRORS_ANALYSIS;
     env.deploy_canary(
         "web",
         CANARY_REPLICAS,
@@ -55,14 +55,7 @@ async fn api_server_restart_and_prometheus_outage_keep_rollouts_safe() -> anyhow
     ))
     .await?;
     env.wait_phase("shop", RolloutPhase::Healthy).await?;
-    let watcher = Watcher::start(
-        env.client.clone(),
-        env.ns.clone(),
-        vec![PodCeiling {
-            prefix: "web-",
-            max_pods: CANARY_REPLICAS + CANARY_SURGE,
-        }],
-    );
+    let watcher = Watcher::for_canary(&env, "web-", CANARY_REPLICAS + CANARY_SURGE);
 
     // Release 2: the API server goes away while both analyses run.
     env.set_image("web", "web:2").await?;

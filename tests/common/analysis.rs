@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use ramp_test_support::{MetricsTarget, Prometheus, wait_until};
 
+/// A rollout's analysis reference to the `errors` template for service web.
+pub const ERRORS_ANALYSIS: &str =
+    "{templates: [{templateName: errors}], args: [{name: service, value: web}]}";
+
 pub const SERIES: &str = "app_errors_ratio{service=\"web\"}";
 
 pub struct Metrics {

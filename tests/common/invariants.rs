@@ -55,6 +55,15 @@ impl Watcher {
         Watcher { stop, task }
     }
 
+    /// The watcher for one canary whose ReplicaSets start with `prefix`.
+    pub fn for_canary(env: &super::Env, prefix: &'static str, max_pods: i32) -> Watcher {
+        Watcher::start(
+            env.client.clone(),
+            env.ns.clone(),
+            vec![PodCeiling { prefix, max_pods }],
+        )
+    }
+
     pub async fn finish(self) -> anyhow::Result<Samples> {
         self.stop.store(true, Ordering::SeqCst);
         Ok(self.task.await?)
