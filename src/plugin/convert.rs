@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::lint::{Finding, lint};
+use super::lint::{Finding, describe, lint};
 
 const ARGO: &str = "argoproj.io/v1alpha1";
 const RAMP: &str = "ramp.dev/v1alpha1";
@@ -43,12 +43,7 @@ pub fn convert(text: &str) -> Result<Converted, String> {
             Ok(value) => value,
             Err(error) => return Err(format!("document {number} is not valid YAML: {error}")),
         };
-        let kind = value["kind"].as_str().unwrap_or_default().to_string();
-        let name = value["metadata"]["name"]
-            .as_str()
-            .unwrap_or("<unnamed>")
-            .to_string();
-        let object = format!("{kind}/{name}");
+        let (kind, object) = describe(&value);
         let api_version = value["apiVersion"].as_str().unwrap_or_default();
         let mut report = |field: &str, message: String| {
             findings.push(Finding {

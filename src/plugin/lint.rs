@@ -47,12 +47,7 @@ pub fn lint(text: &str) -> (Vec<Finding>, usize) {
                 continue;
             }
         };
-        let kind = value["kind"].as_str().unwrap_or_default().to_string();
-        let name = value["metadata"]["name"]
-            .as_str()
-            .unwrap_or("<unnamed>")
-            .to_string();
-        let object = format!("{kind}/{name}");
+        let (kind, object) = describe(&value);
         let api_version = value["apiVersion"].as_str().unwrap_or_default();
         if !matches!(
             kind.as_str(),
@@ -98,6 +93,14 @@ pub fn lint(text: &str) -> (Vec<Finding>, usize) {
         }
     }
     (findings, checked)
+}
+
+/// A document's kind and its `Kind/name` label for findings.
+pub(super) fn describe(value: &Value) -> (String, String) {
+    let kind = value["kind"].as_str().unwrap_or_default().to_string();
+    let name = value["metadata"]["name"].as_str().unwrap_or("<unnamed>");
+    let object = format!("{kind}/{name}");
+    (kind, object)
 }
 
 fn finding(document: usize, object: &str, field: &str, message: String) -> Finding {
