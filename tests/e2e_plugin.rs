@@ -298,14 +298,15 @@ async fn convert_turns_an_argo_manifest_into_a_running_rollout() -> anyhow::Resu
     // What Ramp cannot do is reported, and the exit code says so.
     let routed = argo.replace(
         "steps: [{setWeight: 50}, {pause: {}}]",
-        "steps: [{setWeight: 50}, {pause: {}}]\n      trafficRouting: {istio: {virtualService: {name: web}}}",
+        "steps: [{setWeight: 50}, {pause: {}}]\n      trafficRouting: {nginx: {stableIngress: web}}",
     );
     std::fs::write(file.path(), &routed)?;
     let run = ramp(&env, &["convert", "-f", &file.path().display().to_string()]).await?;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr
-            .contains("spec.strategy.canary.trafficRouting: traffic routers"),
+        run.stderr.contains(
+            "spec.strategy.canary.trafficRouting.nginx: the nginx traffic router is not supported"
+        ),
         "{}",
         run.stderr
     );

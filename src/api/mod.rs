@@ -6,10 +6,12 @@ pub mod analysis;
 pub mod duration;
 pub mod merge;
 pub mod rollout;
+pub mod traffic;
 pub mod validate;
 
 pub use analysis::*;
 pub use rollout::*;
+pub use traffic::*;
 
 /// Label that ties ReplicaSets, pods and Service selectors to one pod template.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "rollouts-pod-template-hash";

@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::analysis::RolloutAnalysis;
+use super::traffic::{SetHeaderRoute, SetMirrorRoute, TrafficRouting};
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -140,12 +141,21 @@ pub struct CanaryStrategy {
     /// Pods that may be unavailable while scaling: a count or "N%". Defaults to "25%".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
-    /// Only meaningful with a traffic router, which Ramp does not have yet; rejected when set.
+    /// With a traffic router: seconds the old stable ReplicaSet stays up
+    /// after the switch to the new one. Defaults to 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay_seconds: Option<i32>,
-    /// Only meaningful with a traffic router, which Ramp does not have yet; rejected when set.
+    /// With a traffic router: seconds after an abort (once all traffic is
+    /// back on stable) before the canary is scaled down; 0 keeps it. Defaults to 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_scale_down_delay_seconds: Option<i32>,
+    /// Shift traffic with a gateway or mesh instead of replica counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_routing: Option<TrafficRouting>,
+    /// With a traffic router: scale stable down as its share of traffic
+    /// falls, instead of keeping it at full size until promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_stable_scale: Option<bool>,
     /// Labels and annotations added to canary pods only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_metadata: Option<PodMetadata>,
@@ -182,6 +192,12 @@ pub struct CanaryStep {
     pub set_canary_scale: Option<SetCanaryScale>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<RolloutAnalysis>,
+    /// With a traffic router: send requests matching headers to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_header_route: Option<SetHeaderRoute>,
+    /// With a traffic router: copy a share of matching requests to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mirror_route: Option<SetMirrorRoute>,
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(skip)]
     pub unknown: BTreeMap<String, serde_json::Value>,
@@ -382,6 +398,15 @@ pub struct CanaryStatus {
     pub current_step_analysis_run_status: Option<RolloutAnalysisRunStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_background_analysis_run_status: Option<RolloutAnalysisRunStatus>,
+    /// With a traffic router: the canary weight last read back from every
+    /// route (`weights` holds the one Ramp asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_weight: Option<i32>,
+    /// With a traffic router: the header and mirror routes in force.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_routes: Vec<SetHeaderRoute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror_routes: Vec<SetMirrorRoute>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -389,6 +414,10 @@ pub struct CanaryStatus {
 pub struct TrafficWeights {
     pub canary: WeightDestination,
     pub stable: WeightDestination,
+    /// With a traffic router: whether every route was read back carrying
+    /// these weights (and, for Gateway API, accepted by its gateways).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

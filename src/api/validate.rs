@@ -6,7 +6,13 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::duration::{parse_int_or_duration, resolve_int_or_percent};
-use super::{CanaryStep, RolloutAnalysis, RolloutSpec};
+use super::traffic::{
+    DEFAULT_MAX_TRAFFIC_WEIGHT, GATEWAY_API_PLUGIN, GatewayRouteKind, StringMatch, TrafficRouting,
+};
+use super::{CanaryStep, CanaryStrategy, RolloutAnalysis, RolloutSpec};
+
+const STEP_KINDS: &str =
+    "setWeight, pause, setCanaryScale, analysis, setHeaderRoute and setMirrorRoute";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -249,22 +255,16 @@ fn validate_canary(spec: &RolloutSpec, problems: &mut Problems) {
             "maxSurge and maxUnavailable are both 0, so no pod could ever be replaced; raise one of them",
         );
     }
-    for (field, value) in [
-        ("scaleDownDelaySeconds", canary.scale_down_delay_seconds),
-        (
-            "abortScaleDownDelaySeconds",
-            canary.abort_scale_down_delay_seconds,
-        ),
-    ] {
-        if value.is_some() {
-            problems.add(
-                format!("{base}.{field}"),
-                "only applies with a traffic router, which Ramp does not support; remove it (basic canary scales old pods down as the weight moves)",
-            );
-        }
-    }
+    validate_traffic_routing(base, canary, problems);
+    let routing = canary.traffic_routing.as_ref();
     for (index, step) in canary.steps.iter().enumerate() {
-        validate_step(&format!("{base}.steps[{index}]"), step, replicas, problems);
+        validate_step(
+            &format!("{base}.steps[{index}]"),
+            step,
+            replicas,
+            routing,
+            problems,
+        );
     }
     if let Some(background) = &canary.analysis {
         validate_analysis_ref(&format!("{base}.analysis"), &background.analysis, problems);
@@ -283,7 +283,13 @@ fn validate_canary(spec: &RolloutSpec, problems: &mut Problems) {
     }
 }
 
-fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut Problems) {
+fn validate_step(
+    field: &str,
+    step: &CanaryStep,
+    replicas: i32,
+    routing: Option<&TrafficRouting>,
+    problems: &mut Problems,
+) {
     let mut kinds = Vec::new();
     if step.set_weight.is_some() {
         kinds.push("setWeight");
@@ -297,10 +303,16 @@ fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut P
     if step.analysis.is_some() {
         kinds.push("analysis");
     }
+    if step.set_header_route.is_some() {
+        kinds.push("setHeaderRoute");
+    }
+    if step.set_mirror_route.is_some() {
+        kinds.push("setMirrorRoute");
+    }
     if let Some(unknown) = step.unknown.keys().next() {
         problems.add(
             format!("{field}.{unknown}"),
-            format!("unknown step {unknown:?}; supported steps are setWeight, pause, setCanaryScale and analysis"),
+            format!("unknown step {unknown:?}; supported steps are {STEP_KINDS}"),
         );
         return;
     }
@@ -312,18 +324,22 @@ fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut P
         };
         problems.add(
             field,
-            format!("a step must set exactly one of setWeight, pause, setCanaryScale or analysis; found {found}"),
+            format!("a step must set exactly one of {STEP_KINDS}; found {found}"),
         );
         return;
     }
+    let max_weight = routing.map_or(DEFAULT_MAX_TRAFFIC_WEIGHT, TrafficRouting::max_weight);
     if let Some(weight) = step.set_weight
-        && !(0..=100).contains(&weight)
+        && !(0..=max_weight).contains(&weight)
     {
-        problems.add(
-            format!("{field}.setWeight"),
-            format!("{weight} is not a percentage; use 0 to 100"),
-        );
+        let message = if max_weight == DEFAULT_MAX_TRAFFIC_WEIGHT {
+            format!("{weight} is not a percentage; use 0 to 100")
+        } else {
+            format!("{weight} is outside 0..={max_weight} (trafficRouting.maxTrafficWeight)")
+        };
+        problems.add(format!("{field}.setWeight"), message);
     }
+    validate_route_steps(field, step, routing, problems);
     if let Some(duration) = step.pause.as_ref().and_then(|p| p.duration.as_ref())
         && let Err(message) = parse_int_or_duration(duration)
     {
@@ -360,6 +376,307 @@ fn validate_step(field: &str, step: &CanaryStep, replicas: i32, problems: &mut P
     }
     if let Some(analysis) = &step.analysis {
         validate_analysis_ref(&format!("{field}.analysis"), analysis, problems);
+    }
+}
+
+/// Argo's routers Ramp does not implement; a manifest naming one is refused
+/// by name rather than run without the routing it asked for.
+const UNSUPPORTED_ROUTERS: [&str; 7] = [
+    "nginx",
+    "alb",
+    "smi",
+    "ambassador",
+    "appMesh",
+    "traefik",
+    "apisix",
+];
+
+fn validate_traffic_routing(base: &str, canary: &CanaryStrategy, problems: &mut Problems) {
+    let Some(routing) = &canary.traffic_routing else {
+        for (field, set) in [
+            (
+                "scaleDownDelaySeconds",
+                canary.scale_down_delay_seconds.is_some(),
+            ),
+            (
+                "abortScaleDownDelaySeconds",
+                canary.abort_scale_down_delay_seconds.is_some(),
+            ),
+            (
+                "dynamicStableScale",
+                canary.dynamic_stable_scale == Some(true),
+            ),
+        ] {
+            if set {
+                problems.add(
+                    format!("{base}.{field}"),
+                    "only applies with trafficRouting; remove it (a basic canary scales old pods down as the weight moves)",
+                );
+            }
+        }
+        return;
+    };
+    let base_routing = format!("{base}.trafficRouting");
+    for (field, value) in [
+        ("scaleDownDelaySeconds", canary.scale_down_delay_seconds),
+        (
+            "abortScaleDownDelaySeconds",
+            canary.abort_scale_down_delay_seconds,
+        ),
+    ] {
+        if value.is_some_and(|v| v < 0) {
+            problems.add(format!("{base}.{field}"), "must not be negative");
+        }
+    }
+    if canary.dynamic_stable_scale == Some(true) && canary.scale_down_delay_seconds.is_some() {
+        problems.add(
+            format!("{base}.dynamicStableScale"),
+            "cannot be used with scaleDownDelaySeconds: stable is already scaled down as its weight falls; remove one of them",
+        );
+    }
+    if routing.max_traffic_weight.is_some_and(|w| w <= 0) {
+        problems.add(
+            format!("{base_routing}.maxTrafficWeight"),
+            "must be greater than 0",
+        );
+    }
+    for name in routing.unknown.keys() {
+        let message = if UNSUPPORTED_ROUTERS.contains(&name.as_str()) {
+            format!(
+                "the {name} traffic router is not supported by Ramp; use gatewayAPI (or the {GATEWAY_API_PLUGIN} plugin) or istio"
+            )
+        } else {
+            format!(
+                "unknown field {name:?}; traffic routers are gatewayAPI, plugins.{GATEWAY_API_PLUGIN} and istio"
+            )
+        };
+        problems.add(format!("{base_routing}.{name}"), message);
+    }
+    for name in routing.plugins.keys() {
+        if name != GATEWAY_API_PLUGIN {
+            problems.add(
+                format!("{base_routing}.plugins[{name:?}]"),
+                format!("Ramp runs no router plugins; it serves {GATEWAY_API_PLUGIN} natively and nothing else"),
+            );
+        }
+    }
+    if routing.gateway_api.is_some() && routing.plugins.contains_key(GATEWAY_API_PLUGIN) {
+        problems.add(
+            format!("{base_routing}.gatewayAPI"),
+            format!(
+                "gatewayAPI and plugins[{GATEWAY_API_PLUGIN:?}] configure the same router; keep one"
+            ),
+        );
+    }
+    let gateway = match routing.gateway_api() {
+        Ok(gateway) => gateway,
+        Err(message) => {
+            problems.add(
+                format!("{base_routing}.plugins[{GATEWAY_API_PLUGIN:?}]"),
+                format!("{message}; fields are httpRoute(s), grpcRoute(s), tcpRoute(s), tlsRoute(s), namespace and useHeaderRoutes"),
+            );
+            None
+        }
+    };
+    let istio = routing.istio.as_ref();
+    if gateway.is_none()
+        && istio.is_none()
+        && routing.plugins.is_empty()
+        && routing.unknown.is_empty()
+    {
+        problems.add(
+            &base_routing,
+            "names no router; set gatewayAPI (or plugins.argoproj-labs/gatewayAPI) or istio",
+        );
+    }
+    if let Some((field, config)) = &gateway {
+        let routes = config.routes();
+        if routes.is_empty() {
+            problems.add(
+                format!("{base_routing}.{field}"),
+                "names no route; set httpRoute or httpRoutes (or the grpc/tcp/tls forms)",
+            );
+        }
+        for (index, (kind, name, _)) in routes.iter().enumerate() {
+            if name.trim().is_empty() {
+                problems.add(
+                    format!("{base_routing}.{field}"),
+                    format!("route {} ({}) has an empty name", index + 1, kind.kind()),
+                );
+            }
+        }
+    }
+    let needs_services = gateway.is_some() || istio.is_some_and(|i| i.destination_rule.is_none());
+    if needs_services {
+        for (field, service) in [
+            ("canaryService", &canary.canary_service),
+            ("stableService", &canary.stable_service),
+        ] {
+            if service.is_none() {
+                problems.add(
+                    format!("{base}.{field}"),
+                    "is required with trafficRouting: the route's two backends are the canary and stable Services",
+                );
+            }
+        }
+    }
+    if let Some(istio) = istio {
+        let services = istio.all_virtual_services();
+        if istio.virtual_service.is_some() && !istio.virtual_services.is_empty() {
+            problems.add(
+                format!("{base_routing}.istio"),
+                "set virtualService or virtualServices, not both",
+            );
+        }
+        if services.is_empty() {
+            problems.add(
+                format!("{base_routing}.istio.virtualService"),
+                "is required: name the VirtualService whose routes carry the weights",
+            );
+        }
+        for (index, service) in services.iter().enumerate() {
+            if service.name.trim().is_empty() {
+                problems.add(
+                    format!("{base_routing}.istio.virtualServices[{index}].name"),
+                    "is empty; name a VirtualService",
+                );
+            }
+        }
+        if let Some(rule) = &istio.destination_rule {
+            for (field, value) in [
+                ("name", &rule.name),
+                ("canarySubsetName", &rule.canary_subset_name),
+                ("stableSubsetName", &rule.stable_subset_name),
+            ] {
+                if value.trim().is_empty() {
+                    problems.add(
+                        format!("{base_routing}.istio.destinationRule.{field}"),
+                        "is empty",
+                    );
+                }
+            }
+            if rule.canary_subset_name == rule.stable_subset_name {
+                problems.add(
+                    format!("{base_routing}.istio.destinationRule.canarySubsetName"),
+                    "canary and stable subsets must differ",
+                );
+            }
+        }
+        if routing.max_weight() != DEFAULT_MAX_TRAFFIC_WEIGHT {
+            problems.add(
+                format!("{base_routing}.maxTrafficWeight"),
+                "Istio route weights always add up to 100; remove maxTrafficWeight",
+            );
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, route) in routing.managed_routes.iter().enumerate() {
+        if route.name.trim().is_empty() || !seen.insert(route.name.as_str()) {
+            problems.add(
+                format!("{base_routing}.managedRoutes[{index}].name"),
+                format!(
+                    "{:?} is empty or listed twice; each managed route needs a unique name",
+                    route.name
+                ),
+            );
+        }
+    }
+}
+
+fn validate_route_steps(
+    field: &str,
+    step: &CanaryStep,
+    routing: Option<&TrafficRouting>,
+    problems: &mut Problems,
+) {
+    let named = [
+        (
+            "setHeaderRoute",
+            step.set_header_route.as_ref().map(|r| &r.name),
+        ),
+        (
+            "setMirrorRoute",
+            step.set_mirror_route.as_ref().map(|r| &r.name),
+        ),
+    ];
+    for (kind, name) in named {
+        let Some(name) = name else { continue };
+        let Some(routing) = routing else {
+            problems.add(
+                format!("{field}.{kind}"),
+                "needs spec.strategy.canary.trafficRouting (gatewayAPI or istio)",
+            );
+            continue;
+        };
+        if !routing.managed_routes.iter().any(|r| &r.name == name) {
+            problems.add(
+                format!("{field}.{kind}.name"),
+                format!("{name:?} is not in trafficRouting.managedRoutes; add it there"),
+            );
+        }
+        if kind == "setHeaderRoute"
+            && let Ok(Some((_, config))) = routing.gateway_api()
+        {
+            let header_capable = config
+                .routes()
+                .iter()
+                .any(|(kind, _, header)| *kind == GatewayRouteKind::Http && *header);
+            if !header_capable {
+                problems.add(
+                    format!("{field}.{kind}"),
+                    "no HTTPRoute takes header routes; set useHeaderRoutes: true on one in the gatewayAPI configuration",
+                );
+            }
+        }
+    }
+    if let Some(header) = &step.set_header_route {
+        for (index, matching) in header.matches.iter().enumerate() {
+            let at = format!("{field}.setHeaderRoute.match[{index}]");
+            if matching.header_name.trim().is_empty() {
+                problems.add(format!("{at}.headerName"), "is empty; name a header");
+            }
+            validate_string_match(
+                &format!("{at}.headerValue"),
+                &matching.header_value,
+                problems,
+            );
+        }
+    }
+    if let Some(mirror) = &step.set_mirror_route {
+        if let Some(percentage) = mirror.percentage
+            && !(0..=100).contains(&percentage)
+        {
+            problems.add(
+                format!("{field}.setMirrorRoute.percentage"),
+                format!("{percentage} is not a percentage; use 0 to 100"),
+            );
+        }
+        for (index, matching) in mirror.matches.iter().enumerate() {
+            let at = format!("{field}.setMirrorRoute.match[{index}]");
+            for (part, value) in [("method", &matching.method), ("path", &matching.path)] {
+                if let Some(value) = value {
+                    validate_string_match(&format!("{at}.{part}"), value, problems);
+                }
+            }
+            for (name, value) in &matching.headers {
+                validate_string_match(&format!("{at}.headers.{name}"), value, problems);
+            }
+        }
+    }
+}
+
+fn validate_string_match(field: &str, value: &StringMatch, problems: &mut Problems) {
+    match value.kind() {
+        None => problems.add(field, "set exactly one of exact, prefix or regex"),
+        Some(super::traffic::MatchKind::Regex(pattern)) => {
+            if let Err(error) = regex::Regex::new(pattern) {
+                problems.add(
+                    format!("{field}.regex"),
+                    format!("{pattern:?} is not a valid regular expression: {error}"),
+                );
+            }
+        }
+        Some(_) => {}
     }
 }
 

@@ -52,6 +52,11 @@ pub(super) async fn execute(
         ctx.recent_services.remember(applied);
     }
 
+    // Routes follow the Services: a weight only ever moves to pods that are
+    // available, and an abort takes the weight back before any canary pod
+    // goes (the planner scales it down only once the routes show 0).
+    super::routes::execute(ctx, &plan.routes).await?;
+
     let replica_sets: Api<ReplicaSet> = ctx.api(namespace);
     for change in &plan.replica_sets {
         match change {

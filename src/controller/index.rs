@@ -18,9 +18,22 @@ use crate::planner::{self, referenced_services};
 /// Something a Rollout names by reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reference {
-    Service { namespace: String, name: String },
-    Template { namespace: String, name: String },
-    ClusterTemplate { name: String },
+    Service {
+        namespace: String,
+        name: String,
+    },
+    Template {
+        namespace: String,
+        name: String,
+    },
+    ClusterTemplate {
+        name: String,
+    },
+    Route {
+        kind: crate::planner::traffic::RouteKind,
+        namespace: String,
+        name: String,
+    },
 }
 
 /// Every Service and template the Rollout names.
@@ -33,6 +46,13 @@ pub fn references(rollout: &Rollout) -> HashSet<Reference> {
             name,
         })
         .collect();
+    for route in planner::traffic::referenced_routes(rollout) {
+        found.insert(Reference::Route {
+            kind: route.kind,
+            namespace: route.namespace,
+            name: route.name,
+        });
+    }
     for (_, analysis, _) in planner::analysis::declared_analyses(rollout) {
         for template in &analysis.templates {
             found.insert(if template.cluster_scope.unwrap_or(false) {

@@ -8,6 +8,7 @@ pub mod index;
 pub mod metrics;
 mod recent;
 mod rollouts;
+mod routes;
 mod runs;
 pub mod shard;
 mod triggers;
@@ -110,6 +111,8 @@ pub enum Error {
         what: String,
         source: serde_json::Error,
     },
+    #[error("patching {route}: {source}")]
+    PatchRoute { route: String, source: kube::Error },
     #[error("leader election: {0}")]
     LeaderElection(#[from] kube_lease_manager::LeaseManagerError),
     #[error("serving metrics and health on {address}: {source}")]
@@ -127,6 +130,7 @@ impl Error {
         match self {
             Error::ApplyReplicaSet { .. } | Error::DeleteReplicaSet { .. } => "replicaset",
             Error::PatchService { .. } => "service",
+            Error::PatchRoute { .. } => "route",
             Error::ListPods { .. } | Error::EvictPod { .. } | Error::PatchPod { .. } => "pod",
             Error::CreateAnalysisRun { .. }
             | Error::TerminateAnalysisRun { .. }
@@ -177,6 +181,8 @@ pub struct Context {
     pub analysis_runs: Store<AnalysisRun>,
     pub templates: Store<AnalysisTemplate>,
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
+    /// Gateway API and Istio objects that traffic routers read.
+    pub routes: routes::RouteCaches,
     /// Which Rollouts name each Service and template.
     pub references: index::ReferenceIndex,
     /// ReplicaSets and AnalysisRuns by the uid of the Rollout that controls them.
@@ -488,6 +494,8 @@ async fn start_controllers(
         .default_backoff(),
     );
 
+    let (route_caches, route_streams) = routes::RouteCaches::start(&client, namespace).await;
+    info!(kinds = ?route_caches.served(), "route kinds served");
     let recorder = Recorder::new(
         events_client,
         Reporter {
@@ -520,6 +528,7 @@ async fn start_controllers(
         analysis_runs: analysis_runs.clone(),
         templates: templates.clone(),
         cluster_templates: cluster_templates.clone(),
+        routes: route_caches,
         references: index::ReferenceIndex::default(),
         owned_replica_sets,
         owned_runs,
@@ -535,6 +544,7 @@ async fn start_controllers(
     });
 
     let readiness = {
+        let routes_context = context.clone();
         let (r, rs, svc, runs, t, ct) = (
             rollouts.clone(),
             replica_sets.clone(),
@@ -554,6 +564,7 @@ async fn start_controllers(
                     ("AnalysisRun", is_ready(&runs)),
                     ("AnalysisTemplate", is_ready(&t)),
                     ("ClusterAnalysisTemplate", is_ready(&ct)),
+                    ("routes", routes_context.routes.ready()),
                 ]
                 .into_iter()
                 .filter(|(_, ready)| !ready)
@@ -580,6 +591,7 @@ async fn start_controllers(
             runs: run_stream.boxed(),
             templates: template_stream.boxed(),
             cluster_templates: cluster_template_stream.boxed(),
+            routes: route_streams,
         },
         stop.clone(),
     );

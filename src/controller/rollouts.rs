@@ -48,6 +48,7 @@ pub(super) struct Triggers {
     pub runs: Watched<AnalysisRun>,
     pub templates: Watched<AnalysisTemplate>,
     pub cluster_templates: Watched<ClusterAnalysisTemplate>,
+    pub routes: Vec<super::routes::RouteEvents>,
 }
 
 pub(super) async fn run(
@@ -62,6 +63,7 @@ pub(super) async fn run(
         runs,
         templates,
         cluster_templates,
+        routes,
     } = triggers;
     let store = controller.store();
     let pruner = tokio::spawn(prune(ctx.clone(), store));
@@ -95,6 +97,9 @@ pub(super) async fn run(
                     })
             },
         )
+        // A route's status (its gateway accepting a new weight) is what a
+        // step waits for, so route changes plan the Rollouts naming them.
+        .reconcile_on(super::routes::triggers(ctx.clone(), routes))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| super::log_stream_error(result, "rollout controller"))
@@ -205,6 +210,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         Some(_) => Some(list_pods(&ctx, &rollout, &namespace).await?),
         None => None,
     };
+    let live_routes = super::routes::live_routes(&ctx, &rollout);
     let snapshot = Snapshot {
         rollout: &rollout,
         replica_sets: replica_sets.iter().map(AsRef::as_ref).collect(),
@@ -219,6 +225,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
             .collect(),
         cluster_templates_read_secrets: ctx.analysis_policy.cluster_templates_read_secrets,
         pods,
+        routes: super::routes::as_live(&live_routes),
         now,
     };
     let plan = planner::plan(&snapshot);

@@ -8,9 +8,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::Ctx;
 use super::analysis::{AnalysisKind, Gate, gate};
 use super::replicas::{ScaleInput, fenceposts, rolling_scale, weighted_counts};
+use super::traffic::Routing;
 use crate::api::duration::{parse_int_or_duration, resolve_int_or_percent};
 use crate::api::{
-    CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, PauseReason, SetCanaryScale,
+    CanaryStatus, CanaryStep, CanaryStrategy, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS,
+    DEFAULT_CANARY_SCALE_DOWN_DELAY_SECONDS, PauseCondition, PauseReason, SetCanaryScale,
     TrafficWeights, WeightDestination,
 };
 
@@ -21,6 +23,9 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
     let replicas = ctx.rollout.replicas();
     let (surge, unavailable) = budgets(canary, replicas);
     let steps = &canary.steps;
+    let snap = ctx.snap;
+    let routing = Routing::new(canary, snap.namespace(), &snap.routes);
+    let routing = routing.as_ref();
     let step_count = steps.len() as i32;
 
     let promoting_directly = ctx.stable.is_none() || ctx.new_is_stable();
@@ -41,7 +46,7 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
     }
     let halted = !promoting_directly && ctx.halted_by_inconclusive_analysis();
     if !promoting_directly && !ctx.status.abort && !ctx.rollout.is_paused_by_user() && !halted {
-        index = advance_steps(ctx, steps, index, replicas, surge);
+        index = advance_steps(ctx, steps, index, replicas, surge, routing);
         // A promote releases what waits now; left set, it would also skip
         // the next pause step before anyone saw it.
         if ctx.status.pause_conditions.is_empty() {
@@ -51,23 +56,27 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
     ctx.status.current_step_index = Some(index);
     if halted {
         ctx.freeze_replica_sets();
-        record_weights(ctx, canary);
+        match routing {
+            Some(routing) => hold_routed_weights(ctx, routing),
+            None => record_weights(ctx, canary),
+        }
         ctx.waiting_for = Some(waiting_message(ctx, steps, index));
         return;
     }
 
-    let (canary_target, stable_target) = if ctx.status.abort {
-        (0, replicas)
-    } else if index >= step_count {
-        (replicas, 0)
-    } else {
-        targets_at(steps, index, replicas, surge)
+    let (canary_target, stable_target) = match routing {
+        Some(routing) => routed_targets(ctx, routing, index, replicas),
+        None if ctx.status.abort => (0, replicas),
+        None if index >= step_count => (replicas, 0),
+        None => targets_at(steps, index, replicas, surge),
     };
     if ctx.rollout.is_paused_by_user() && !promoting_directly {
         // A manual pause freezes the split where it is.
         for set in &mut ctx.sets {
             set.desired = set.current;
         }
+    } else if routing.is_some() {
+        scale_routed(ctx, canary_target, stable_target, replicas);
     } else {
         scale(
             ctx,
@@ -79,16 +88,29 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
         );
     }
 
+    if let Some(routing) = routing {
+        keep_replaced_stable_until_deadline(ctx);
+        if ctx.rollout.is_paused_by_user() && !promoting_directly {
+            hold_routed_weights(ctx, routing);
+            ctx.waiting_for = Some(waiting_message(ctx, steps, index));
+            return;
+        }
+    }
     let new = ctx.new;
+    let routes_done = routing.is_none_or(|r| traffic_verified(ctx, r, r.max_weight(), None));
     if !ctx.status.abort
         && index >= step_count
         && ctx.sets[new].is_saturated(replicas)
         && !ctx.new_is_stable()
+        && routes_done
     {
-        promote(ctx);
+        promote(ctx, canary, routing.is_some());
     }
     route(ctx, canary);
-    record_weights(ctx, canary);
+    match routing {
+        Some(routing) => plan_routes(ctx, routing, index),
+        None => record_weights(ctx, canary),
+    }
     ctx.waiting_for = Some(waiting_message(ctx, steps, index));
 }
 
@@ -157,12 +179,29 @@ fn advance_steps(
     mut index: i32,
     replicas: i32,
     surge: i32,
+    routing: Option<&Routing<'_>>,
 ) -> i32 {
     while (index as usize) < steps.len() && !ctx.status.abort {
         let step = &steps[index as usize];
         let done = if step.set_weight.is_some() || step.set_canary_scale.is_some() {
-            let (canary, stable) = targets_at(steps, index, replicas, surge);
-            split_reached(ctx, canary, stable)
+            match routing {
+                Some(routing) => {
+                    let (canary, stable) = routed_targets(ctx, routing, index, replicas);
+                    let weight = weight_at(steps, index);
+                    split_reached(ctx, canary, stable)
+                        && traffic_verified(ctx, routing, weight, Some(index as usize))
+                }
+                None => {
+                    let (canary, stable) = targets_at(steps, index, replicas, surge);
+                    split_reached(ctx, canary, stable)
+                }
+            }
+        } else if step.set_header_route.is_some() || step.set_mirror_route.is_some() {
+            // Validation allows these steps only with a router.
+            routing.is_some_and(|routing| {
+                let weight = applied_weight(ctx, routing);
+                traffic_verified(ctx, routing, weight, Some(index as usize))
+            })
         } else if let Some(pause) = &step.pause {
             pause_released(ctx, pause.duration.as_ref(), index)
         } else if let Some(analysis) = &step.analysis {
@@ -330,8 +369,41 @@ fn scale(ctx: &mut Ctx<'_>, canary: i32, stable: i32, replicas: i32, surge: i32,
     }
 }
 
-fn promote(ctx: &mut Ctx<'_>) {
+/// With a router, the replica counts do not decide who gets traffic, so
+/// the two ReplicaSets go straight to their targets (as in Argo, maxSurge
+/// does not hold the canary back); superseded ones go to zero.
+fn scale_routed(ctx: &mut Ctx<'_>, canary: i32, stable: i32, replicas: i32) {
+    let (new, stable_index, promoted) = (ctx.new, ctx.stable, ctx.new_is_stable());
+    for (index, set) in ctx.sets.iter_mut().enumerate() {
+        set.desired = if index == new {
+            if promoted { replicas } else { canary }
+        } else if Some(index) == stable_index {
+            stable
+        } else {
+            0
+        };
+        set.desired_deadline = None;
+    }
+}
+
+fn promote(ctx: &mut Ctx<'_>, canary: &CanaryStrategy, routed: bool) {
     let new = ctx.new;
+    if routed && let Some(previous) = ctx.stable.filter(|&s| s != new) {
+        // Proxies and clients may still hold connections to the old pods;
+        // they go after scaleDownDelaySeconds, not at the switch.
+        let delay = canary
+            .scale_down_delay_seconds
+            .unwrap_or(DEFAULT_CANARY_SCALE_DOWN_DELAY_SECONDS)
+            .max(0);
+        let deadline = ctx
+            .now
+            .checked_add(SignedDuration::from_secs(i64::from(delay)))
+            .unwrap_or(ctx.now);
+        let set = &mut ctx.sets[previous];
+        set.desired = set.current.max(set.desired);
+        set.desired_deadline = Some(deadline);
+        ctx.wake_at(deadline);
+    }
     ctx.status.stable_rs = Some(ctx.sets[new].hash.clone());
     ctx.stable = Some(new);
     ctx.status.pause_conditions.clear();
@@ -386,11 +458,243 @@ fn record_weights(ctx: &mut Ctx<'_>, canary: &CanaryStrategy) {
             service_name: canary.stable_service.clone(),
             pod_template_hash: ctx.stable_set().map(|s| s.hash.clone()),
         },
+        verified: None,
     };
     ctx.status
         .canary
         .get_or_insert_with(CanaryStatus::default)
         .weights = Some(weights);
+}
+
+/// (canary, stable) pod counts with a traffic router. The canary gets the
+/// pods for the step's weight (or its setCanaryScale) before any weight
+/// moves; stable stays at full size unless dynamicStableScale, which keeps
+/// exactly the pods for the share stable still carries. On abort the canary
+/// keeps its pods until the routes are verified back on stable and
+/// abortScaleDownDelaySeconds has passed (0: it keeps them).
+fn routed_targets(
+    ctx: &mut Ctx<'_>,
+    routing: &Routing<'_>,
+    index: i32,
+    replicas: i32,
+) -> (i32, i32) {
+    let steps = &routing.canary.steps;
+    let max = routing.max_weight();
+    if ctx.status.abort {
+        let delay = routing
+            .canary
+            .abort_scale_down_delay_seconds
+            .unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);
+        let on_stable = traffic_verified(ctx, routing, 0, None);
+        let current = ctx.new_set().current;
+        let aborted_at = ctx.status.aborted_at.as_ref().map_or(ctx.now, |t| t.0);
+        let due = aborted_at
+            .checked_add(SignedDuration::from_secs(i64::from(delay.max(0))))
+            .unwrap_or(aborted_at);
+        let canary = if !on_stable || delay == 0 {
+            current
+        } else if ctx.now >= due {
+            0
+        } else {
+            ctx.wake_at(due);
+            current
+        };
+        return (canary, replicas);
+    }
+    let (canary, weight) = if index as usize >= steps.len() {
+        (replicas, max)
+    } else {
+        let weight = weight_at(steps, index);
+        let by_weight = share(replicas, weight, max);
+        let canary = match canary_scale_at(steps, index) {
+            Some(scale) => scale
+                .replicas
+                .or_else(|| scale.weight.map(|w| share(replicas, w, 100)))
+                .unwrap_or(by_weight),
+            None => by_weight,
+        };
+        (canary.clamp(0, replicas), weight)
+    };
+    let stable = if routing.dynamic_stable_scale() {
+        // Stable shrinks only to what it carries now and will carry next.
+        let live = live_weight(ctx, routing).unwrap_or(0);
+        share(replicas, max - live.min(weight), max)
+    } else {
+        replicas
+    };
+    (canary, stable.clamp(0, replicas))
+}
+
+/// Pods for `weight` out of `max`, rounded up so a weight never lands on
+/// fewer pods than it needs.
+fn share(replicas: i32, weight: i32, max: i32) -> i32 {
+    let max = i64::from(max.max(1));
+    let pods = (i64::from(replicas) * i64::from(weight.clamp(0, max as i32)) + max - 1) / max;
+    pods as i32
+}
+
+/// The largest weight `available` pods cover (the inverse of `share`).
+fn carried(available: i32, replicas: i32, max: i32) -> i32 {
+    if replicas <= 0 {
+        return max;
+    }
+    let covered = i64::from(available.clamp(0, replicas)) * i64::from(max) / i64::from(replicas);
+    covered as i32
+}
+
+/// The canary weight the routes carry now, if every route agrees.
+fn live_weight(ctx: &Ctx<'_>, routing: &Routing<'_>) -> Option<i32> {
+    let desired = routing.desired(0, None, &ctx.new_set().hash, stable_hash(ctx));
+    routing.outcome(&desired).live_weight
+}
+
+fn stable_hash<'c>(ctx: &'c Ctx<'_>) -> &'c str {
+    ctx.stable_set()
+        .map_or(ctx.new_set().hash.as_str(), |s| s.hash.as_str())
+}
+
+/// Whether the routes carry `weight` and the managed routes of step
+/// `index` (none for `None`), and the data plane has taken them up.
+fn traffic_verified(
+    ctx: &Ctx<'_>,
+    routing: &Routing<'_>,
+    weight: i32,
+    index: Option<usize>,
+) -> bool {
+    let desired = routing.desired(weight, index, &ctx.new_set().hash, stable_hash(ctx));
+    let outcome = routing.outcome(&desired);
+    outcome.patches.is_empty() && outcome.in_effect && outcome.live_weight == Some(weight)
+}
+
+/// The weight Ramp last asked the routes for (0 before it ever did).
+fn previous_weight(ctx: &Ctx<'_>) -> i32 {
+    ctx.prev
+        .canary
+        .as_ref()
+        .and_then(|c| c.weights.as_ref())
+        .filter(|w| w.verified.is_some())
+        .map_or(0, |w| w.canary.weight)
+}
+
+/// The weight to ask for now. It rises only once the canary has the
+/// available pods for it, and with dynamicStableScale falls only as far as
+/// stable's available pods can carry the rest.
+fn applied_weight(ctx: &Ctx<'_>, routing: &Routing<'_>) -> i32 {
+    let max = routing.max_weight();
+    let steps = &routing.canary.steps;
+    let index = ctx.status.current_step_index.unwrap_or(0);
+    let replicas = ctx.rollout.replicas();
+    let target = if ctx.status.abort || ctx.new_is_stable() {
+        0
+    } else if index as usize >= steps.len() {
+        max
+    } else {
+        weight_at(steps, index)
+    };
+    let previous = previous_weight(ctx).clamp(0, max);
+    let new = ctx.new_set();
+    if target > previous {
+        let needed = if index as usize >= steps.len() {
+            replicas
+        } else {
+            match canary_scale_at(steps, index) {
+                Some(scale) => scale
+                    .replicas
+                    .or_else(|| scale.weight.map(|w| share(replicas, w, 100)))
+                    .unwrap_or_else(|| share(replicas, target, max)),
+                None => share(replicas, target, max),
+            }
+        };
+        if new.rs.is_some() && new.available >= needed.max(1) {
+            target
+        } else {
+            previous
+        }
+    } else if target < previous && routing.dynamic_stable_scale() && !ctx.new_is_stable() {
+        let stable_available = ctx.stable_set().map_or(0, |s| s.available);
+        target.max(max - carried(stable_available, replicas, max))
+    } else {
+        target
+    }
+}
+
+/// With a router the previous stable ReplicaSet, once replaced, keeps its
+/// pods until its scale-down deadline.
+fn keep_replaced_stable_until_deadline(ctx: &mut Ctx<'_>) {
+    let now = ctx.now;
+    let mut wake = None;
+    for (index, set) in ctx.sets.iter_mut().enumerate() {
+        if index == ctx.new || Some(index) == ctx.stable || set.current == 0 {
+            continue;
+        }
+        if let Some(deadline) = set.deadline.filter(|d| now < *d) {
+            set.desired = set.current;
+            set.desired_deadline = Some(deadline);
+            wake = Some(deadline);
+        }
+    }
+    if let Some(deadline) = wake {
+        ctx.wake_at(deadline);
+    }
+}
+
+/// Decides the weight, writes nothing when the routes already carry it, and
+/// records desired and verified weights in the status.
+fn plan_routes(ctx: &mut Ctx<'_>, routing: &Routing<'_>, index: i32) {
+    let steps = &routing.canary.steps;
+    let weight = applied_weight(ctx, routing);
+    let managed_index =
+        (!ctx.status.abort && !ctx.new_is_stable() && (index as usize) < steps.len())
+            .then_some(index as usize);
+    let new_hash = ctx.new_set().hash.clone();
+    let stable = stable_hash(ctx).to_string();
+    let desired = routing.desired(weight, managed_index, &new_hash, &stable);
+    let outcome = routing.outcome(&desired);
+    let verified =
+        outcome.patches.is_empty() && outcome.in_effect && outcome.live_weight == Some(weight);
+    if !verified && ctx.waiting_for.is_none() {
+        ctx.waiting_for =
+            Some(outcome.waiting.clone().unwrap_or_else(|| {
+                format!("waiting for the routes to carry canary weight {weight}")
+            }));
+    }
+    let previous = previous_weight(ctx);
+    if weight != previous {
+        ctx.event(
+            "TrafficWeightUpdated",
+            format!(
+                "Traffic weight to canary {} set from {previous} to {weight} of {}",
+                new_hash,
+                routing.max_weight()
+            ),
+        );
+    }
+    let status = ctx.status.canary.get_or_insert_with(CanaryStatus::default);
+    status.weights = Some(TrafficWeights {
+        canary: WeightDestination {
+            weight,
+            service_name: routing.canary.canary_service.clone(),
+            pod_template_hash: Some(new_hash.clone()),
+        },
+        stable: WeightDestination {
+            weight: routing.max_weight() - weight,
+            service_name: routing.canary.stable_service.clone(),
+            pod_template_hash: Some(stable.clone()),
+        },
+        verified: Some(verified),
+    });
+    status.verified_weight = outcome.live_weight;
+    status.header_routes = desired.header_routes.iter().map(|r| (*r).clone()).collect();
+    status.mirror_routes = desired.mirror_routes.iter().map(|r| (*r).clone()).collect();
+    ctx.route_patches = outcome.patches;
+}
+
+/// Paused or halted: the routes keep what they carry; only the status's
+/// verified view is refreshed.
+fn hold_routed_weights(ctx: &mut Ctx<'_>, routing: &Routing<'_>) {
+    let live = live_weight(ctx, routing);
+    let status = ctx.status.canary.get_or_insert_with(CanaryStatus::default);
+    status.verified_weight = live;
 }
 
 fn waiting_message(ctx: &Ctx<'_>, steps: &[CanaryStep], index: i32) -> String {
@@ -432,6 +736,22 @@ pub(crate) fn describe(step: &CanaryStep) -> String {
             (Some(r), _) => format!("setCanaryScale: {r} replicas"),
             (_, Some(w)) => format!("setCanaryScale: {w}%"),
             _ => "setCanaryScale: matchTrafficWeight".into(),
+        }
+    } else if let Some(route) = &step.set_header_route {
+        if route.matches.is_empty() {
+            format!("setHeaderRoute: remove {}", route.name)
+        } else {
+            format!("setHeaderRoute: {}", route.name)
+        }
+    } else if let Some(route) = &step.set_mirror_route {
+        if route.matches.is_empty() {
+            format!("setMirrorRoute: remove {}", route.name)
+        } else {
+            format!(
+                "setMirrorRoute: {} ({}%)",
+                route.name,
+                route.percentage.unwrap_or(100)
+            )
         }
     } else if let Some(analysis) = &step.analysis {
         let names: Vec<&str> = analysis

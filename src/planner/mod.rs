@@ -12,6 +12,7 @@ pub mod hash;
 pub mod replicas;
 pub mod restart;
 mod rollback;
+pub mod traffic;
 
 pub use canary::weight_at;
 pub use conditions::selector_string;
@@ -52,6 +53,9 @@ pub struct Snapshot<'a> {
     pub cluster_templates_read_secrets: bool,
     /// The rollout's pods; loaded only while a restart is pending (see `restart::pending_restart`).
     pub pods: Option<Vec<PodInfo>>,
+    /// The route objects `trafficRouting` names (see `traffic::referenced_routes`);
+    /// a missing entry means "not found".
+    pub routes: traffic::LiveRoutes<'a>,
     pub now: Timestamp,
 }
 
@@ -70,6 +74,8 @@ pub struct Plan {
     pub replica_sets: Vec<ReplicaSetChange>,
     pub services: Vec<ServiceSelectorChange>,
     pub analysis_runs: Vec<AnalysisRunChange>,
+    /// Traffic router changes, applied after the Services.
+    pub routes: Vec<traffic::RoutePatch>,
     /// Pods to evict (restart), through the Eviction API so disruption budgets hold.
     pub evictions: Vec<String>,
     /// Role metadata to apply to the live pods of a ReplicaSet (by hash).
@@ -172,6 +178,7 @@ pub(crate) struct Ctx<'a> {
     pub restarting: bool,
     /// Whether this revision is a way back to one that already ran.
     pub rollback: rollback::Rollback,
+    pub route_patches: Vec<traffic::RoutePatch>,
 }
 
 impl<'a> Ctx<'a> {
@@ -278,6 +285,7 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
 
     let mut problems = validate_rollout(&rollout.spec);
     let missing_services = problems.is_empty() && add_missing_services(snap, &mut problems);
+    let route_problems = problems.is_empty() && add_route_problems(snap, &mut problems);
     let template_problems = problems
         .is_empty()
         .then(|| analysis::check_template_references(snap));
@@ -300,8 +308,8 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         // Services are not watched unless Ramp manages them, so look again
         // for a missing one; templates are watched, the requeue only covers
         // a missed event.
-        let requeue_after =
-            (missing_services || missing_templates).then_some(Duration::from_secs(15));
+        let requeue_after = (missing_services || missing_templates || route_problems)
+            .then_some(Duration::from_secs(15));
         return Plan {
             status: (status != prev).then_some(status),
             events,
@@ -401,6 +409,7 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
         waiting_for: None,
         restarting: false,
         rollback: rollback::Rollback::default(),
+        route_patches: Vec::new(),
     };
     ctx.rollback = rollback::classify(&ctx);
     // A rollback to an old template makes that ReplicaSet the newest revision again.
@@ -555,6 +564,24 @@ fn add_missing_services(
         }
     }
     problems.len() > before
+}
+
+/// Route objects that cannot carry the split (missing, no backends for the
+/// two Services, no subsets) stop the rollout before any weight moves.
+fn add_route_problems(
+    snap: &Snapshot<'_>,
+    problems: &mut Vec<crate::api::validate::Problem>,
+) -> bool {
+    let Some(canary) = &snap.rollout.spec.strategy.canary else {
+        return false;
+    };
+    let Some(routing) = traffic::Routing::new(canary, snap.namespace(), &snap.routes) else {
+        return false;
+    };
+    let found = routing.check(&routing.desired(0, None, "", ""));
+    let any = !found.is_empty();
+    problems.extend(found);
+    any
 }
 
 fn observe(rs: &ReplicaSet) -> RsState<'_> {
@@ -772,6 +799,7 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
     conditions::finish_status(&mut ctx);
     plan.analysis_runs = std::mem::take(&mut ctx.analysis_runs);
     plan.evictions = std::mem::take(&mut ctx.evictions);
+    plan.routes = std::mem::take(&mut ctx.route_patches);
     if let Some(at) = ctx.wake_at {
         let wait = at.duration_since(ctx.now);
         plan.requeue_after = Some(

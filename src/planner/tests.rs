@@ -70,6 +70,12 @@ struct World {
     pods: Option<Vec<PodInfo>>,
     relabelled: Vec<PodMetadataChange>,
     cluster_templates_read_secrets: bool,
+    /// Route objects, patched as the API server would (generation bumps on
+    /// a spec change); while `gateway_accepts`, the gateway then reports
+    /// the new generation Accepted and ResolvedRefs.
+    routes: BTreeMap<crate::planner::traffic::RouteRef, kube::api::DynamicObject>,
+    gateway_accepts: bool,
+    route_patches: Vec<crate::planner::traffic::RoutePatch>,
 }
 
 impl World {
@@ -92,6 +98,9 @@ impl World {
             pods: None,
             relabelled: Vec::new(),
             cluster_templates_read_secrets: false,
+            routes: BTreeMap::new(),
+            gateway_accepts: true,
+            route_patches: Vec::new(),
         }
     }
 
@@ -104,6 +113,7 @@ impl World {
             analysis_templates: self.templates.iter().map(|(k, v)| (k.clone(), v)).collect(),
             cluster_templates_read_secrets: self.cluster_templates_read_secrets,
             pods: self.pods.clone(),
+            routes: self.routes.iter().map(|(k, v)| (k.clone(), v)).collect(),
             now: self.now,
         };
         plan(&snapshot)
@@ -121,7 +131,11 @@ impl World {
         let changed = !plan.replica_sets.is_empty()
             || !plan.services.is_empty()
             || !plan.analysis_runs.is_empty()
+            || !plan.routes.is_empty()
             || plan.status.is_some();
+        for change in &plan.routes {
+            self.patch_route(change);
+        }
         for change in &plan.replica_sets {
             match change {
                 ReplicaSetChange::Apply(rs) => {
@@ -194,6 +208,28 @@ impl World {
         self.relabelled.extend(plan.pod_metadata.iter().cloned());
         self.last_plan = plan;
         changed
+    }
+
+    fn patch_route(&mut self, change: &crate::planner::traffic::RoutePatch) {
+        let object = self
+            .routes
+            .get_mut(&change.target)
+            .expect("patched route exists");
+        let mut document = serde_json::to_value(&*object).expect("route serializes");
+        let operations: json_patch::Patch =
+            serde_json::from_value(Value::Array(change.operations.clone())).expect("valid patch");
+        json_patch::patch(&mut document, &operations).expect("patch tests hold");
+        let before = object.data["spec"].clone();
+        let mut patched: kube::api::DynamicObject =
+            serde_json::from_value(document).expect("route deserializes");
+        if patched.data["spec"] != before {
+            patched.metadata.generation = Some(patched.metadata.generation.unwrap_or(1) + 1);
+        }
+        self.route_patches.push(change.clone());
+        *object = patched;
+        if self.gateway_accepts {
+            accept_route(object);
+        }
     }
 
     /// Steps until nothing changes (bounded, so a livelock fails the test).
@@ -2108,3 +2144,27 @@ fn scale_downs_are_written_before_scale_ups() {
 
 mod argo_e2e;
 mod properties;
+mod traffic;
+
+/// What a gateway does once it has programmed a route: it reports each
+/// parent Accepted and ResolvedRefs for the route's generation.
+fn accept_route(route: &mut kube::api::DynamicObject) {
+    let generation = route.metadata.generation.unwrap_or(1);
+    let parents: Vec<Value> = route.data["spec"]["parentRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|parent| {
+            json!({
+                "parentRef": parent,
+                "controllerName": "example.com/gateway",
+                "conditions": [
+                    {"type": "Accepted", "status": "True", "observedGeneration": generation},
+                    {"type": "ResolvedRefs", "status": "True", "observedGeneration": generation},
+                ],
+            })
+        })
+        .collect();
+    route.data["status"] = json!({"parents": parents});
+}

@@ -124,12 +124,6 @@ fn unsupported(value: &Value, kind: &str, report: &mut impl FnMut(&str, String))
     let spec = &value["spec"];
     if kind == "Rollout" {
         let canary = &spec["strategy"]["canary"];
-        if !canary["trafficRouting"].is_null() {
-            report(
-                "spec.strategy.canary.trafficRouting",
-                "traffic routers (Istio, Gateway API, NGINX, ALB, SMI, plugins) are not supported yet; Ramp shifts traffic by replica count and Service selectors only, so remove trafficRouting (and the canary scaleDownDelaySeconds that goes with it)".into(),
-            );
-        }
         if !spec["workloadRef"].is_null() {
             report(
                 "spec.workloadRef",
@@ -189,8 +183,7 @@ spec:
     canary:
       steps: [{setWeight: 50}, {pause: {}}]
       trafficRouting:
-        plugins:
-          argoproj-labs/gatewayAPI: {httpRoute: web, namespace: default}
+        nginx: {stableIngress: web}
 ---
 apiVersion: v1
 kind: Service
@@ -247,7 +240,7 @@ spec: {templates: []}
             .map(|f| (f.document, f.problem.field.as_str()))
             .collect();
         assert!(
-            fields.contains(&(1, "spec.strategy.canary.trafficRouting")),
+            fields.contains(&(1, "spec.strategy.canary.trafficRouting.nginx")),
             "{fields:?}"
         );
         assert!(

@@ -104,5 +104,7 @@ for _ in $(seq 1 300); do
   done
   sleep 0.1
 done
+# Traffic routers' CRDs (Gateway API, Istio), from their upstream Go modules.
+"$root/tests/cluster/install-routing-crds.sh" "$state/kubeconfig"
 finished=$(date +%s%N)
 echo "cluster up in $(( (finished - started) / 1000000 )) ms: https://127.0.0.1:$api_port (kubeconfig: $state/kubeconfig)" >&2

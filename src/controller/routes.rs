@@ -1,0 +1,179 @@
+//! Caches of the route objects traffic routers read (Gateway API routes,
+//! Istio VirtualServices and DestinationRules), one reflector per kind whose
+//! CRD the API server serves, and the narrow JSON patches the planner asks for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tracing::info;
+
+use super::index::Reference;
+use super::{Context, Error, lock, trim};
+use crate::api::{FIELD_MANAGER, Rollout};
+use crate::planner::traffic::{LiveRoutes, RouteKind, RoutePatch, RouteRef};
+
+/// The route caches, and what this controller last wrote to each route
+/// until the cache shows it.
+#[derive(Default)]
+pub struct RouteCaches {
+    stores: BTreeMap<RouteKind, (ApiResource, Store<DynamicObject>)>,
+    recent: Mutex<HashMap<RouteRef, Arc<DynamicObject>>>,
+}
+
+/// A stream of route objects that changed, for triggering the Rollouts naming them.
+pub type RouteEvents = BoxStream<'static, Result<(RouteKind, DynamicObject), watcher::Error>>;
+
+impl RouteCaches {
+    /// Finds which route kinds the API server serves and starts a cache for
+    /// each. A kind whose CRD is missing is skipped: Rollouts naming one are
+    /// told the route is not found.
+    pub async fn start(client: &Client, namespace: &Option<String>) -> (Self, Vec<RouteEvents>) {
+        let mut caches = RouteCaches::default();
+        let mut streams = Vec::new();
+        for kind in RouteKind::ALL {
+            let gvk = GroupVersionKind::gvk(kind.group(), kind.version(), kind.kind());
+            let Ok((resource, _)) = kube::discovery::pinned_kind(client, &gvk).await else {
+                info!(
+                    kind = kind.kind(),
+                    "CRD not served; Rollouts cannot route through this kind"
+                );
+                continue;
+            };
+            let api: Api<DynamicObject> = match namespace {
+                Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
+            let writer = reflector::store::Writer::new(resource.clone());
+            let store = writer.as_reader();
+            let events = reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).modify(trim),
+            )
+            .default_backoff();
+            let stream = super::triggers::settled_objects(events)
+                .map_ok(move |object| (kind, object))
+                .boxed();
+            streams.push(stream);
+            caches.stores.insert(kind, (resource, store));
+        }
+        (caches, streams)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.stores
+            .values()
+            .all(|(_, store)| super::is_ready(store))
+    }
+
+    pub fn served(&self) -> Vec<RouteKind> {
+        self.stores.keys().copied().collect()
+    }
+
+    /// The freshest copy of a route: our own last write while the cache
+    /// still holds an older generation, else the cached one.
+    pub fn get(&self, reference: &RouteRef) -> Option<Arc<DynamicObject>> {
+        let (resource, store) = self.stores.get(&reference.kind)?;
+        let key =
+            ObjectRef::new_with(&reference.name, resource.clone()).within(&reference.namespace);
+        let cached = store.get(&key);
+        let mut recent = lock(&self.recent);
+        match (recent.get(reference), cached) {
+            (Some(ours), Some(cached)) if ours.metadata.generation > cached.metadata.generation => {
+                Some(ours.clone())
+            }
+            (Some(ours), None) => Some(ours.clone()),
+            (_, cached) => {
+                recent.remove(reference);
+                cached
+            }
+        }
+    }
+
+    fn remember(&self, reference: &RouteRef, mut object: DynamicObject) {
+        trim(&mut object);
+        lock(&self.recent).insert(reference.clone(), Arc::new(object));
+    }
+
+    fn resource(&self, kind: RouteKind) -> Option<&ApiResource> {
+        self.stores.get(&kind).map(|(resource, _)| resource)
+    }
+}
+
+/// The live routes a Rollout names, for its snapshot.
+pub fn live_routes(ctx: &Context, rollout: &Rollout) -> Vec<(RouteRef, Arc<DynamicObject>)> {
+    crate::planner::traffic::referenced_routes(rollout)
+        .into_iter()
+        .filter_map(|reference| {
+            let object = ctx.routes.get(&reference)?;
+            Some((reference, object))
+        })
+        .collect()
+}
+
+pub fn as_live<'a>(routes: &'a [(RouteRef, Arc<DynamicObject>)]) -> LiveRoutes<'a> {
+    routes
+        .iter()
+        .map(|(reference, object)| (reference.clone(), object.as_ref()))
+        .collect()
+}
+
+/// The Rollouts to reconcile when a route changes.
+pub fn triggers(
+    ctx: Arc<Context>,
+    streams: Vec<RouteEvents>,
+) -> impl Stream<Item = ObjectRef<Rollout>> + Send + 'static {
+    futures::stream::select_all(streams)
+        .filter_map(|event| async move { event.ok() })
+        .flat_map(move |(kind, object)| {
+            let reference = Reference::Route {
+                kind,
+                namespace: object.namespace().unwrap_or_default(),
+                name: object.name_any(),
+            };
+            futures::stream::iter(ctx.references.rollouts_naming(&reference))
+        })
+}
+
+/// Applies the planner's route patches. A failed `test` (someone edited the
+/// route since the cache saw it) is a 422; the route's watch event brings
+/// the new version and plans again.
+pub async fn execute(ctx: &Context, patches: &[RoutePatch]) -> Result<(), Error> {
+    for change in patches {
+        let target = &change.target;
+        let Some(resource) = ctx.routes.resource(target.kind) else {
+            continue;
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &target.namespace, resource);
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(
+            change.operations.clone(),
+        ))
+        .map_err(|source| Error::Serialize {
+            what: format!("patch for {target}"),
+            source,
+        })?;
+        let result = api
+            .patch(
+                &target.name,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Json::<()>(patch),
+            )
+            .await;
+        ctx.metrics.request("patch", target.kind.kind(), &result);
+        let patched = result.map_err(|source| Error::PatchRoute {
+            route: target.to_string(),
+            source,
+        })?;
+        ctx.routes.remember(target, patched);
+    }
+    Ok(())
+}
