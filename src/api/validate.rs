@@ -651,8 +651,19 @@ fn validate_route_steps(
                 format!("{percentage} is not a percentage; use 0 to 100"),
             );
         }
+        let gateway_api = routing.is_some_and(|r| matches!(r.gateway_api(), Ok(Some(_))));
         for (index, matching) in mirror.matches.iter().enumerate() {
             let at = format!("{field}.setMirrorRoute.match[{index}]");
+            let inexact_method = matching
+                .method
+                .as_ref()
+                .is_some_and(|m| !matches!(m.kind(), Some(super::traffic::MatchKind::Exact(_))));
+            if gateway_api && inexact_method {
+                problems.add(
+                    format!("{at}.method"),
+                    "Gateway API matches a method exactly; use method.exact",
+                );
+            }
             for (part, value) in [("method", &matching.method), ("path", &matching.path)] {
                 if let Some(value) = value {
                     validate_string_match(&format!("{at}.{part}"), value, problems);

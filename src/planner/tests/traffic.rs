@@ -345,6 +345,10 @@ fn routing_validation_names_the_field_and_the_fix() {
             "steps[0].setHeaderRoute.name: \"x\" is not in trafficRouting.managedRoutes",
         ),
         (
+            json!({"trafficRouting": {"gatewayAPI": {"httpRoute": "web"}, "managedRoutes": [{"name": "m"}]}, "steps": [{"setMirrorRoute": {"name": "m", "match": [{"method": {"prefix": "G"}}]}}]}),
+            "steps[0].setMirrorRoute.match[0].method: Gateway API matches a method exactly",
+        ),
+        (
             json!({"scaleDownDelaySeconds": 5}),
             "scaleDownDelaySeconds: only applies with trafficRouting",
         ),

@@ -92,22 +92,6 @@ impl TrafficRouter for GatewayApiRouter {
                     route.reference
                 )));
             }
-            if !desired.mirror_routes.is_empty() && route.reference.kind == RouteKind::HttpRoute {
-                for mirror in &desired.mirror_routes {
-                    for matching in &mirror.matches {
-                        if matching
-                            .method
-                            .as_ref()
-                            .is_some_and(|m| !matches!(m.kind(), Some(MatchKind::Exact(_))))
-                        {
-                            problems.push(problem(format!(
-                                "mirror route {:?}: Gateway API matches a method exactly; use method.exact",
-                                mirror.name
-                            )));
-                        }
-                    }
-                }
-            }
         }
         problems
     }

@@ -468,6 +468,8 @@ fn without_weights(route: &Value) -> Value {
             }
         }
     }
+    // The API server may hand a whole-number percentage back as 35 where
+    // Ramp wrote 35.0; both are the same share.
     if let Some(value) = route["mirrorPercentage"]["value"].as_f64() {
         route["mirrorPercentage"]["value"] = json!(value);
     }

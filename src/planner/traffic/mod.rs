@@ -203,24 +203,25 @@ pub fn managed_routes_at<'a>(
     let mut headers = Vec::new();
     let mut mirrors = Vec::new();
     for managed in &routing.managed_routes {
-        let header = upto.iter().rev().find_map(|s| {
-            s.set_header_route
-                .as_ref()
-                .filter(|r| r.name == managed.name)
-        });
-        if let Some(route) = header.filter(|r| !r.matches.is_empty()) {
-            headers.push(route);
-        }
-        let mirror = upto.iter().rev().find_map(|s| {
-            s.set_mirror_route
-                .as_ref()
-                .filter(|r| r.name == managed.name)
-        });
-        if let Some(route) = mirror.filter(|r| !r.matches.is_empty()) {
-            mirrors.push(route);
-        }
+        let name = managed.name.as_str();
+        let header = latest(upto, |s| s.set_header_route.as_ref(), |r| r.name == name);
+        headers.extend(header.filter(|r| !r.matches.is_empty()));
+        let mirror = latest(upto, |s| s.set_mirror_route.as_ref(), |r| r.name == name);
+        mirrors.extend(mirror.filter(|r| !r.matches.is_empty()));
     }
     (headers, mirrors)
+}
+
+/// The last step's route of one kind that `named` picks.
+fn latest<'a, T>(
+    steps: &'a [CanaryStep],
+    route: impl Fn(&'a CanaryStep) -> Option<&'a T>,
+    named: impl Fn(&T) -> bool,
+) -> Option<&'a T> {
+    steps
+        .iter()
+        .rev()
+        .find_map(|s| route(s).filter(|r| named(r)))
 }
 
 /// All routers' outcomes folded into one.
