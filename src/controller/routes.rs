@@ -76,7 +76,9 @@ impl RouteCaches {
     }
 
     /// The freshest copy of a route: our own last write while the cache
-    /// still holds an older generation, else the cached one.
+    /// still holds an older generation, else the cached one. A route gone
+    /// from the cache was deleted (we only patch routes that exist), so our
+    /// copy goes too rather than hide the deletion.
     pub fn get(&self, reference: &RouteRef) -> Option<Arc<DynamicObject>> {
         let (resource, store) = self.stores.get(&reference.kind)?;
         let key =
@@ -87,7 +89,6 @@ impl RouteCaches {
             (Some(ours), Some(cached)) if ours.metadata.generation > cached.metadata.generation => {
                 Some(ours.clone())
             }
-            (Some(ours), None) => Some(ours.clone()),
             (_, cached) => {
                 recent.remove(reference);
                 cached

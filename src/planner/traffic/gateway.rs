@@ -150,10 +150,7 @@ impl GatewayApiRouter {
             let wanted = self.managed_rules(route, &rules[first.index], first, desired);
             operations.extend(sync_managed_rules(&rules, &wanted, desired));
         }
-        let live_weight = match live_weights.first() {
-            Some(first) if live_weights.iter().all(|w| w == first) => *first,
-            _ => None,
-        };
+        let live_weight = super::agreed(&live_weights);
         let accepted = accepted_by_parents(object);
         let in_effect = operations.is_empty() && accepted.is_ok();
         let waiting = if !operations.is_empty() {

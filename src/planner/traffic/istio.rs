@@ -357,10 +357,7 @@ impl IstioRouter {
             let http = spec["http"].as_array().cloned().unwrap_or_default();
             operations.extend(sync_managed_http(&http, &wanted, desired));
         }
-        let live_weight = match live_weights.first() {
-            Some(first) if live_weights.iter().all(|w| w == first) => *first,
-            _ => None,
-        };
+        let live_weight = super::agreed(&live_weights);
         Outcome {
             in_effect: operations.is_empty(),
             waiting: (!operations.is_empty()).then(|| format!("updating {reference}")),

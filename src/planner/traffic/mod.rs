@@ -239,11 +239,16 @@ pub fn combine(outcomes: Vec<Outcome>) -> Outcome {
             combined.waiting = outcome.waiting;
         }
     }
-    combined.live_weight = match weights.first() {
+    combined.live_weight = agreed(&weights);
+    combined
+}
+
+/// The one weight every entry carries, or None when they differ (or none do).
+pub(crate) fn agreed(weights: &[Option<i32>]) -> Option<i32> {
+    match weights.first() {
         Some(first) if weights.iter().all(|w| w == first) => *first,
         _ => None,
-    };
-    combined
+    }
 }
 
 /// The canary weight of one weighted entry, when its two weights add up to
