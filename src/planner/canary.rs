@@ -505,15 +505,7 @@ fn routed_targets(
         (replicas, max)
     } else {
         let weight = weight_at(steps, index);
-        let by_weight = share(replicas, weight, max);
-        let canary = match canary_scale_at(steps, index) {
-            Some(scale) => scale
-                .replicas
-                .or_else(|| scale.weight.map(|w| share(replicas, w, 100)))
-                .unwrap_or(by_weight),
-            None => by_weight,
-        };
-        (canary.clamp(0, replicas), weight)
+        (routed_canary_count(steps, index, replicas, max), weight)
     };
     let stable = if routing.dynamic_stable_scale() {
         // Stable shrinks only to what it carries now and will carry next.
@@ -523,6 +515,20 @@ fn routed_targets(
         replicas
     };
     (canary, stable.clamp(0, replicas))
+}
+
+/// Canary pods at step `index` with a router: its setCanaryScale, else the
+/// pods the step's weight needs.
+fn routed_canary_count(steps: &[CanaryStep], index: i32, replicas: i32, max: i32) -> i32 {
+    let by_weight = share(replicas, weight_at(steps, index), max);
+    let count = match canary_scale_at(steps, index) {
+        Some(scale) => scale
+            .replicas
+            .or_else(|| scale.weight.map(|w| share(replicas, w, 100)))
+            .unwrap_or(by_weight),
+        None => by_weight,
+    };
+    count.clamp(0, replicas)
 }
 
 /// Pods for `weight` out of `max`, rounded up so a weight never lands on
@@ -597,13 +603,7 @@ fn applied_weight(ctx: &Ctx<'_>, routing: &Routing<'_>) -> i32 {
         let needed = if index as usize >= steps.len() {
             replicas
         } else {
-            match canary_scale_at(steps, index) {
-                Some(scale) => scale
-                    .replicas
-                    .or_else(|| scale.weight.map(|w| share(replicas, w, 100)))
-                    .unwrap_or_else(|| share(replicas, target, max)),
-                None => share(replicas, target, max),
-            }
+            routed_canary_count(steps, index, replicas, max)
         };
         if new.rs.is_some() && new.available >= needed.max(1) {
             target
