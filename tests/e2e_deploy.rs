@@ -384,17 +384,23 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
             .replace("http://prometheus.monitoring:9090", &prometheus.url),
     )
     .await?;
-    for name in ["web", "shop", "api"] {
+    // The routed examples use the local cluster's Gateway (Traefik) and the
+    // Istio CRDs that `make cluster-up` installs.
+    env.apply(&read("canary-gateway-api.yaml")?).await?;
+    env.apply(&read("canary-istio.yaml")?).await?;
+    let all = ["web", "shop", "api", "store", "catalog"];
+    for name in all {
         env.wait_phase(name, RolloutPhase::Healthy).await?;
     }
-    env.set_image("web", "ghcr.io/example/web:2.0.0").await?;
-    env.set_image("shop", "ghcr.io/example/shop:2.0.0").await?;
-    env.set_image("api", "ghcr.io/example/api:2.0.0").await?;
-    env.wait_phase("web", RolloutPhase::Paused).await?;
-    env.wait_phase("shop", RolloutPhase::Paused).await?;
-    env.promote("web").await?;
-    env.promote("shop").await?;
-    for name in ["web", "shop", "api"] {
+    for name in all {
+        env.set_image(name, &format!("ghcr.io/example/{name}:2.0.0"))
+            .await?;
+    }
+    for name in ["web", "shop", "store", "catalog"] {
+        env.wait_phase(name, RolloutPhase::Paused).await?;
+        env.promote(name).await?;
+    }
+    for name in all {
         let rollout = env.wait_phase(name, RolloutPhase::Healthy).await?;
         let status = rollout.status.expect("status");
         assert_eq!(

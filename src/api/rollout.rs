@@ -321,6 +321,11 @@ pub struct RolloutStatus {
     pub blue_green: Option<BlueGreenStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
+    /// Ramp extension: the traffic routing whose routes Ramp has written,
+    /// so it can hand them back when `trafficRouting` changes or the
+    /// Rollout is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_traffic_routing: Option<crate::api::AppliedTrafficRouting>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -298,6 +298,44 @@ impl StringMatch {
     }
 }
 
+/// Finalizer on a Rollout that routes traffic: Ramp hands its routes back
+/// (all weight on stable, managed rules gone) before the Rollout goes.
+pub const TRAFFIC_ROUTING_FINALIZER: &str = "rollout.ramp.dev/traffic-routing";
+
+/// The traffic routing a canary last routed through, kept in status so the
+/// routes can be handed back after `trafficRouting` is removed or renames
+/// its routes, and when the Rollout is deleted: the spec alone no longer
+/// says which routes those were.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedTrafficRouting {
+    pub traffic_routing: TrafficRouting,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_service: Option<String>,
+}
+
+impl AppliedTrafficRouting {
+    pub fn of(canary: &crate::api::CanaryStrategy) -> Option<Self> {
+        Some(AppliedTrafficRouting {
+            traffic_routing: canary.traffic_routing.clone()?,
+            canary_service: canary.canary_service.clone(),
+            stable_service: canary.stable_service.clone(),
+        })
+    }
+
+    /// A canary strategy with only this routing, for building its routers.
+    pub fn as_strategy(&self) -> crate::api::CanaryStrategy {
+        crate::api::CanaryStrategy {
+            traffic_routing: Some(self.traffic_routing.clone()),
+            canary_service: self.canary_service.clone(),
+            stable_service: self.stable_service.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 impl TrafficRouting {
     pub fn max_weight(&self) -> i32 {
         self.max_traffic_weight

@@ -26,6 +26,16 @@ pub(super) async fn execute(
     plan: &Plan,
 ) -> Result<(), Error> {
     let name = rollout.name_any();
+    // The finalizer goes on before any route is written, so a deletion
+    // from here on waits for the routes to be handed back.
+    // The status write below is preconditioned on the resourceVersion, which
+    // this patch moves on.
+    let mut resource_version = rollout.resource_version();
+    if plan.finalizer == Some(true)
+        && let Some(written) = set_finalizer(ctx, rollout, namespace, true).await?
+    {
+        resource_version = Some(written);
+    }
     // Services move first: they only ever move to a hash whose pods are
     // already available, and a ReplicaSet scaled down in the same plan must
     // not be selected when a crash cuts the plan short.
@@ -191,13 +201,17 @@ pub(super) async fn execute(
             ctx,
             namespace,
             &name,
-            rollout.resource_version(),
+            resource_version,
             &old,
             &new,
             "Rollout",
         )
         .await?;
         ctx.recent_rollouts.remember(written);
+    }
+    // Off only once the record of routed-through routes is gone from status.
+    if plan.finalizer == Some(false) {
+        set_finalizer(ctx, rollout, namespace, false).await?;
     }
     Ok(())
 }
@@ -277,6 +291,70 @@ async fn relabel_pods(
         }
     }
     Ok(())
+}
+
+/// Adds or removes Ramp's traffic-routing finalizer and nothing else. The
+/// patch tests the finalizer list it started from (or the resourceVersion
+/// when there was none), so a finalizer someone else adds meanwhile is not
+/// lost: the patch fails and the next pass starts from their list. Returns
+/// the Rollout's new resourceVersion when it wrote.
+pub(super) async fn set_finalizer(
+    ctx: &Context,
+    rollout: &Rollout,
+    namespace: &str,
+    present: bool,
+) -> Result<Option<String>, Error> {
+    use crate::api::TRAFFIC_ROUTING_FINALIZER;
+    let name = rollout.name_any();
+    let old = rollout.metadata.finalizers.clone();
+    let mut new: Vec<String> = old.clone().unwrap_or_default();
+    new.retain(|f| f != TRAFFIC_ROUTING_FINALIZER);
+    if present {
+        new.push(TRAFFIC_ROUTING_FINALIZER.to_string());
+    }
+    if Some(&new) == old.as_ref() || (new.is_empty() && old.is_none()) {
+        return Ok(None);
+    }
+    let guard = match &old {
+        Some(list) => json!({"op": "test", "path": "/metadata/finalizers", "value": list}),
+        None => {
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": rollout.resource_version()})
+        }
+    };
+    let operations = json!([guard, {"op": "add", "path": "/metadata/finalizers", "value": new}]);
+    let patch: json_patch::Patch =
+        serde_json::from_value(operations).map_err(|source| Error::Serialize {
+            what: "finalizer patch".into(),
+            source,
+        })?;
+    let api: Api<Rollout> = ctx.api(namespace);
+    let result = api
+        .patch(
+            &name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Json::<()>(patch),
+        )
+        .await;
+    ctx.metrics.request("patch", "Rollout", &result);
+    match result {
+        Ok(written) => {
+            let version = written.resource_version();
+            // The next pass must not plan from a cache without the change.
+            ctx.recent_rollouts.remember(written);
+            Ok(version)
+        }
+        // Removing from a Rollout that is already gone is done.
+        Err(source) if !present && is_not_found(&source) => Ok(None),
+        Err(source) => Err(Error::PatchFinalizer {
+            action: if present { "adding" } else { "removing" },
+            namespace: namespace.into(),
+            name,
+            source,
+        }),
+    }
 }
 
 /// Merge-patches `.status` with the object's resourceVersion as a

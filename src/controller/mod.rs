@@ -113,6 +113,13 @@ pub enum Error {
     },
     #[error("patching {route}: {source}")]
     PatchRoute { route: String, source: kube::Error },
+    #[error("{action} the traffic-routing finalizer of Rollout {namespace}/{name}: {source}")]
+    PatchFinalizer {
+        action: &'static str,
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("leader election: {0}")]
     LeaderElection(#[from] kube_lease_manager::LeaseManagerError),
     #[error("serving metrics and health on {address}: {source}")]
@@ -131,6 +138,7 @@ impl Error {
             Error::ApplyReplicaSet { .. } | Error::DeleteReplicaSet { .. } => "replicaset",
             Error::PatchService { .. } => "service",
             Error::PatchRoute { .. } => "route",
+            Error::PatchFinalizer { .. } => "finalizer",
             Error::ListPods { .. } | Error::EvictPod { .. } | Error::PatchPod { .. } => "pod",
             Error::CreateAnalysisRun { .. }
             | Error::TerminateAnalysisRun { .. }

@@ -149,6 +149,21 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         name: name.clone(),
     })?;
     if rollout.metadata.deletion_timestamp.is_some() {
+        if planner::traffic::release::has_finalizer(&rollout) {
+            // Hand the routes back before the Rollout (and, through owner
+            // references, its pods) goes. The route watch brings the patched
+            // routes back; the requeue covers a missed event.
+            let routes = super::routes::live_routes(&ctx, &rollout);
+            let patches = planner::traffic::release::release_on_delete(
+                &rollout,
+                &super::routes::as_live(&routes),
+            );
+            if !patches.is_empty() {
+                super::routes::execute(&ctx, &patches).await?;
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            super::apply::set_finalizer(&ctx, &rollout, &namespace, false).await?;
+        }
         ctx.metrics.forget_rollout(&namespace, &name);
         ctx.references
             .forget(&ObjectRef::from_obj(rollout.as_ref()));

@@ -85,6 +85,9 @@ pub struct Plan {
     pub events: Vec<PlannedEvent>,
     /// When to look again even if nothing changes (timed pause, delays, deadlines).
     pub requeue_after: Option<Duration>,
+    /// Add (true) or remove (false) the traffic-routing finalizer; None
+    /// leaves the Rollout's finalizers as they are.
+    pub finalizer: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +280,12 @@ impl<'a> Ctx<'a> {
 
 /// Decide what to do for one Rollout.
 pub fn plan(snap: &Snapshot<'_>) -> Plan {
+    let mut plan = plan_rollout(snap);
+    traffic::release::finish_plan(snap, &mut plan);
+    plan
+}
+
+fn plan_rollout(snap: &Snapshot<'_>) -> Plan {
     let rollout = snap.rollout;
     let prev = rollout.status.clone().unwrap_or_default();
     let mut status = prev.clone();

@@ -129,6 +129,7 @@ impl World {
     /// hashes become available at once); returns whether anything changed.
     fn apply(&mut self, plan: Plan) -> bool {
         let changed = !plan.replica_sets.is_empty()
+            || plan.finalizer.is_some()
             || !plan.services.is_empty()
             || !plan.analysis_runs.is_empty()
             || !plan.routes.is_empty()
@@ -203,6 +204,17 @@ impl World {
         }
         if let Some(status) = &plan.status {
             self.rollout.status = Some(status.clone());
+        }
+        if let Some(present) = plan.finalizer {
+            let finalizers = self
+                .rollout
+                .metadata
+                .finalizers
+                .get_or_insert_with(Vec::new);
+            finalizers.retain(|f| f != crate::api::TRAFFIC_ROUTING_FINALIZER);
+            if present {
+                finalizers.push(crate::api::TRAFFIC_ROUTING_FINALIZER.to_string());
+            }
         }
         self.events.extend(plan.events.iter().cloned());
         self.relabelled.extend(plan.pod_metadata.iter().cloned());

@@ -180,6 +180,92 @@ fn canary_progress(rollout: &Rollout) -> Option<(String, i32, i32)> {
     Some((format!("{index}/{total}"), set_weight, actual))
 }
 
+/// With a traffic router: the weight read back from the routes, and the
+/// header and mirror routes in force, one per line.
+fn routing_lines(rollout: &Rollout) -> Vec<(&'static str, String)> {
+    let routed = rollout
+        .spec
+        .strategy
+        .canary
+        .as_ref()
+        .is_some_and(|c| c.traffic_routing.is_some());
+    if !routed {
+        return Vec::new();
+    }
+    let canary = rollout
+        .status
+        .as_ref()
+        .and_then(|s| s.canary.clone())
+        .unwrap_or_default();
+    let asked = canary.weights.as_ref().map(|w| w.canary.weight);
+    let verified = match (
+        canary.verified_weight,
+        canary.weights.as_ref().and_then(|w| w.verified),
+    ) {
+        (Some(weight), Some(true)) => weight.to_string(),
+        (Some(weight), _) => match asked {
+            Some(asked) => format!("{weight} (routes not yet at {asked})"),
+            None => weight.to_string(),
+        },
+        (None, _) => "not read back yet".to_string(),
+    };
+    let mut lines = vec![("  Verified", verified)];
+    for route in &canary.header_routes {
+        let matches: Vec<String> = route
+            .matches
+            .iter()
+            .map(|m| format!("{} {}", m.header_name, describe_match(&m.header_value)))
+            .collect();
+        lines.push((
+            "  HeaderRoute",
+            format!("{}: {}", route.name, matches.join(", ")),
+        ));
+    }
+    for route in &canary.mirror_routes {
+        let matches: Vec<String> = route
+            .matches
+            .iter()
+            .map(|m| {
+                let mut parts = Vec::new();
+                if let Some(method) = &m.method {
+                    parts.push(format!("method {}", describe_match(method)));
+                }
+                if let Some(path) = &m.path {
+                    parts.push(format!("path {}", describe_match(path)));
+                }
+                for (name, value) in &m.headers {
+                    parts.push(format!("{name} {}", describe_match(value)));
+                }
+                parts.join(" and ")
+            })
+            .collect();
+        let scope = if matches.is_empty() {
+            "all requests".to_string()
+        } else {
+            matches.join(", ")
+        };
+        lines.push((
+            "  MirrorRoute",
+            format!(
+                "{}: {}% of {scope}",
+                route.name,
+                route.percentage.unwrap_or(100)
+            ),
+        ));
+    }
+    lines
+}
+
+fn describe_match(value: &crate::api::StringMatch) -> String {
+    use crate::api::MatchKind;
+    match value.kind() {
+        Some(MatchKind::Exact(v)) => format!("= {v}"),
+        Some(MatchKind::Prefix(v)) => format!("starts with {v}"),
+        Some(MatchKind::Regex(v)) => format!("~ {v}"),
+        None => "(invalid match)".to_string(),
+    }
+}
+
 pub fn render_rollout(view: &View<'_>) -> String {
     let paint = Paint(view.color);
     let rollout = view.rollout;
@@ -213,6 +299,9 @@ pub fn render_rollout(view: &View<'_>) -> String {
         field(&mut out, "  Step", &step);
         field(&mut out, "  SetWeight", &set_weight.to_string());
         field(&mut out, "  ActualWeight", &actual.to_string());
+        for (label, value) in routing_lines(rollout) {
+            field(&mut out, label, &value);
+        }
         let replicas = rollout.replicas();
         let (canary, stable) = weighted_counts(replicas, set_weight, 1);
         field(

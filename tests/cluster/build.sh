@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver and kube-controller-manager from the upstream Go
-# modules pinned in tests/cluster/{etcd,k8s}/go.mod. Output goes to
+# Builds etcd, kube-apiserver, kube-controller-manager and Traefik (the Gateway
+# API data plane) from the upstream Go modules pinned in
+# tests/cluster/{etcd,k8s,traefik}/go.mod. Output goes to
 # target/cluster/bin; a stamp of the go.mod/go.sum contents means a second run
 # with unchanged modules does nothing.
 set -euo pipefail
@@ -37,6 +38,16 @@ build_k8s() {
   echo "$stamp" > "$bin/.k8s.stamp"
 }
 
+build_traefik() {
+  local dir="$root/tests/cluster/traefik" stamp
+  stamp="$(stamp_of "$dir")"
+  if [[ -x "$bin/traefik" && "$(cat "$bin/.traefik.stamp" 2>/dev/null)" == "$stamp" ]]; then return; fi
+  echo "building traefik, the Gateway API data plane (first build takes about 6 minutes)" >&2
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$bin/traefik" github.com/traefik/traefik/v3/cmd/traefik)
+  echo "$stamp" > "$bin/.traefik.stamp"
+}
+
 command -v go >/dev/null || { echo "go is required to build the local control plane (Go >= 1.26)" >&2; exit 1; }
 build_etcd
 build_k8s
+build_traefik

@@ -4,7 +4,7 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 run="$root/target/cluster/run"
 [[ -d "$run" ]] || exit 0
-for name in test-kubelet kube-controller-manager kube-apiserver etcd; do
+for name in traefik test-kubelet kube-controller-manager kube-apiserver etcd; do
   pidfile="$run/$name.pid"
   [[ -f "$pidfile" ]] || continue
   pid="$(cat "$pidfile")"
@@ -14,5 +14,5 @@ for name in test-kubelet kube-controller-manager kube-apiserver etcd; do
   kill -KILL -- "-$pid" 2>/dev/null || true
   rm -f "$pidfile"
 done
-rm -rf "$run" "$root/target/cluster/kubeconfig"
+rm -rf "$run" "$root/target/cluster/kubeconfig" "$root/target/cluster/gateway.json"
 echo "cluster stopped" >&2

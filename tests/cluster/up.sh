@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a local Kubernetes control plane on loopback: etcd, kube-apiserver,
-# kube-controller-manager and the test kubelet (which makes pods Ready).
-# Writes target/cluster/kubeconfig. If a cluster from this checkout is already
+# kube-controller-manager, the test kubelet (which makes pods Ready and serves
+# HTTP on their loopback addresses) and Traefik as the Gateway API data plane.
+# Writes target/cluster/kubeconfig, and target/cluster/gateway.json with the
+# Gateway's address and Traefik's metrics endpoint. If a cluster from this checkout is already
 # running it is reused.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -12,7 +14,7 @@ mkdir -p "$state"
 
 alive() { [[ -f "$run/$1.pid" ]] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
 
-if alive etcd && alive kube-apiserver && alive kube-controller-manager && alive test-kubelet; then
+if alive etcd && alive kube-apiserver && alive kube-controller-manager && alive test-kubelet && alive traefik; then
   echo "cluster already running; reusing it (kubeconfig: $state/kubeconfig). Run 'make cluster-down' to stop it." >&2
   exit 0
 fi
@@ -26,6 +28,16 @@ fi
 kubelet="${RAMP_TEST_KUBELET:-$root/target/debug/test-kubelet}"
 if [[ ! -x "$kubelet" ]]; then
   (cd "$root" && cargo build --quiet -p ramp-test-support --bin test-kubelet)
+fi
+
+# Pods get addresses in 10.244.0.0/16 on the loopback interface, where the
+# test kubelet serves them. (127.0.0.0/8 would be simpler, but the API server
+# refuses loopback-range addresses in EndpointSlices.) Adding 10.244.0.1/16
+# to lo makes the kernel treat the whole /16 as local; it stays after
+# cluster-down, harmlessly, for the next run.
+if ! ip -4 addr show dev lo | grep -q 'inet 10\.244\.0\.1/16'; then
+  sudo_cmd=""; [[ "$(id -u)" == 0 ]] || sudo_cmd=sudo
+  $sudo_cmd ip addr add 10.244.0.1/16 dev lo || { echo "cannot add the pod network 10.244.0.0/16 to lo (needs root or sudo)" >&2; exit 1; }
 fi
 
 rm -rf "$run"
@@ -90,7 +102,7 @@ wait_ready kube-apiserver
 
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$state/kubeconfig" --leader-elect=false --secure-port=0 \
-  --controllers=replicaset-controller,garbage-collector-controller,serviceaccount-controller,namespace-controller,deployment-controller,pod-garbage-collector-controller \
+  --controllers=replicaset-controller,garbage-collector-controller,serviceaccount-controller,namespace-controller,deployment-controller,pod-garbage-collector-controller,endpointslice-controller,endpointslice-mirroring-controller \
   --service-account-private-key-file="$run/pki/sa.key" --use-service-account-credentials=false \
   --concurrent-replicaset-syncs=10 --kube-api-qps=200 --kube-api-burst=400
 
@@ -106,5 +118,47 @@ for _ in $(seq 1 300); do
 done
 # Traffic routers' CRDs (Gateway API, Istio), from their upstream Go modules.
 "$root/tests/cluster/install-routing-crds.sh" "$state/kubeconfig"
+
+# Traefik reads Gateways, HTTPRoutes and EndpointSlices from the API server
+# and forwards to the pods' loopback addresses. Its listener port must be the
+# port the Gateway's listener names, so the Gateway is written after it.
+gateway_port="$(free_port)"; metrics_port="$(free_port)"
+KUBECONFIG="$state/kubeconfig" start traefik "$bin/traefik" \
+  --global.checkNewVersion=false --global.sendAnonymousUsage=false \
+  --entryPoints.web.address="127.0.0.1:$gateway_port" \
+  --entryPoints.metrics.address="127.0.0.1:$metrics_port" \
+  --providers.kubernetesGateway=true --providers.providersThrottleDuration=100ms \
+  --metrics.prometheus=true --metrics.prometheus.entryPoint=metrics \
+  --metrics.prometheus.addServicesLabels=true --metrics.prometheus.addRoutersLabels=true \
+  --log.level=INFO
+kubectl --kubeconfig "$state/kubeconfig" apply --server-side -f - >/dev/null <<GW
+apiVersion: v1
+kind: Namespace
+metadata: {name: ramp-gateway}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: traefik}
+spec: {controllerName: traefik.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ramp, namespace: ramp-gateway}
+spec:
+  gatewayClassName: traefik
+  listeners:
+  - {name: web, protocol: HTTP, port: $gateway_port, allowedRoutes: {namespaces: {from: All}}}
+GW
+for _ in $(seq 1 600); do
+  programmed="$(kubectl --kubeconfig "$state/kubeconfig" get gateway ramp -n ramp-gateway \
+    -o jsonpath='{.status.conditions[?(@.type=="Programmed")].status}' 2>/dev/null || true)"
+  [[ "$programmed" == True ]] && break
+  if ! alive traefik; then echo "traefik exited during startup; log follows:" >&2; tail -30 "$run/logs/traefik.log" >&2; exit 1; fi
+  sleep 0.1
+done
+if [[ "$programmed" != True ]]; then echo "Gateway ramp-gateway/ramp not Programmed by Traefik after 60 s; see $run/logs/traefik.log" >&2; exit 1; fi
+cat > "$state/gateway.json" <<JSON
+{"url": "http://127.0.0.1:$gateway_port", "namespace": "ramp-gateway", "name": "ramp", "metrics": "127.0.0.1:$metrics_port"}
+JSON
 finished=$(date +%s%N)
-echo "cluster up in $(( (finished - started) / 1000000 )) ms: https://127.0.0.1:$api_port (kubeconfig: $state/kubeconfig)" >&2
+echo "cluster up in $(( (finished - started) / 1000000 )) ms: https://127.0.0.1:$api_port (kubeconfig: $state/kubeconfig), gateway http://127.0.0.1:$gateway_port" >&2

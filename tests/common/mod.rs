@@ -410,21 +410,17 @@ impl Env {
     }
 
     pub async fn set_image(&self, rollout: &str, image: &str) -> anyhow::Result<()> {
-        let current = self.rollout(rollout).await?;
-        let container = current
-            .spec
-            .template
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
-        let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}});
+        // A JSON patch of the first container's image only: a merge patch of
+        // a custom resource replaces the whole containers list, which would
+        // drop ports and everything else the test wrote.
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": image}
+        ]))?;
         self.rollouts()
             .patch(
                 rollout,
                 &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
+                &kube::api::Patch::Json::<()>(patch),
             )
             .await?;
         Ok(())
@@ -529,6 +525,25 @@ impl Env {
 
     pub async fn cleanup(mut self) {
         self.kill_controller().await;
+        // With no controller left to hand routes back, a routed Rollout's
+        // finalizer would hold the namespace in Terminating.
+        if let Ok(rollouts) = self.rollouts().list(&ListParams::default()).await {
+            let clear = serde_json::json!({"metadata": {"finalizers": null}});
+            for rollout in rollouts
+                .items
+                .iter()
+                .filter(|r| r.metadata.finalizers.is_some())
+            {
+                let _ = self
+                    .rollouts()
+                    .patch(
+                        &rollout.name_any(),
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&clear),
+                    )
+                    .await;
+            }
+        }
         if let Some(namespace) = self.namespace.take() {
             namespace.cleanup().await;
         }

@@ -298,6 +298,119 @@ fn header_route_is_a_rule_of_its_own_and_goes_at_the_end() {
     assert_eq!(rules.len(), 2, "the managed rule is removed at the end");
 }
 
+fn paused_with_a_header_route() -> World {
+    let steps = json!([
+        {"setWeight": 20},
+        {"setHeaderRoute": {"name": "beta-testers", "match": [{"headerName": "x-beta", "headerValue": {"exact": "yes"}}]}},
+        {"pause": {}},
+    ]);
+    let mut world = gateway_canary(steps, json!({}));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(route_weights(&world), (20, 80));
+    assert_eq!(rule_names(&world).len(), 3);
+    world
+}
+
+fn rule_names(world: &World) -> Vec<Value> {
+    route(world)["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["name"].clone())
+        .collect()
+}
+
+fn has_finalizer(world: &World) -> bool {
+    crate::planner::traffic::release::has_finalizer(&world.rollout)
+}
+
+#[test]
+fn removing_traffic_routing_hands_the_route_back_and_then_drops_the_finalizer() {
+    let mut world = paused_with_a_header_route();
+    assert!(
+        has_finalizer(&world),
+        "a routed Rollout carries the finalizer"
+    );
+    assert!(world.status().applied_traffic_routing.is_some());
+    if let Some(canary) = world.rollout.spec.strategy.canary.as_mut() {
+        canary.traffic_routing = None;
+    }
+    world.mark();
+    // The record survives until the route is back on stable.
+    world.step();
+    assert!(world.status().applied_traffic_routing.is_some());
+    assert!(world.has_event("TrafficRoutingReleased"));
+    world.settle();
+    assert_eq!(route_weights(&world), (0, 100));
+    assert_eq!(
+        rule_names(&world),
+        vec![Value::Null, Value::Null],
+        "the managed rule is gone"
+    );
+    assert_eq!(world.status().applied_traffic_routing, None);
+    assert!(!has_finalizer(&world));
+}
+
+#[test]
+fn renaming_the_route_hands_the_old_one_back() {
+    let mut world = paused_with_a_header_route();
+    let mut other = http_route();
+    other.metadata.name = Some("web-v2".into());
+    accept_route(&mut other);
+    world
+        .routes
+        .insert(route_ref(RouteKind::HttpRoute, "web-v2"), other);
+    if let Some(routing) = world
+        .rollout
+        .spec
+        .strategy
+        .canary
+        .as_mut()
+        .and_then(|c| c.traffic_routing.as_mut())
+    {
+        routing.plugins.insert(
+            "argoproj-labs/gatewayAPI".into(),
+            json!({"httpRoute": "web-v2", "useHeaderRoutes": true}),
+        );
+    }
+    world.settle();
+    assert_eq!(
+        route_weights(&world),
+        (0, 100),
+        "the old route is back on stable"
+    );
+    assert_eq!(rule_names(&world).len(), 2);
+    let new = &world.routes[&route_ref(RouteKind::HttpRoute, "web-v2")].data;
+    assert_eq!(new["spec"]["rules"][0]["backendRefs"][1]["weight"], 20);
+    assert!(has_finalizer(&world));
+}
+
+#[test]
+fn a_deleted_rollout_hands_its_routes_back_before_the_finalizer_goes() {
+    let mut world = paused_with_a_header_route();
+    let release = |world: &World| {
+        let live = world.routes.iter().map(|(k, v)| (k.clone(), v)).collect();
+        crate::planner::traffic::release::release_on_delete(&world.rollout, &live)
+    };
+    let patches = release(&world);
+    assert_eq!(
+        patches.len(),
+        1,
+        "one patch for the one route: {patches:#?}"
+    );
+    for patch in &patches {
+        world.patch_route(patch);
+    }
+    assert_eq!(route_weights(&world), (0, 100));
+    assert_eq!(rule_names(&world).len(), 2);
+    assert!(
+        release(&world).is_empty(),
+        "nothing left: the finalizer may go"
+    );
+}
+
 #[test]
 fn a_missing_route_or_one_without_both_backends_is_invalid_spec_and_nothing_moves() {
     let mut world = gateway_canary(json!([{"setWeight": 20}]), json!({}));

@@ -527,6 +527,10 @@ fn subset_operations(
         (&rule.canary_subset_name, desired.canary_hash),
         (&rule.stable_subset_name, desired.stable_hash),
     ] {
+        // No hash: handing the routes back leaves the subsets as they are.
+        if hash.is_empty() {
+            continue;
+        }
         let Some(index) = subsets.iter().position(|s| s["name"] == name.as_str()) else {
             continue;
         };

@@ -6,6 +6,7 @@
 
 mod gateway;
 mod istio;
+pub mod release;
 
 use std::collections::BTreeMap;
 
@@ -171,10 +172,11 @@ pub fn routers(
     all
 }
 
-/// Every route object a Rollout names, for the controller to read.
+/// Every route object a Rollout names, or routed through before (see
+/// [`release`]), for the controller to read.
 pub fn referenced_routes(rollout: &crate::api::Rollout) -> Vec<RouteRef> {
     let namespace = rollout.metadata.namespace.as_deref().unwrap_or("default");
-    rollout
+    let mut all: Vec<RouteRef> = rollout
         .spec
         .strategy
         .canary
@@ -185,7 +187,13 @@ pub fn referenced_routes(rollout: &crate::api::Rollout) -> Vec<RouteRef> {
                 .flat_map(|r| r.objects())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    for recorded in release::recorded_routes(rollout) {
+        if !all.contains(&recorded) {
+            all.push(recorded);
+        }
+    }
+    all
 }
 
 /// The header and mirror routes in force at step `index` (`None`: after

@@ -98,6 +98,33 @@ fn paused_canary_tree() {
 }
 
 #[test]
+fn routed_canary_shows_verified_weight_and_routes() {
+    let mut value = serde_json::to_value(canary_rollout()).expect("fixture");
+    value["spec"]["strategy"]["canary"]["trafficRouting"] = json!({
+        "managedRoutes": [{"name": "beta"}, {"name": "copy"}],
+        "plugins": {"argoproj-labs/gatewayAPI": {"httpRoute": "web"}}
+    });
+    value["status"]["canary"] = json!({
+        "weights": {"canary": {"weight": 20}, "stable": {"weight": 80}, "verified": false},
+        "verifiedWeight": 10,
+        "headerRoutes": [{"name": "beta", "match": [{"headerName": "x-beta", "headerValue": {"exact": "yes"}}]}],
+        "mirrorRoutes": [{"name": "copy", "percentage": 20, "match": [{"method": {"exact": "POST"}, "path": {"prefix": "/checkout"}}]}]
+    });
+    let rollout: Rollout = serde_json::from_value(value).expect("fixture");
+    let stable = replica_set("h1", 1, "web:1", 5, "2026-03-01T11:00:00Z");
+    let canary = replica_set("h2", 2, "web:2", 1, "2026-03-01T11:58:00Z");
+    let view = View {
+        rollout: &rollout,
+        replica_sets: vec![&stable, &canary],
+        pods: Vec::new(),
+        runs: Vec::new(),
+        now: now(),
+        color: false,
+    };
+    golden("get-canary-routed.txt", &render_rollout(&view));
+}
+
+#[test]
 fn blue_green_tree_with_scale_down_delay() {
     let mut rollout = canary_rollout();
     rollout.spec.strategy =

@@ -12,12 +12,42 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+
+/// The Node the test kubelet registers and binds every pod to.
+pub const TEST_NODE_NAME: &str = "ramp-test-node";
+
+/// Path on every pod port that answers how many requests the pod served
+/// (not counting these), so a test can see traffic no client saw, such as
+/// mirrored requests.
+pub const POD_REQUESTS_PATH: &str = "/_ramp/requests";
+
+/// What a pod served by the test kubelet answers to any request, as JSON.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PodAnswer {
+    pub pod: String,
+    pub container: String,
+    pub image: String,
+    /// The image tag: `v2` for `shop:v2`, `latest` without one.
+    pub version: String,
+}
+
+/// The tag of an image reference (`latest` when it has none), ignoring a
+/// registry port and a digest.
+pub fn image_version(image: &str) -> &str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last_segment = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    match last_segment.split_once(':') {
+        Some((_, tag)) if !tag.is_empty() => tag,
+        _ => "latest",
+    }
+}
 
 /// Pods with this annotation set to "true" never become Ready.
 pub const NEVER_READY_ANNOTATION: &str = "test.ramp.dev/never-ready";
@@ -373,5 +403,153 @@ impl WebReceiver {
             .lock()
             .map(|s| s.requests.clone())
             .unwrap_or_default()
+    }
+}
+
+/// The Gateway that `tests/cluster/up.sh` puts in front of Traefik, as it
+/// recorded it in `target/cluster/gateway.json`.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Gateway {
+    /// Where Traefik's Gateway listener answers, `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub namespace: String,
+    pub name: String,
+    /// Traefik's Prometheus endpoint, `127.0.0.1:<port>`.
+    pub metrics: SocketAddr,
+}
+
+/// What a batch of requests through the gateway reached.
+#[derive(Clone, Debug, Default)]
+pub struct Split {
+    pub total: usize,
+    /// Answers by the answering pod's version (image tag).
+    pub by_version: BTreeMap<String, usize>,
+    /// Answers by HTTP status.
+    pub by_status: BTreeMap<u16, usize>,
+}
+
+impl Split {
+    /// Percentage of all requests answered by pods of `version`.
+    pub fn share(&self, version: &str) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        100.0 * self.by_version.get(version).copied().unwrap_or(0) as f64 / self.total as f64
+    }
+
+    /// Requests answered with a status other than 2xx, or not at all.
+    pub fn failures(&self) -> usize {
+        self.total
+            - self
+                .by_status
+                .iter()
+                .filter(|(code, _)| (200..300).contains(*code))
+                .map(|(_, n)| n)
+                .sum::<usize>()
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests, by version {:?}, by status {:?}",
+            self.total, self.by_version, self.by_status
+        )
+    }
+}
+
+/// Requests sent at once; enough to keep Traefik busy without opening
+/// hundreds of connections on a 2-core machine.
+const GATEWAY_CONCURRENCY: usize = 16;
+
+impl Gateway {
+    pub fn local() -> anyhow::Result<Self> {
+        let path = repo_root().join("target/cluster/gateway.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("reading {} (written by `make cluster-up`, which starts Traefik as the Gateway API data plane)", path.display())
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Sends `count` GET requests for `host` through the gateway, with the
+    /// given headers, and counts who answered. A request that gets no answer
+    /// counts under status 0.
+    pub async fn send(
+        &self,
+        host: &str,
+        path: &str,
+        count: usize,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Split> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(GATEWAY_CONCURRENCY)
+            .build()?;
+        let url = format!("{}{path}", self.url);
+        let mut headers_map = reqwest::header::HeaderMap::new();
+        headers_map.insert(reqwest::header::HOST, host.parse()?);
+        for (name, value) in headers {
+            headers_map.insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes())?,
+                value.parse()?,
+            );
+        }
+        let answers = futures::stream::iter(0..count)
+            .map(|_| {
+                let request = http.get(&url).headers(headers_map.clone());
+                async move {
+                    let Ok(response) = request.send().await else {
+                        return (0u16, None);
+                    };
+                    let status = response.status().as_u16();
+                    let answer = response.json::<PodAnswer>().await.ok();
+                    (status, answer)
+                }
+            })
+            .buffer_unordered(GATEWAY_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut split = Split {
+            total: count,
+            ..Split::default()
+        };
+        for (status, answer) in answers {
+            *split.by_status.entry(status).or_default() += 1;
+            if let Some(answer) = answer {
+                *split.by_version.entry(answer.version).or_default() += 1;
+            }
+        }
+        Ok(split)
+    }
+}
+
+/// How many requests the pod at `address` served on `port` (see
+/// [`POD_REQUESTS_PATH`]).
+pub async fn pod_requests_served(address: &str, port: u16) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("http://{address}:{port}{POD_REQUESTS_PATH}"))
+        .await
+        .with_context(|| format!("asking the pod at {address}:{port} how many requests it served"))?
+        .text()
+        .await?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("pod at {address}:{port} answered {text:?} for its request count"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_version;
+
+    #[test]
+    fn image_version_reads_the_tag_only() {
+        assert_eq!(image_version("shop:v2"), "v2");
+        assert_eq!(image_version("shop"), "latest");
+        assert_eq!(image_version("localhost:5000/team/shop"), "latest");
+        assert_eq!(
+            image_version("localhost:5000/team/shop:http-500"),
+            "http-500"
+        );
+        assert_eq!(image_version("shop:v3@sha256:abc"), "v3");
     }
 }

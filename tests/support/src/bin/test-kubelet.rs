@@ -1,43 +1,150 @@
 //! Plays the kubelet for the local control plane, which has no container
-//! runtime: every pod is reported Running and Ready (conditions,
-//! containerStatuses, podIP), and pods being deleted are removed at once.
+//! runtime. It registers one Node, binds every pod to it (there is no
+//! scheduler either), and reports each pod Running and Ready (conditions,
+//! containerStatuses, podIP). Pods being deleted are removed at once.
+//!
+//! Pods really serve: each gets its own address on the loopback interface
+//! as its podIP, and the kubelet answers HTTP on that address for every TCP
+//! container port, so a gateway that reads EndpointSlices reaches them. See
+//! `ramp_test_support::PodAnswer` for what a pod answers. The addresses come
+//! from 10.244.0.0/16, which `tests/cluster/up.sh` routes to `lo`, not from
+//! 127.0.0.0/8: the API server refuses loopback-range addresses in
+//! EndpointSlices, so 127.x.y.z pods would never get endpoints.
 //!
 //! A pod is kept from ever becoming Ready when it carries the annotation
 //! `test.ramp.dev/never-ready: "true"` or any container image whose tag is
 //! `never-ready` (e.g. `nginx:never-ready`), so tests can exercise rollouts
-//! that cannot progress.
+//! that cannot progress. A container image tagged `http-500` answers every
+//! request with status 500.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use ramp_test_support::NEVER_READY_ANNOTATION;
+use ramp_test_support::{
+    NEVER_READY_ANNOTATION, POD_REQUESTS_PATH, PodAnswer, TEST_NODE_NAME, image_version,
+};
 use serde_json::json;
+use tokio::task::JoinHandle;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    // Without the pod network on lo no pod could serve; say so at once.
+    let first = SocketAddr::from((Ipv4Addr::from(FIRST_POD_ADDRESS), 0));
+    std::net::TcpListener::bind(first).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot listen on {first} ({error}): the pod network 10.244.0.0/16 is not on the loopback interface; \
+             tests/cluster/up.sh adds it with `ip addr add 10.244.0.1/16 dev lo`"
+        )
+    })?;
     let client = Client::try_default().await?;
+    register_node(&client).await?;
     let pods: Api<Pod> = Api::all(client.clone());
-    eprintln!("test-kubelet: watching pods");
-    let stream = watcher(pods, watcher::Config::default())
-        .default_backoff()
-        .applied_objects();
+    eprintln!("test-kubelet: node {TEST_NODE_NAME} registered; watching pods");
+    let mut kubelet = Kubelet::new(client);
+    let stream = watcher(pods, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     // A watch error (the API server restarting, say) is reported and the
     // backoff retries; the kubelet must outlive it like a real one does.
     while let Some(next) = stream.next().await {
-        let pod = match next {
-            Ok(pod) => pod,
-            Err(error) => {
-                eprintln!("test-kubelet: watch failed, retrying: {error}");
-                continue;
+        match next {
+            Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
+                kubelet.seen.insert(pod.uid().unwrap_or_default());
+                kubelet.handle(&pod).await;
             }
+            Ok(watcher::Event::Delete(pod)) => kubelet.forget(&pod.uid().unwrap_or_default()),
+            Ok(watcher::Event::Init) => kubelet.seen.clear(),
+            // Pods deleted while the watch was down never send a Delete.
+            Ok(watcher::Event::InitDone) => kubelet.forget_unseen(),
+            Err(error) => eprintln!("test-kubelet: watch failed, retrying: {error}"),
+        }
+    }
+    Ok(())
+}
+
+/// The one Node every pod runs on. The EndpointSlice controller leaves out
+/// pods whose node it cannot find, so the node must exist and be Ready.
+async fn register_node(client: &Client) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": TEST_NODE_NAME, "labels": {"kubernetes.io/hostname": TEST_NODE_NAME}},
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error),
+    }
+    let now = Timestamp::now().to_string();
+    let status = json!({"status": {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                      {"type": "Hostname", "address": TEST_NODE_NAME}],
+    }});
+    nodes
+        .patch_status(
+            TEST_NODE_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .map(|_| ())
+}
+
+struct Kubelet {
+    client: Client,
+    /// Pod UID to its loopback address, for as long as the pod exists.
+    addresses: HashMap<String, Ipv4Addr>,
+    in_use: HashSet<Ipv4Addr>,
+    next_address: u32,
+    /// Pod UID to the tasks serving its container ports.
+    servers: HashMap<String, Vec<JoinHandle<()>>>,
+    /// UIDs seen since the watch (re)started.
+    seen: HashSet<String>,
+}
+
+/// Pods get addresses from 10.244.1.1 upwards; 10.244.0.1 is the address
+/// `up.sh` puts on `lo` to route the whole /16 there.
+const FIRST_POD_ADDRESS: u32 = u32::from_be_bytes([10, 244, 1, 1]);
+const LAST_POD_ADDRESS: u32 = u32::from_be_bytes([10, 244, 255, 254]);
+
+impl Kubelet {
+    fn new(client: Client) -> Self {
+        Kubelet {
+            client,
+            addresses: HashMap::new(),
+            in_use: HashSet::new(),
+            next_address: FIRST_POD_ADDRESS,
+            servers: HashMap::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    async fn handle(&mut self, pod: &Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        let result = if pod.metadata.deletion_timestamp.is_some() {
+            // A real pod stops answering as it shuts down, before it is gone.
+            self.forget(&uid);
+            self.delete(pod).await
+        } else {
+            self.run(pod, &uid).await
         };
-        if let Err(error) = handle(&client, &pod).await {
+        if let Err(error) = result {
             eprintln!(
                 "test-kubelet: {}/{}: {error}",
                 pod.namespace().unwrap_or_default(),
@@ -45,79 +152,237 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
-}
 
-async fn handle(client: &Client, pod: &Pod) -> Result<(), kube::Error> {
-    let namespace = pod.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    if pod.metadata.deletion_timestamp.is_some() {
-        return match api
-            .delete(
-                &pod.name_any(),
-                &DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await
-        {
+    async fn delete(&self, pod: &Pod) -> Result<(), kube::Error> {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        match api.delete(&pod.name_any(), &now).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(error) => Err(error),
-        };
-    }
-    let ready = !never_ready(pod);
-    let status = pod.status.as_ref();
-    let reported_ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.status == "True");
-    let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
-    if running && reported_ready == Some(ready) {
-        return Ok(());
-    }
-    let now = Timestamp::now().to_string();
-    let flag = if ready { "True" } else { "False" };
-    let containers: Vec<_> = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": format!("test-kubelet://{}", c.image.clone().unwrap_or_default()),
-                "ready": ready,
-                "started": true,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": now}},
-            })
-        })
-        .collect();
-    let patch = json!({
-        "status": {
-            "phase": "Running",
-            "hostIP": "127.0.0.1",
-            "podIP": pod_ip(pod),
-            "podIPs": [{"ip": pod_ip(pod)}],
-            "startTime": now,
-            "conditions": [
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
-                {"type": "Ready", "status": flag, "lastTransitionTime": now},
-            ],
-            "containerStatuses": containers,
         }
-    });
-    api.patch_status(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
+    }
+
+    async fn run(&mut self, pod: &Pod, uid: &str) -> Result<(), kube::Error> {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let name = pod.name_any();
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some();
+        if !bound {
+            let binding = json!({
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": name},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": TEST_NODE_NAME},
+            });
+            match api
+                .create_subresource::<_, serde_json::Value>(
+                    "binding",
+                    &name,
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await
+            {
+                Ok(_) => {}
+                // Bound meanwhile (a watch replay): the next event carries it.
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let address = self.address_for(pod, uid);
+        if !self.servers.contains_key(uid) {
+            let servers = serve(pod, address);
+            self.servers.insert(uid.to_string(), servers);
+        }
+
+        let ready = !never_ready(pod);
+        let status = pod.status.as_ref();
+        let reported_ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status == "True");
+        let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+        let reported_address = status.and_then(|s| s.pod_ip.as_deref());
+        if running
+            && reported_ready == Some(ready)
+            && reported_address == Some(&address.to_string())
+        {
+            return Ok(());
+        }
+        let now = Timestamp::now().to_string();
+        let flag = if ready { "True" } else { "False" };
+        let containers: Vec<_> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "image": c.image.clone().unwrap_or_default(),
+                    "imageID": format!("test-kubelet://{}", c.image.clone().unwrap_or_default()),
+                    "ready": ready,
+                    "started": true,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": now}},
+                })
+            })
+            .collect();
+        let patch = json!({
+            "status": {
+                "phase": "Running",
+                "hostIP": "127.0.0.1",
+                "podIP": address.to_string(),
+                "podIPs": [{"ip": address.to_string()}],
+                "startTime": now,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
+                    {"type": "Ready", "status": flag, "lastTransitionTime": now},
+                ],
+                "containerStatuses": containers,
+            }
+        });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+    }
+
+    /// The pod's address: the one it already reports (a kubelet restart
+    /// keeps pods where they are), else the next free one.
+    fn address_for(&mut self, pod: &Pod, uid: &str) -> Ipv4Addr {
+        if let Some(address) = self.addresses.get(uid) {
+            return *address;
+        }
+        let reported = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| (FIRST_POD_ADDRESS..=LAST_POD_ADDRESS).contains(&u32::from(*ip)))
+            .filter(|ip| !self.in_use.contains(ip));
+        let address = reported.unwrap_or_else(|| self.next_free_address());
+        self.in_use.insert(address);
+        self.addresses.insert(uid.to_string(), address);
+        address
+    }
+
+    fn next_free_address(&mut self) -> Ipv4Addr {
+        loop {
+            let candidate = Ipv4Addr::from(self.next_address);
+            self.next_address = if self.next_address >= LAST_POD_ADDRESS {
+                FIRST_POD_ADDRESS
+            } else {
+                self.next_address + 1
+            };
+            // .0 and .255 last octets look like network and broadcast
+            // addresses to tools reading podIPs; skip them.
+            let last = candidate.octets()[3];
+            if last != 0 && last != 255 && !self.in_use.contains(&candidate) {
+                return candidate;
+            }
+        }
+    }
+
+    fn forget(&mut self, uid: &str) {
+        for server in self.servers.remove(uid).unwrap_or_default() {
+            server.abort();
+        }
+        if let Some(address) = self.addresses.remove(uid) {
+            self.in_use.remove(&address);
+        }
+    }
+
+    fn forget_unseen(&mut self) {
+        let gone: Vec<String> = self
+            .addresses
+            .keys()
+            .filter(|uid| !self.seen.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.forget(&uid);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Served {
+    answer: PodAnswer,
+    status: StatusCode,
+    requests: Arc<AtomicU64>,
+}
+
+/// One HTTP server per TCP container port, on the pod's own address.
+fn serve(pod: &Pod, address: Ipv4Addr) -> Vec<JoinHandle<()>> {
+    let name = pod.name_any();
+    let containers: Vec<Container> = pod.spec.iter().flat_map(|s| s.containers.clone()).collect();
+    let mut servers = Vec::new();
+    for container in &containers {
+        let image = container.image.clone().unwrap_or_default();
+        let version = image_version(&image).to_string();
+        let status = if version == "http-500" {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        };
+        for port in container.ports.iter().flatten() {
+            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                continue;
+            }
+            let Ok(number) = u16::try_from(port.container_port) else {
+                continue;
+            };
+            let served = Served {
+                answer: PodAnswer {
+                    pod: name.clone(),
+                    container: container.name.clone(),
+                    image: image.clone(),
+                    version: version.clone(),
+                },
+                status,
+                requests: Arc::new(AtomicU64::new(0)),
+            };
+            let socket = SocketAddr::from((address, number));
+            let pod_name = name.clone();
+            servers.push(tokio::spawn(async move {
+                let listener = match tokio::net::TcpListener::bind(socket).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        eprintln!("test-kubelet: {pod_name}: cannot listen on {socket}: {error}");
+                        return;
+                    }
+                };
+                let app = Router::new()
+                    .route(POD_REQUESTS_PATH, get(requests_served))
+                    .fallback(answer)
+                    .with_state(served);
+                if let Err(error) = axum::serve(listener, app).await {
+                    eprintln!("test-kubelet: {pod_name}: serving {socket} failed: {error}");
+                }
+            }));
+        }
+    }
+    servers
+}
+
+async fn answer(State(served): State<Served>) -> impl IntoResponse {
+    served.requests.fetch_add(1, Ordering::Relaxed);
+    (served.status, Json(served.answer.clone()))
+}
+
+/// How many requests the pod answered, for tests that count what a gateway
+/// sent (mirrored requests have no response anyone sees).
+async fn requests_served(State(served): State<Served>) -> String {
+    served.requests.load(Ordering::Relaxed).to_string()
 }
 
 fn never_ready(pod: &Pod) -> bool {
@@ -128,19 +393,7 @@ fn never_ready(pod: &Pod) -> bool {
     let tagged = pod.spec.iter().flat_map(|s| s.containers.iter()).any(|c| {
         c.image
             .as_deref()
-            .is_some_and(|i| i.ends_with(":never-ready"))
+            .is_some_and(|i| image_version(i) == "never-ready")
     });
     annotated || tagged
-}
-
-fn pod_ip(pod: &Pod) -> String {
-    let mut hasher = DefaultHasher::new();
-    pod.uid().unwrap_or_default().hash(&mut hasher);
-    let bits = hasher.finish();
-    format!(
-        "10.{}.{}.{}",
-        64 + (bits % 64),
-        (bits >> 8) % 256,
-        1 + (bits >> 16) % 254
-    )
 }
