@@ -41,7 +41,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 target_port="$(free_port)"; prom_port="$(free_port)"; ctl_port="$(free_port)"
 target/debug/metrics-target "127.0.0.1:$target_port" > "$state/metrics-target.log" 2>&1 & pids+=($!)
 set_ratio() { curl -fsS -X POST "http://127.0.0.1:$target_port/set?series=app_errors_ratio%7Bservice%3D%22api-canary%22%7D&value=$1" >/dev/null; }
-sleep 0.5
+# Wait for the endpoint to answer rather than for a fixed time.
+for _ in $(seq 1 100); do set_ratio 0.01 2>/dev/null && break; sleep 0.2; done
 set_ratio 0.01
 cat > "$state/prometheus.yml" <<YAML
 global: {scrape_interval: 1s, evaluation_interval: 1s}

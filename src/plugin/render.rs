@@ -172,10 +172,12 @@ fn canary_progress(rollout: &Rollout) -> Option<(String, i32, i32)> {
     } else {
         crate::planner::weight_at(&canary.steps, index)
     };
+    // Once promoted, the stable side is the new revision: all of it.
+    let promoted = status.stable_rs.is_some() && status.stable_rs == status.current_pod_hash;
     let actual = status
         .canary
         .and_then(|c| c.weights)
-        .map(|w| w.canary.weight)
+        .map(|w| if promoted { 100 } else { w.canary.weight })
         .unwrap_or(set_weight);
     Some((format!("{index}/{total}"), set_weight, actual))
 }
@@ -197,11 +199,14 @@ fn routing_lines(rollout: &Rollout) -> Vec<(&'static str, String)> {
         .as_ref()
         .and_then(|s| s.canary.clone())
         .unwrap_or_default();
+    let status = rollout.status.clone().unwrap_or_default();
+    let promoted = status.stable_rs.is_some() && status.stable_rs == status.current_pod_hash;
     let asked = canary.weights.as_ref().map(|w| w.canary.weight);
     let verified = match (
         canary.verified_weight,
         canary.weights.as_ref().and_then(|w| w.verified),
     ) {
+        (Some(0), Some(true)) if promoted => "100 (all on stable, the new revision)".to_string(),
         (Some(weight), Some(true)) => weight.to_string(),
         (Some(weight), _) => match asked {
             Some(asked) => format!("{weight} (routes not yet at {asked})"),
@@ -303,7 +308,16 @@ pub fn render_rollout(view: &View<'_>) -> String {
             field(&mut out, label, &value);
         }
         let replicas = rollout.replicas();
-        let (canary, stable) = weighted_counts(replicas, set_weight, 1);
+        let (canary, mut stable) = weighted_counts(replicas, set_weight, 1);
+        // A router moves the traffic; stable keeps its pods unless
+        // dynamicStableScale shrinks it behind the weight.
+        let routed =
+            rollout.spec.strategy.canary.as_ref().is_some_and(|c| {
+                c.traffic_routing.is_some() && c.dynamic_stable_scale != Some(true)
+            });
+        if routed && set_weight < 100 {
+            stable = replicas;
+        }
         field(
             &mut out,
             "  Pods",
