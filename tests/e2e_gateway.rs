@@ -635,3 +635,55 @@ async fn removing_traffic_routing_hands_the_route_back() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// Traefik 3.6 does not implement RequestMirror: given a mirror rule it
+/// reports the route Accepted and answers the matching requests with 500s.
+/// Its GatewayClass says so in status.supportedFeatures, and Ramp refuses the
+/// rollout up front instead of breaking those requests halfway through.
+#[tokio::test]
+async fn a_mirror_step_through_a_gateway_that_cannot_mirror_is_refused_before_anything_moves()
+-> anyhow::Result<()> {
+    let gateway = Gateway::local()?;
+    let env = Env::start("gateway-mirror").await?;
+    let host = host_of(&env);
+    let steps = r#"
+      - setWeight: 20
+      - setMirrorRoute: {name: beta, percentage: 50, match: [{method: {exact: GET}}]}
+      - pause: {}"#;
+    env.apply(&manifests(&env, &gateway, &host, "", steps))
+        .await?;
+    let rollout = env
+        .wait_rollout(
+            "shop",
+            "InvalidSpec naming the mirror step and the GatewayClass",
+            |r| {
+                r.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "InvalidSpec"
+                            && c.message.as_deref().is_some_and(|m| {
+                                m.contains("steps[1].setMirrorRoute")
+                                    && m.contains("GatewayClass traefik")
+                                    && m.contains("HTTPRouteRequestMirror")
+                            })
+                    })
+                })
+            },
+        )
+        .await?;
+    assert_eq!(
+        rollout.status.and_then(|s| s.phase),
+        Some(RolloutPhase::Degraded)
+    );
+    let (canary, stable, names) = route_state(&env).await?;
+    assert_eq!(
+        (canary, stable),
+        (Value::from(0), Value::from(100)),
+        "no weight changed"
+    );
+    assert!(
+        !names.contains(&Value::from("beta")),
+        "no mirror rule was written: {names:?}"
+    );
+    env.cleanup().await;
+    Ok(())
+}

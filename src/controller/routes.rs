@@ -45,9 +45,15 @@ impl RouteCaches {
                 );
                 continue;
             };
+            // Gateways and GatewayClasses sit outside the Rollouts'
+            // namespace, so they are read cluster-wide even by a namespaced
+            // controller; where RBAC forbids it the cache stays empty and the
+            // checks that use them do not apply.
             let api: Api<DynamicObject> = match namespace {
-                Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
-                None => Api::all_with(client.clone(), &resource),
+                Some(namespace) if !kind.informational() => {
+                    Api::namespaced_with(client.clone(), namespace, &resource)
+                }
+                _ => Api::all_with(client.clone(), &resource),
             };
             let writer = reflector::store::Writer::new(resource.clone());
             let store = writer.as_reader();
@@ -65,10 +71,13 @@ impl RouteCaches {
         (caches, streams)
     }
 
+    /// Whether every route cache has synced. The informational ones do not
+    /// count: one the controller may not read would hold readiness forever.
     pub fn ready(&self) -> bool {
         self.stores
-            .values()
-            .all(|(_, store)| super::is_ready(store))
+            .iter()
+            .filter(|(kind, _)| !kind.informational())
+            .all(|(_, (_, store))| super::is_ready(store))
     }
 
     pub fn served(&self) -> Vec<RouteKind> {
@@ -81,8 +90,11 @@ impl RouteCaches {
     /// copy goes too rather than hide the deletion.
     pub fn get(&self, reference: &RouteRef) -> Option<Arc<DynamicObject>> {
         let (resource, store) = self.stores.get(&reference.kind)?;
-        let key =
-            ObjectRef::new_with(&reference.name, resource.clone()).within(&reference.namespace);
+        let mut key = ObjectRef::new_with(&reference.name, resource.clone());
+        // Cluster-scoped objects (GatewayClasses) have no namespace.
+        if !reference.namespace.is_empty() {
+            key = key.within(&reference.namespace);
+        }
         let cached = store.get(&key);
         let mut recent = lock(&self.recent);
         match (recent.get(reference), cached) {
@@ -106,15 +118,38 @@ impl RouteCaches {
     }
 }
 
-/// The live routes a Rollout names, for its snapshot.
+/// The live routes a Rollout names, for its snapshot, with the Gateways
+/// they attach to and those Gateways' classes where they are cached.
 pub fn live_routes(ctx: &Context, rollout: &Rollout) -> Vec<(RouteRef, Arc<DynamicObject>)> {
-    crate::planner::traffic::referenced_routes(rollout)
-        .into_iter()
-        .filter_map(|reference| {
-            let object = ctx.routes.get(&reference)?;
-            Some((reference, object))
-        })
-        .collect()
+    let mut found: Vec<(RouteRef, Arc<DynamicObject>)> =
+        crate::planner::traffic::referenced_routes(rollout)
+            .into_iter()
+            .filter_map(|reference| {
+                let object = ctx.routes.get(&reference)?;
+                Some((reference, object))
+            })
+            .collect();
+    let gateways: Vec<RouteRef> = found
+        .iter()
+        .flat_map(|(reference, object)| crate::planner::traffic::parent_gateways(reference, object))
+        .collect();
+    for gateway in gateways {
+        if found.iter().any(|(r, _)| *r == gateway) {
+            continue;
+        }
+        let Some(object) = ctx.routes.get(&gateway) else {
+            continue;
+        };
+        let class = crate::planner::traffic::gateway_class(&object)
+            .and_then(|class| Some((class.clone(), ctx.routes.get(&class)?)));
+        found.push((gateway, object));
+        if let Some(class) = class
+            && !found.iter().any(|(r, _)| *r == class.0)
+        {
+            found.push(class);
+        }
+    }
+    found
 }
 
 pub fn as_live<'a>(routes: &'a [(RouteRef, Arc<DynamicObject>)]) -> LiveRoutes<'a> {

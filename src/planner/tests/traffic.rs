@@ -411,6 +411,89 @@ fn a_deleted_rollout_hands_its_routes_back_before_the_finalizer_goes() {
     );
 }
 
+fn with_gateway_class(world: &mut World, features: Option<Value>) {
+    let gateway: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": "shop"},
+        "spec": {"gatewayClassName": "proxy", "listeners": []},
+    }))
+    .expect("fixture gateway");
+    let mut class = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "proxy"},
+        "spec": {"controllerName": "example.com/proxy"},
+    });
+    if let Some(features) = features {
+        class["status"] = json!({"supportedFeatures": features});
+    }
+    world
+        .routes
+        .insert(route_ref(RouteKind::Gateway, "edge"), gateway);
+    world.routes.insert(
+        RouteRef {
+            kind: RouteKind::GatewayClass,
+            namespace: String::new(),
+            name: "proxy".into(),
+        },
+        serde_json::from_value(class).expect("fixture class"),
+    );
+}
+
+fn mirror_canary() -> World {
+    let steps = json!([
+        {"setWeight": 10},
+        {"setMirrorRoute": {"name": "beta-testers", "percentage": 50, "match": [{"method": {"exact": "POST"}}]}},
+        {"pause": {}},
+    ]);
+    gateway_canary(steps, json!({}))
+}
+
+#[test]
+fn a_mirror_step_is_refused_up_front_when_the_gateway_class_cannot_mirror() {
+    let mut world = mirror_canary();
+    with_gateway_class(
+        &mut world,
+        Some(json!([{"name": "HTTPRouteHeaderMatching"}, {"name": "Gateway"}])),
+    );
+    let before = route(&world).clone();
+    world.settle();
+    let status = world.status();
+    let invalid = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "InvalidSpec")
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(invalid.contains("steps[1].setMirrorRoute"), "{invalid}");
+    assert!(invalid.contains("GatewayClass proxy"), "{invalid}");
+    assert!(invalid.contains("HTTPRouteRequestMirror"), "{invalid}");
+    assert_eq!(route(&world), &before, "nothing is written to the route");
+}
+
+#[test]
+fn a_mirror_step_runs_when_the_class_lists_mirroring_or_lists_nothing() {
+    for features in [
+        Some(json!([{"name": "HTTPRouteRequestMirror"}])),
+        Some(json!(["HTTPRouteRequestMirror"])),
+        None,
+    ] {
+        let mut world = mirror_canary();
+        with_gateway_class(&mut world, features.clone());
+        deployed(&mut world);
+        world.set_image("web:2");
+        world.settle();
+        assert_eq!(
+            world.status().current_step_index,
+            Some(2),
+            "features {features:?}"
+        );
+        assert!(
+            rule_names(&world).contains(&Value::from("beta-testers")),
+            "the mirror rule is in place with features {features:?}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_route_or_one_without_both_backends_is_invalid_spec_and_nothing_moves() {
     let mut world = gateway_canary(json!([{"setWeight": 20}]), json!({}));

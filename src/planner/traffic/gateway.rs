@@ -84,6 +84,11 @@ impl TrafficRouter for GatewayApiRouter {
                     route.reference
                 )));
             }
+            if let Some(step) = desired.mirror_step
+                && route.reference.kind == RouteKind::HttpRoute
+            {
+                problems.extend(mirror_unsupported(live, &route.reference, object, step));
+            }
             let rules = rules_of(object);
             let weighted = weighted_rules(&rules, desired, &self.namespace, &route.reference);
             if weighted.is_empty() {
@@ -445,6 +450,54 @@ fn signature(rule: &Value) -> Value {
         .collect();
     backends.sort();
     json!({"matches": matches, "filters": filters, "backends": backends})
+}
+
+/// The Gateway API feature name a GatewayClass lists in
+/// `status.supportedFeatures` when its data plane mirrors requests.
+const MIRROR_FEATURE: &str = "HTTPRouteRequestMirror";
+
+/// A problem for each parent Gateway whose class publishes its supported
+/// features without request mirroring. Such a data plane may accept the
+/// route and still fail the mirrored requests (Traefik 3.6 answers them
+/// with 500s while reporting the route Accepted), so Ramp refuses before
+/// the rollout starts. A class that publishes nothing, or one the
+/// controller cannot read, is not second-guessed.
+fn mirror_unsupported(
+    live: &LiveRoutes<'_>,
+    reference: &RouteRef,
+    object: &kube::api::DynamicObject,
+    step: usize,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for gateway_ref in super::parent_gateways(reference, object) {
+        let Some(gateway) = live.get(&gateway_ref) else {
+            continue;
+        };
+        let Some(class_ref) = super::gateway_class(gateway) else {
+            continue;
+        };
+        let Some(class) = live.get(&class_ref) else {
+            continue;
+        };
+        let Some(features) = class.data["status"]["supportedFeatures"].as_array() else {
+            continue;
+        };
+        // Gateway API v1.2 made the entries objects ({name}); before, strings.
+        let supported = features
+            .iter()
+            .any(|f| f.as_str().or_else(|| f["name"].as_str()) == Some(MIRROR_FEATURE));
+        if features.is_empty() || supported {
+            continue;
+        }
+        problems.push(Problem {
+            field: format!("spec.strategy.canary.steps[{step}].setMirrorRoute"),
+            message: format!(
+                "GatewayClass {} (of Gateway {}/{}, a parent of {reference}) does not list {MIRROR_FEATURE} in status.supportedFeatures, so its data plane cannot be trusted to mirror; remove the setMirrorRoute steps or route through a gateway that supports request mirroring",
+                class_ref.name, gateway_ref.namespace, gateway_ref.name
+            ),
+        });
+    }
+    problems
 }
 
 /// Ok when every parentRef has a status entry whose Accepted and

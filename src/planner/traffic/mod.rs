@@ -28,17 +28,30 @@ pub enum RouteKind {
     TlsRoute,
     VirtualService,
     DestinationRule,
+    /// Read only: a route's parent, for its GatewayClass.
+    Gateway,
+    /// Read only, cluster-scoped: what the data plane says it supports.
+    GatewayClass,
 }
 
 impl RouteKind {
-    pub const ALL: [RouteKind; 6] = [
+    pub const ALL: [RouteKind; 8] = [
         RouteKind::HttpRoute,
         RouteKind::GrpcRoute,
         RouteKind::TcpRoute,
         RouteKind::TlsRoute,
         RouteKind::VirtualService,
         RouteKind::DestinationRule,
+        RouteKind::Gateway,
+        RouteKind::GatewayClass,
     ];
+
+    /// Gateways and GatewayClasses only inform checks: they live outside
+    /// the Rollout's namespace (or any namespace), so they are read
+    /// cluster-wide where the controller may, and are never patched.
+    pub fn informational(self) -> bool {
+        matches!(self, RouteKind::Gateway | RouteKind::GatewayClass)
+    }
 
     pub fn group(self) -> &'static str {
         match self {
@@ -59,6 +72,8 @@ impl RouteKind {
             RouteKind::TlsRoute => "TLSRoute",
             RouteKind::VirtualService => "VirtualService",
             RouteKind::DestinationRule => "DestinationRule",
+            RouteKind::Gateway => "Gateway",
+            RouteKind::GatewayClass => "GatewayClass",
         }
     }
 
@@ -70,6 +85,8 @@ impl RouteKind {
             RouteKind::TlsRoute => "tlsroutes",
             RouteKind::VirtualService => "virtualservices",
             RouteKind::DestinationRule => "destinationrules",
+            RouteKind::Gateway => "gateways",
+            RouteKind::GatewayClass => "gatewayclasses",
         }
     }
 
@@ -107,8 +124,50 @@ pub struct RoutePatch {
     pub operations: Vec<Value>,
 }
 
-/// The live route objects, as the snapshot has them.
+/// The live route objects, as the snapshot has them, with the Gateways and
+/// GatewayClasses they attach to where the controller can read them.
 pub type LiveRoutes<'a> = BTreeMap<RouteRef, &'a DynamicObject>;
+
+/// The Gateways a Gateway API route attaches to (parentRefs of kind
+/// Gateway, the default).
+pub fn parent_gateways(route: &RouteRef, object: &DynamicObject) -> Vec<RouteRef> {
+    if !matches!(
+        route.kind,
+        RouteKind::HttpRoute | RouteKind::GrpcRoute | RouteKind::TcpRoute | RouteKind::TlsRoute
+    ) {
+        return Vec::new();
+    }
+    object.data["spec"]["parentRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["kind"].as_str().unwrap_or("Gateway") == "Gateway")
+        .filter(|p| p["group"].as_str().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP)
+        .filter_map(|p| {
+            Some(RouteRef {
+                kind: RouteKind::Gateway,
+                namespace: p["namespace"]
+                    .as_str()
+                    .unwrap_or(&route.namespace)
+                    .to_string(),
+                name: p["name"].as_str()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The GatewayClass of a Gateway.
+pub fn gateway_class(gateway: &DynamicObject) -> Option<RouteRef> {
+    Some(RouteRef {
+        kind: RouteKind::GatewayClass,
+        namespace: String::new(),
+        name: gateway.data["spec"]["gatewayClassName"]
+            .as_str()?
+            .to_string(),
+    })
+}
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// What the routers should carry.
 #[derive(Clone, Debug, PartialEq)]
@@ -125,6 +184,9 @@ pub struct DesiredTraffic<'a> {
     pub mirror_routes: Vec<&'a SetMirrorRoute>,
     /// Names of every managed route, so stale ones can be found and removed.
     pub managed_names: Vec<&'a str>,
+    /// The first step with a mirror route, if any: the gateway must be
+    /// able to mirror before the rollout starts, not halfway.
+    pub mirror_step: Option<usize>,
 }
 
 /// What one router found and wants.
@@ -353,6 +415,11 @@ impl<'a> Routing<'a> {
                 .iter()
                 .map(|r| r.name.as_str())
                 .collect(),
+            mirror_step: self.canary.steps.iter().position(|s| {
+                s.set_mirror_route
+                    .as_ref()
+                    .is_some_and(|r| !r.matches.is_empty())
+            }),
         }
     }
 

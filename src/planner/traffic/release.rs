@@ -35,6 +35,7 @@ pub fn release_patches(
             .iter()
             .map(|r| r.name.as_str())
             .collect(),
+        mirror_step: None,
     };
     routers(&strategy, namespace)
         .iter()
