@@ -48,6 +48,10 @@ struct Cli {
     /// Rollouts reconciled at the same time (each one is never reconciled twice at once).
     #[arg(long, env = "RAMP_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Seconds between looks for route CRDs (Gateway API, Istio) installed
+    /// after the controller started.
+    #[arg(long, env = "RAMP_ROUTE_DISCOVERY_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    route_discovery_seconds: u64,
     /// Client-side limit on requests per second to the API server; 0 turns it off.
     /// Events are paced by a second limit of the same size, so they never delay rollout writes.
     #[arg(long, env = "RAMP_KUBE_API_QPS", default_value_t = 200.0)]
@@ -185,6 +189,7 @@ async fn main() -> ExitCode {
         lease_duration: Duration::from_secs(cli.lease_duration_seconds),
         http_address: cli.http_address.clone(),
         concurrency: cli.concurrency,
+        route_discovery_interval: Duration::from_secs(cli.route_discovery_seconds),
         analysis_policy,
         shard,
     };

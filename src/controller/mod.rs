@@ -172,6 +172,8 @@ pub struct Settings {
     pub http_address: String,
     /// Rollouts reconciled at once.
     pub concurrency: u16,
+    /// How often to look for route CRDs installed after startup.
+    pub route_discovery_interval: Duration,
     /// Which metric addresses and Secrets analysis may reach.
     pub analysis_policy: crate::analysis::policy::AnalysisPolicy,
     /// The Rollouts this process reconciles.
@@ -589,6 +591,18 @@ async fn start_controllers(
         }
     };
     tokio::spawn(readiness);
+    // Route CRDs installed after startup (Istio or Gateway API added to a
+    // running cluster) get their caches without a restart.
+    {
+        let context = context.clone();
+        let interval = settings.route_discovery_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                context.routes.discover_missing().await;
+            }
+        });
+    }
 
     let rollout_controller = rollouts::run(
         rollout_controller,

@@ -48,7 +48,7 @@ pub(super) struct Triggers {
     pub runs: Watched<AnalysisRun>,
     pub templates: Watched<AnalysisTemplate>,
     pub cluster_templates: Watched<ClusterAnalysisTemplate>,
-    pub routes: Vec<super::routes::RouteEvents>,
+    pub routes: super::routes::RouteEvents,
 }
 
 pub(super) async fn run(

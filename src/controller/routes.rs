@@ -3,15 +3,16 @@
 //! CRD the API server serves, and the narrow JSON patches the planner asks for.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use futures::channel::mpsc;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::index::Reference;
 use super::{Context, Error, lock, trim};
@@ -20,26 +21,51 @@ use crate::planner::traffic::{LiveRoutes, RouteKind, RoutePatch, RouteRef};
 
 /// The route caches, and what this controller last wrote to each route
 /// until the cache shows it.
-#[derive(Default)]
 pub struct RouteCaches {
-    stores: BTreeMap<RouteKind, (ApiResource, Store<DynamicObject>)>,
+    client: Client,
+    namespace: Option<String>,
+    stores: RwLock<BTreeMap<RouteKind, (ApiResource, Store<DynamicObject>)>>,
     recent: Mutex<HashMap<RouteRef, Arc<DynamicObject>>>,
+    /// Where the event stream of each newly started cache goes.
+    new_streams: mpsc::UnboundedSender<KindEvents>,
 }
 
-/// A stream of route objects that changed, for triggering the Rollouts naming them.
+/// The route objects that changed, for triggering the Rollouts naming them.
 pub type RouteEvents = BoxStream<'static, Result<(RouteKind, DynamicObject), watcher::Error>>;
+type KindEvents = RouteEvents;
 
 impl RouteCaches {
     /// Finds which route kinds the API server serves and starts a cache for
-    /// each. A kind whose CRD is missing is skipped: Rollouts naming one are
-    /// told the route is not found.
-    pub async fn start(client: &Client, namespace: &Option<String>) -> (Self, Vec<RouteEvents>) {
-        let mut caches = RouteCaches::default();
-        let mut streams = Vec::new();
-        for kind in RouteKind::ALL {
+    /// each. A kind whose CRD is missing is skipped for now: Rollouts naming
+    /// one are told the route is not found until [`Self::discover_missing`]
+    /// finds the CRD installed.
+    pub async fn start(client: &Client, namespace: &Option<String>) -> (Self, RouteEvents) {
+        let (sender, receiver) = mpsc::unbounded();
+        let caches = RouteCaches {
+            client: client.clone(),
+            namespace: namespace.clone(),
+            stores: RwLock::default(),
+            recent: Mutex::default(),
+            new_streams: sender,
+        };
+        caches.discover_missing().await;
+        (caches, receiver.flatten_unordered(None).boxed())
+    }
+
+    /// Starts a cache for every route kind the API server serves that has
+    /// none yet.
+    pub async fn discover_missing(&self) {
+        let missing: Vec<RouteKind> = {
+            let stores = read(&self.stores);
+            RouteKind::ALL
+                .into_iter()
+                .filter(|kind| !stores.contains_key(kind))
+                .collect()
+        };
+        for kind in missing {
             let gvk = GroupVersionKind::gvk(kind.group(), kind.version(), kind.kind());
-            let Ok((resource, _)) = kube::discovery::pinned_kind(client, &gvk).await else {
-                info!(
+            let Ok((resource, _)) = kube::discovery::pinned_kind(&self.client, &gvk).await else {
+                debug!(
                     kind = kind.kind(),
                     "CRD not served; Rollouts cannot route through this kind"
                 );
@@ -49,11 +75,11 @@ impl RouteCaches {
             // namespace, so they are read cluster-wide even by a namespaced
             // controller; where RBAC forbids it the cache stays empty and the
             // checks that use them do not apply.
-            let api: Api<DynamicObject> = match namespace {
+            let api: Api<DynamicObject> = match &self.namespace {
                 Some(namespace) if !kind.informational() => {
-                    Api::namespaced_with(client.clone(), namespace, &resource)
+                    Api::namespaced_with(self.client.clone(), namespace, &resource)
                 }
-                _ => Api::all_with(client.clone(), &resource),
+                _ => Api::all_with(self.client.clone(), &resource),
             };
             let writer = reflector::store::Writer::new(resource.clone());
             let store = writer.as_reader();
@@ -65,23 +91,25 @@ impl RouteCaches {
             let stream = super::triggers::settled_objects(events)
                 .map_ok(move |object| (kind, object))
                 .boxed();
-            streams.push(stream);
-            caches.stores.insert(kind, (resource, store));
+            // The receiver lives as long as the controller; a send can only
+            // fail while it shuts down.
+            if self.new_streams.unbounded_send(stream).is_err() {
+                return;
+            }
+            info!(kind = kind.kind(), "route kind served; cache started");
+            write(&self.stores).insert(kind, (resource, store));
         }
-        (caches, streams)
     }
 
-    /// Whether every route cache has synced. The informational ones do not
-    /// count: one the controller may not read would hold readiness forever.
     pub fn ready(&self) -> bool {
-        self.stores
+        read(&self.stores)
             .iter()
             .filter(|(kind, _)| !kind.informational())
             .all(|(_, (_, store))| super::is_ready(store))
     }
 
     pub fn served(&self) -> Vec<RouteKind> {
-        self.stores.keys().copied().collect()
+        read(&self.stores).keys().copied().collect()
     }
 
     /// The freshest copy of a route: our own last write while the cache
@@ -89,7 +117,7 @@ impl RouteCaches {
     /// from the cache was deleted (we only patch routes that exist), so our
     /// copy goes too rather than hide the deletion.
     pub fn get(&self, reference: &RouteRef) -> Option<Arc<DynamicObject>> {
-        let (resource, store) = self.stores.get(&reference.kind)?;
+        let (resource, store) = read(&self.stores).get(&reference.kind)?.clone();
         let mut key = ObjectRef::new_with(&reference.name, resource.clone());
         // Cluster-scoped objects (GatewayClasses) have no namespace.
         if !reference.namespace.is_empty() {
@@ -113,8 +141,10 @@ impl RouteCaches {
         lock(&self.recent).insert(reference.clone(), Arc::new(object));
     }
 
-    fn resource(&self, kind: RouteKind) -> Option<&ApiResource> {
-        self.stores.get(&kind).map(|(resource, _)| resource)
+    fn resource(&self, kind: RouteKind) -> Option<ApiResource> {
+        read(&self.stores)
+            .get(&kind)
+            .map(|(resource, _)| resource.clone())
     }
 }
 
@@ -162,9 +192,9 @@ pub fn as_live<'a>(routes: &'a [(RouteRef, Arc<DynamicObject>)]) -> LiveRoutes<'
 /// The Rollouts to reconcile when a route changes.
 pub fn triggers(
     ctx: Arc<Context>,
-    streams: Vec<RouteEvents>,
+    events: RouteEvents,
 ) -> impl Stream<Item = ObjectRef<Rollout>> + Send + 'static {
-    futures::stream::select_all(streams)
+    events
         .filter_map(|event| async move { event.ok() })
         .flat_map(move |(kind, object)| {
             let reference = Reference::Route {
@@ -186,7 +216,7 @@ pub async fn execute(ctx: &Context, patches: &[RoutePatch]) -> Result<(), Error>
             continue;
         };
         let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), &target.namespace, resource);
+            Api::namespaced_with(ctx.client.clone(), &target.namespace, &resource);
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(
             change.operations.clone(),
         ))
@@ -212,4 +242,16 @@ pub async fn execute(ctx: &Context, patches: &[RoutePatch]) -> Result<(), Error>
         ctx.routes.remember(target, patched);
     }
     Ok(())
+}
+
+/// The lock's data even if a panic elsewhere poisoned it: the map stays
+/// consistent because every write is a single insert.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
