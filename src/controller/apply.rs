@@ -26,10 +26,9 @@ pub(super) async fn execute(
     plan: &Plan,
 ) -> Result<(), Error> {
     let name = rollout.name_any();
-    // The finalizer goes on before any route is written, so a deletion
-    // from here on waits for the routes to be handed back.
-    // The status write below is preconditioned on the resourceVersion, which
-    // this patch moves on.
+    // The finalizer goes on before any route is written, so a deletion from
+    // here on waits for the routes to be handed back. Its patch moves the
+    // resourceVersion on, which the status write below is preconditioned on.
     let mut resource_version = rollout.resource_version();
     if plan.finalizer == Some(true)
         && let Some(written) = set_finalizer(ctx, rollout, namespace, true).await?

@@ -27,12 +27,11 @@ pub struct RouteCaches {
     stores: RwLock<BTreeMap<RouteKind, (ApiResource, Store<DynamicObject>)>>,
     recent: Mutex<HashMap<RouteRef, Arc<DynamicObject>>>,
     /// Where the event stream of each newly started cache goes.
-    new_streams: mpsc::UnboundedSender<KindEvents>,
+    new_streams: mpsc::UnboundedSender<RouteEvents>,
 }
 
 /// The route objects that changed, for triggering the Rollouts naming them.
 pub type RouteEvents = BoxStream<'static, Result<(RouteKind, DynamicObject), watcher::Error>>;
-type KindEvents = RouteEvents;
 
 impl RouteCaches {
     /// Finds which route kinds the API server serves and starts a cache for
