@@ -319,12 +319,9 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
             status(&rollouts, &namespace, &name, watch, timeout, output).await
         }
         Command::Promote { name, full } => {
-            act(&rollouts, &fetch(name).await?, |r| {
-                actions::promote(r, full)
-            })
-            .await
+            act(&rollouts, &namespace, &name, |r| actions::promote(r, full)).await
         }
-        Command::Abort { name } => act(&rollouts, &fetch(name).await?, actions::abort).await,
+        Command::Abort { name } => act(&rollouts, &namespace, &name, actions::abort).await,
         Command::Retry { args } => {
             let name = match args.as_slice() {
                 [name] => name.clone(),
@@ -337,10 +334,10 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
                     ));
                 }
             };
-            act(&rollouts, &fetch(name).await?, actions::retry).await
+            act(&rollouts, &namespace, &name, actions::retry).await
         }
-        Command::Pause { name } => act(&rollouts, &fetch(name).await?, actions::pause).await,
-        Command::Resume { name } => act(&rollouts, &fetch(name).await?, actions::resume).await,
+        Command::Pause { name } => act(&rollouts, &namespace, &name, actions::pause).await,
+        Command::Resume { name } => act(&rollouts, &namespace, &name, actions::resume).await,
         Command::Restart { name, delay } => {
             let delay = delay
                 .map(|d| parse_duration(&d).map_err(|e| PluginError::Usage(format!("--in: {e}"))))
@@ -350,12 +347,12 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
                     SignedDuration::try_from(delay.unwrap_or_default()).unwrap_or_default(),
                 )
                 .map_err(|e| PluginError::Usage(format!("--in: {e}")))?;
-            act(&rollouts, &fetch(name).await?, |r| actions::restart(r, at)).await
+            act(&rollouts, &namespace, &name, |r| actions::restart(r, at)).await
         }
         Command::Undo { name, to_revision } => {
-            let rollout = fetch(name).await?;
+            let rollout = fetch(name.clone()).await?;
             let sets = owned_replica_sets(&client, &namespace, &rollout).await?;
-            act(&rollouts, &rollout, |r| {
+            act(&rollouts, &namespace, &name, |r| {
                 actions::undo(r, &sets, to_revision)
             })
             .await
@@ -364,7 +361,7 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
             what: SetWhat::Image { name, images },
         } => {
             let pairs = actions::parse_image_specs(&images)?;
-            act(&rollouts, &fetch(name).await?, |r| {
+            act(&rollouts, &namespace, &name, |r| {
                 actions::set_image(r, &pairs)
             })
             .await
@@ -502,19 +499,38 @@ async fn get_rollout(
 }
 
 /// Decides with `decide`, then writes spec and status patches.
+/// How many times a steering command re-reads the rollout and decides again
+/// when the controller wrote in between (its status moves on every step).
+const CONFLICT_ATTEMPTS: usize = 5;
+
+/// Reads the rollout, decides, writes. A write carries the resourceVersion
+/// the decision was based on, so a concurrent change is refused by the API
+/// server; the command then decides again on what is there now instead of
+/// failing, as kubectl's own retry-on-conflict does. Only the first write
+/// can conflict: the status write after a spec write goes without a version.
 async fn act(
     api: &Api<Rollout>,
-    rollout: &Rollout,
-    decide: impl FnOnce(&Rollout) -> Result<Change, Refusal>,
+    namespace: &str,
+    name: &str,
+    decide: impl Fn(&Rollout) -> Result<Change, Refusal>,
 ) -> Result<(), PluginError> {
-    let change = decide(rollout)?;
-    let name = rollout.metadata.name.clone().unwrap_or_default();
+    let mut attempt = 1;
+    loop {
+        let rollout = get_rollout(api, name, namespace).await?;
+        match write_change(api, name, &decide(&rollout)?).await {
+            Err(PluginError::Conflict) if attempt < CONFLICT_ATTEMPTS => attempt += 1,
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn write_change(api: &Api<Rollout>, name: &str, change: &Change) -> Result<(), PluginError> {
     let params = PatchParams {
         field_manager: Some(PLUGIN_FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
     if let Some(spec) = &change.spec {
-        api.patch(&name, &params, &Patch::Merge(spec))
+        api.patch(name, &params, &Patch::Merge(spec))
             .await
             .map_err(|e| api_error(&format!("updating rollout {name}"), e))?;
     }
@@ -524,7 +540,7 @@ async fn act(
             // The spec write moved the resourceVersion; status fields are checked by the controller anyway.
             status["metadata"] = serde_json::json!({});
         }
-        api.patch_status(&name, &params, &Patch::Merge(&status))
+        api.patch_status(name, &params, &Patch::Merge(&status))
             .await
             .map_err(|e| api_error(&format!("updating status of rollout {name}"), e))?;
     }
@@ -755,5 +771,123 @@ async fn status(
                 )))
             }),
         None => follow.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// What the fake API server saw: method, path and, for writes, the resourceVersion sent.
+    type Seen = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
+
+    fn rollout_at(version: u32, aborted: bool) -> Value {
+        json!({
+            "apiVersion": "ramp.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "web", "namespace": "ns", "resourceVersion": version.to_string()},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {}, "strategy": {"canary": {}}},
+            "status": {"currentPodHash": "new", "stableRS": "old", "abort": aborted}
+        })
+    }
+
+    /// A fake API server: GETs return the rollout at the next version, and the
+    /// first `conflicts` status writes are refused with 409 Conflict.
+    fn client(conflicts: usize, aborted_after_first_read: bool, seen: Seen) -> Client {
+        let reads = Arc::new(Mutex::new(0u32));
+        let writes = Arc::new(Mutex::new(0usize));
+        let service = tower::service_fn(move |request: http::Request<Body>| {
+            let (seen, reads, writes) = (seen.clone(), reads.clone(), writes.clone());
+            async move {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let body = request
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .unwrap_or_default();
+                let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let version = sent["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(String::from);
+                seen.lock().unwrap().push((method.clone(), path, version));
+                let (code, answer) = if method == "GET" {
+                    let mut reads = reads.lock().unwrap();
+                    *reads += 1;
+                    let aborted = aborted_after_first_read && *reads > 1;
+                    (200, rollout_at(*reads, aborted))
+                } else {
+                    let mut writes = writes.lock().unwrap();
+                    *writes += 1;
+                    if *writes <= conflicts {
+                        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "Conflict", "code": 409,
+                            "message": "the object has been modified; please apply your changes to the latest version"});
+                        (409, status)
+                    } else {
+                        (200, rollout_at(100, true))
+                    }
+                };
+                let response = http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap_or_default()))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        Client::new(service, "ns")
+    }
+
+    fn writes_sent(seen: &Seen) -> Vec<Option<String>> {
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .filter(|(method, _, _)| method == "PATCH")
+            .map(|(_, _, version)| version.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_conflict_reads_the_rollout_again_and_writes_on_the_new_version() {
+        let seen = Seen::default();
+        let api: Api<Rollout> = Api::namespaced(client(2, false, seen.clone()), "ns");
+        act(&api, "ns", "web", actions::abort).await.unwrap();
+        assert_eq!(
+            writes_sent(&seen),
+            vec![Some("1".into()), Some("2".into()), Some("3".into())],
+            "each write carries the version of the read just before it"
+        );
+        let paths: Vec<String> = seen.lock().unwrap().iter().map(|s| s.1.clone()).collect();
+        assert!(
+            paths
+                .iter()
+                .all(|p| p.starts_with("/apis/ramp.dev/v1alpha1/namespaces/ns/rollouts/web")),
+            "{paths:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_conflict_the_decision_is_made_again_on_what_is_there_now() {
+        let seen = Seen::default();
+        let api: Api<Rollout> = Api::namespaced(client(1, true, seen.clone()), "ns");
+        let error = act(&api, "ns", "web", actions::abort).await.unwrap_err();
+        assert!(
+            error.to_string().contains("already aborted"),
+            "the second read shows the abort someone else made: {error}"
+        );
+        assert_eq!(writes_sent(&seen), vec![Some("1".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_rollout_that_keeps_changing_gives_up_with_a_message() {
+        let seen = Seen::default();
+        let api: Api<Rollout> = Api::namespaced(client(usize::MAX, false, seen.clone()), "ns");
+        let error = act(&api, "ns", "web", actions::abort).await.unwrap_err();
+        assert!(matches!(error, PluginError::Conflict), "{error}");
+        assert_eq!(writes_sent(&seen).len(), CONFLICT_ATTEMPTS);
     }
 }
