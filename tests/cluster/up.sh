@@ -102,7 +102,7 @@ wait_ready kube-apiserver
 
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$state/kubeconfig" --leader-elect=false --secure-port=0 \
-  --controllers=replicaset-controller,garbage-collector-controller,serviceaccount-controller,namespace-controller,deployment-controller,pod-garbage-collector-controller,endpointslice-controller,endpointslice-mirroring-controller \
+  --controllers=replicaset-controller,job-controller,garbage-collector-controller,serviceaccount-controller,namespace-controller,deployment-controller,pod-garbage-collector-controller,endpointslice-controller,endpointslice-mirroring-controller \
   --service-account-private-key-file="$run/pki/sa.key" --use-service-account-credentials=false \
   --concurrent-replicaset-syncs=10 --kube-api-qps=200 --kube-api-burst=400
 

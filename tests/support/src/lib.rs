@@ -49,6 +49,84 @@ pub fn image_version(image: &str) -> &str {
     }
 }
 
+/// How a run-to-completion pod (restartPolicy Never or OnFailure, as Job
+/// pods are) ends under the test kubelet: its containers' command and args
+/// are read like a shell line, `sleep N` (seconds, or with an s/m/h suffix)
+/// says when and `exit N` with which code; neither means at once, with 0.
+/// An image that cannot be pulled (tag `err-image-pull`, or a repository
+/// named `nonexistent...` as in Argo's e2e fixtures) never starts: the pod
+/// stays Pending with the container waiting in ErrImagePull.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Completion {
+    After {
+        delay: std::time::Duration,
+        exit_code: i32,
+    },
+    ImagePullFails,
+}
+
+/// The completion of a pod that runs to completion; None for a pod that
+/// serves until deleted (restartPolicy Always, the default).
+pub fn completion_of(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<Completion> {
+    if spec.restart_policy.as_deref().unwrap_or("Always") == "Always" {
+        return None;
+    }
+    let pull_fails = spec.containers.iter().any(|c| {
+        let image = c.image.as_deref().unwrap_or_default();
+        let repository = image.split([':', '@']).next().unwrap_or(image);
+        image_version(image) == "err-image-pull"
+            || repository
+                .rsplit('/')
+                .next()
+                .is_some_and(|name| name.starts_with("nonexistent"))
+    });
+    if pull_fails {
+        return Some(Completion::ImagePullFails);
+    }
+    let mut delay = std::time::Duration::ZERO;
+    let mut exit_code = 0;
+    for container in &spec.containers {
+        let line = container
+            .command
+            .iter()
+            .chain(container.args.iter())
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let words: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == '|')
+            .filter(|w| !w.is_empty())
+            .collect();
+        for pair in words.windows(2) {
+            match pair[0] {
+                "sleep" => delay = delay.max(sleep_seconds(pair[1])),
+                "exit" if exit_code == 0 => exit_code = pair[1].parse().unwrap_or(1),
+                _ => {}
+            }
+        }
+    }
+    Some(Completion::After { delay, exit_code })
+}
+
+/// `sleep`'s operand: seconds, or a number with an s, m, h or d suffix.
+fn sleep_seconds(word: &str) -> std::time::Duration {
+    let (number, unit) = match word.char_indices().last() {
+        Some((at, 's')) => (&word[..at], 1.0),
+        Some((at, 'm')) => (&word[..at], 60.0),
+        Some((at, 'h')) => (&word[..at], 3600.0),
+        Some((at, 'd')) => (&word[..at], 86400.0),
+        _ => (word, 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map_or(std::time::Duration::ZERO, |n| {
+            std::time::Duration::from_secs_f64(n * unit)
+        })
+}
+
 /// Pods with this annotation set to "true" never become Ready.
 pub const NEVER_READY_ANNOTATION: &str = "test.ramp.dev/never-ready";
 
@@ -539,7 +617,75 @@ pub async fn pod_requests_served(address: &str, port: u16) -> anyhow::Result<u64
 
 #[cfg(test)]
 mod tests {
-    use super::image_version;
+    use super::{Completion, completion_of, image_version};
+    use std::time::Duration;
+
+    fn pod(
+        restart: &str,
+        image: &str,
+        command: &[&str],
+        args: &[&str],
+    ) -> k8s_openapi::api::core::v1::PodSpec {
+        serde_json::from_value(serde_json::json!({
+            "restartPolicy": restart,
+            "containers": [{"name": "c", "image": image, "command": command, "args": args}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn job_pods_end_as_their_command_says() {
+        let ends = |restart, image, command: &[&str], args: &[&str]| {
+            completion_of(&pod(restart, image, command, args))
+        };
+        assert_eq!(ends("Always", "web:1", &["sleep", "5"], &[]), None);
+        assert_eq!(
+            ends(
+                "Never",
+                "nginx:1.19-alpine",
+                &["sh", "-c", "-x"],
+                &["sleep 2 && exit 3"]
+            ),
+            Some(Completion::After {
+                delay: Duration::from_secs(2),
+                exit_code: 3
+            })
+        );
+        assert_eq!(
+            ends("OnFailure", "nginx", &["sleep", "30"], &[]),
+            Some(Completion::After {
+                delay: Duration::from_secs(30),
+                exit_code: 0
+            })
+        );
+        assert_eq!(
+            ends("Never", "busybox", &["sh", "-c"], &["sleep 1.5m; exit 0"]),
+            Some(Completion::After {
+                delay: Duration::from_secs(90),
+                exit_code: 0
+            })
+        );
+        assert_eq!(
+            ends("Never", "busybox", &[], &[]),
+            Some(Completion::After {
+                delay: Duration::ZERO,
+                exit_code: 0
+            })
+        );
+        assert_eq!(
+            ends(
+                "Never",
+                "nonexistent-image-that-does-not-exist:latest",
+                &["true"],
+                &[]
+            ),
+            Some(Completion::ImagePullFails)
+        );
+        assert_eq!(
+            ends("Never", "registry.local/app:err-image-pull", &[], &[]),
+            Some(Completion::ImagePullFails)
+        );
+    }
 
     #[test]
     fn image_version_reads_the_tag_only() {

@@ -16,6 +16,12 @@
 //! `never-ready` (e.g. `nginx:never-ready`), so tests can exercise rollouts
 //! that cannot progress. A container image tagged `http-500` answers every
 //! request with status 500.
+//!
+//! Pods that run to completion (restartPolicy Never or OnFailure, as Job
+//! pods are) end as their command says: see `ramp_test_support::Completion`.
+//! They are Running and Ready until then, and then Succeeded or Failed with
+//! the exit code in the container's terminated state, so the real Job
+//! controller in KCM completes or fails their Job.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,7 +40,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use ramp_test_support::{
-    NEVER_READY_ANNOTATION, POD_REQUESTS_PATH, PodAnswer, TEST_NODE_NAME, image_version,
+    Completion, NEVER_READY_ANNOTATION, POD_REQUESTS_PATH, PodAnswer, TEST_NODE_NAME,
+    completion_of, image_version,
 };
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -114,6 +121,8 @@ struct Kubelet {
     next_address: u32,
     /// Pod UID to the tasks serving its container ports.
     servers: HashMap<String, Vec<JoinHandle<()>>>,
+    /// Pod UID to the task that ends a run-to-completion pod on time.
+    finishers: HashMap<String, JoinHandle<()>>,
     /// UIDs seen since the watch (re)started.
     seen: HashSet<String>,
 }
@@ -131,6 +140,7 @@ impl Kubelet {
             in_use: HashSet::new(),
             next_address: FIRST_POD_ADDRESS,
             servers: HashMap::new(),
+            finishers: HashMap::new(),
             seen: HashSet::new(),
         }
     }
@@ -203,8 +213,40 @@ impl Kubelet {
             self.servers.insert(uid.to_string(), servers);
         }
 
-        let ready = !never_ready(pod);
         let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref());
+        let completion = pod.spec.as_ref().and_then(completion_of);
+        if completion.is_some() && matches!(phase, Some("Succeeded" | "Failed")) {
+            return Ok(());
+        }
+        if completion == Some(Completion::ImagePullFails) {
+            return report_pull_failure(&api, pod).await;
+        }
+        self.report_running(&api, pod, address).await?;
+        if let Some(Completion::After { delay, exit_code }) = completion
+            && !self.finishers.contains_key(uid)
+        {
+            // Only once Running is stored, so the end can never be
+            // overwritten by it. Timed from the start the pod reports, so a
+            // kubelet restart does not lengthen the run.
+            let started = status
+                .and_then(|s| s.start_time.as_ref())
+                .map_or_else(Timestamp::now, |t| t.0);
+            let finisher = tokio::spawn(finish(api, pod.clone(), started, delay, exit_code));
+            self.finishers.insert(uid.to_string(), finisher);
+        }
+        Ok(())
+    }
+
+    async fn report_running(
+        &self,
+        api: &Api<Pod>,
+        pod: &Pod,
+        address: Ipv4Addr,
+    ) -> Result<(), kube::Error> {
+        let name = pod.name_any();
+        let status = pod.status.as_ref();
+        let ready = !never_ready(pod);
         let reported_ready = status
             .and_then(|s| s.conditions.as_ref())
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
@@ -296,6 +338,9 @@ impl Kubelet {
         for server in self.servers.remove(uid).unwrap_or_default() {
             server.abort();
         }
+        if let Some(finisher) = self.finishers.remove(uid) {
+            finisher.abort();
+        }
         if let Some(address) = self.addresses.remove(uid) {
             self.in_use.remove(&address);
         }
@@ -312,6 +357,117 @@ impl Kubelet {
             self.forget(&uid);
         }
     }
+}
+
+/// Ends a run-to-completion pod `delay` after it started: Succeeded with
+/// exit code 0, Failed otherwise, every container terminated with the code.
+async fn finish(
+    api: Api<Pod>,
+    pod: Pod,
+    started: Timestamp,
+    delay: std::time::Duration,
+    exit_code: i32,
+) {
+    let ends = started
+        .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(started);
+    let remaining = ends.duration_since(Timestamp::now());
+    if let Ok(remaining) = std::time::Duration::try_from(remaining) {
+        tokio::time::sleep(remaining).await;
+    }
+    let now = Timestamp::now().to_string();
+    let (phase, reason) = if exit_code == 0 {
+        ("Succeeded", "Completed")
+    } else {
+        ("Failed", "Error")
+    };
+    let containers: Vec<_> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "image": c.image.clone().unwrap_or_default(),
+                "imageID": format!("test-kubelet://{}", c.image.clone().unwrap_or_default()),
+                "ready": false,
+                "started": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "reason": reason,
+                                         "startedAt": started.to_string(), "finishedAt": now}},
+            })
+        })
+        .collect();
+    let patch = json!({"status": {
+        "phase": phase,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+        ],
+        "containerStatuses": containers,
+    }});
+    // The end must not be lost to an API server hiccup: the Job would wait forever.
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code == 404 => return,
+            Err(error) => {
+                eprintln!(
+                    "test-kubelet: {}: ending the pod failed, retrying: {error}",
+                    pod.name_any()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A pod whose image cannot be pulled stays Pending, its containers waiting
+/// in ErrImagePull, as a real kubelet reports it.
+async fn report_pull_failure(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let reported = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .is_some_and(|w| w.reason.as_deref() == Some("ErrImagePull"));
+    if reported {
+        return Ok(());
+    }
+    let containers: Vec<_> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            let image = c.image.clone().unwrap_or_default();
+            json!({
+                "name": c.name, "image": image, "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull",
+                                      "message": format!("failed to pull image {image:?}: not found (test kubelet)")}},
+            })
+        })
+        .collect();
+    let patch = json!({"status": {"phase": "Pending", "containerStatuses": containers}});
+    api.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 #[derive(Clone)]
