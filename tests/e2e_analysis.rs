@@ -583,3 +583,222 @@ spec:
     env.cleanup().await;
     Ok(())
 }
+
+/// Argo's e2e `sleep-job` template: the Job's pod sleeps, then exits with
+/// the code given; the test kubelet runs it as its command says.
+const SLEEP_JOB: &str = r#"
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: sleep-job}
+spec:
+  args:
+  - {name: duration, value: "0"}
+  - {name: exit-code, value: "0"}
+  - {name: count, value: "1"}
+  metrics:
+  - name: sleep-job
+    count: "{{args.count}}"
+    interval: 1s
+    provider:
+      job:
+        metadata: {labels: {suite: ramp-e2e}}
+        spec:
+          backoffLimit: 0
+          template:
+            spec:
+              restartPolicy: Never
+              containers:
+              - name: sleep-job
+                image: nginx:1.19-alpine
+                command: [sh, -c, -x]
+                args: ["sleep {{args.duration}} && exit {{args.exit-code}}"]
+"#;
+
+async fn jobs(env: &Env) -> anyhow::Result<Vec<k8s_openapi::api::batch::v1::Job>> {
+    let api: kube::Api<k8s_openapi::api::batch::v1::Job> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    Ok(api.list(&Default::default()).await?.items)
+}
+
+fn job_step(exit_code: &str, count: &str) -> String {
+    format!(
+        r#"[{{setWeight: 50}}, {{analysis: {{templates: [{{templateName: sleep-job}}], args: [{{name: exit-code, value: "{exit_code}"}}, {{name: count, value: "{count}"}}, {{name: duration, value: "1"}}]}}}}]"#
+    )
+}
+
+#[tokio::test]
+async fn job_metrics_pass_and_fail_on_the_real_job_controller() -> anyhow::Result<()> {
+    let env = Env::start("analysis-job").await?;
+    env.apply(SLEEP_JOB).await?;
+    env.deploy_canary("good", 2, "good:1", &job_step("0", "2"))
+        .await?;
+    env.deploy_canary("bad", 2, "bad:1", &job_step("1", "1"))
+        .await?;
+
+    // Two Jobs that exit 0 pass the step; the count came from an argument.
+    env.set_image("good", "good:2").await?;
+    let run = wait_run(
+        &env,
+        &format!("{}-2-1", env.hash_of("good:2").await?),
+        AnalysisPhase::Successful,
+    )
+    .await?;
+    let result = &run.status.as_ref().expect("status").metric_results[0];
+    assert_eq!((result.count, result.successful), (2, 2), "{result:?}");
+    let uid = run.metadata.uid.clone().expect("uid");
+    let names: Vec<String> = result
+        .measurements
+        .iter()
+        .map(|m| m.metadata.get("job-name").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        vec![format!("{uid}.sleep-job.1"), format!("{uid}.sleep-job.2")]
+    );
+    let own: Vec<_> = jobs(&env)
+        .await?
+        .into_iter()
+        .filter(|j| j.labels().get("analysisrun.ramp.dev/uid") == Some(&uid))
+        .collect();
+    assert_eq!(own.len(), 2);
+    for job in &own {
+        assert_eq!(
+            job.labels().get("suite").map(String::as_str),
+            Some("ramp-e2e")
+        );
+        let owner = &job.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("AnalysisRun", uid.as_str())
+        );
+        let complete = job
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "Complete" && c.status == "True");
+        assert!(complete, "the Job controller completed {}", job.name_any());
+    }
+    env.wait_phase("good", RolloutPhase::Healthy).await?;
+
+    // A Job that exits 1 fails the run and aborts the rollout to stable.
+    env.set_image("bad", "bad:2").await?;
+    let failed = wait_run(
+        &env,
+        &format!("{}-2-1", env.hash_of("bad:2").await?),
+        AnalysisPhase::Failed,
+    )
+    .await?;
+    let result = &failed.status.as_ref().expect("status").metric_results[0];
+    assert_eq!(result.failed, 1);
+    let message = result.measurements[0].message.clone().unwrap_or_default();
+    assert!(message.contains("failed"), "{message}");
+    env.wait_phase("bad", RolloutPhase::Degraded).await?;
+    env.wait_replicas("bad back on stable", &[("bad:2", 0), ("bad:1", 2)])
+        .await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn jobs_that_never_end_are_inconclusive_when_stopped_or_when_their_image_cannot_be_pulled()
+-> anyhow::Result<()> {
+    let env = Env::start("analysis-job-stuck").await?;
+    // Argo's long-running-job and invalid-image-job templates.
+    let job_template = |name: &str, image: &str, args: &str| {
+        format!(
+            r#"
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: {name}}}
+spec:
+  metrics:
+  - name: {name}-metric
+    count: 1
+    provider:
+      job:
+        spec:
+          backoffLimit: 0
+          template:
+            spec:
+              restartPolicy: Never
+              containers: [{{name: job, image: "{image}", command: [sh, -c], args: ["{args}"]}}]
+"#
+        )
+    };
+    env.apply(&job_template(
+        "long-running-job",
+        "nginx:1.19-alpine",
+        "sleep 6000",
+    ))
+    .await?;
+    env.apply(&job_template(
+        "invalid-image-job",
+        "nonexistent-image-that-does-not-exist:latest",
+        "echo never",
+    ))
+    .await?;
+
+    // Background analysis whose Job outlives the rollout: promotion stops
+    // it, the Job is deleted and the measurement is Inconclusive.
+    let mut yaml = canary_yaml("bg", 2, "bg:1", "[{setWeight: 50}, {pause: {}}]");
+    yaml.push_str("      analysis:\n        templates: [{templateName: long-running-job}]\n");
+    env.apply(&yaml).await?;
+    env.wait_phase("bg", RolloutPhase::Healthy).await?;
+    env.set_image("bg", "bg:2").await?;
+    env.wait_phase("bg", RolloutPhase::Paused).await?;
+    let running = wait_run(&env, "", AnalysisPhase::Running).await?;
+    let uid = running.metadata.uid.clone().expect("uid");
+    wait_until("the long-running Job to exist", common::TIMEOUT, || async {
+        let found = jobs(&env)
+            .await?
+            .into_iter()
+            .any(|j| j.labels().get("analysisrun.ramp.dev/uid") == Some(&uid));
+        Ok(found.then_some(()))
+    })
+    .await?;
+    env.promote("bg").await?;
+    env.wait_phase("bg", RolloutPhase::Healthy).await?;
+    let stopped = wait_run(&env, "", AnalysisPhase::Inconclusive).await?;
+    let result = &stopped.status.as_ref().expect("status").metric_results[0];
+    assert_eq!(result.phase, AnalysisPhase::Inconclusive);
+    let last = result.measurements.last().expect("a measurement");
+    assert_eq!(last.phase, AnalysisPhase::Inconclusive);
+    assert_eq!(last.message.as_deref(), Some("Metric Terminated"));
+    wait_until("the stopped Job to be deleted", common::TIMEOUT, || async {
+        let left = jobs(&env)
+            .await?
+            .into_iter()
+            .any(|j| j.labels().get("analysisrun.ramp.dev/uid") == Some(&uid));
+        Ok((!left).then_some(()))
+    })
+    .await?;
+    env.wait_phase("bg", RolloutPhase::Healthy).await?;
+
+    // A step analysis whose Job pod can never pull its image: Inconclusive,
+    // so the rollout pauses for a human instead of aborting.
+    env.deploy_canary(
+        "pull",
+        2,
+        "pull:1",
+        "[{setWeight: 50}, {analysis: {templates: [{templateName: invalid-image-job}]}}]",
+    )
+    .await?;
+    env.set_image("pull", "pull:2").await?;
+    let hash = env.hash_of("pull:2").await?;
+    let stuck = wait_run(&env, &format!("{hash}-2-1"), AnalysisPhase::Inconclusive).await?;
+    let measurement = stuck.status.as_ref().expect("status").metric_results[0]
+        .measurements
+        .last()
+        .cloned()
+        .expect("a measurement");
+    assert_eq!(measurement.phase, AnalysisPhase::Inconclusive);
+    let message = measurement.message.unwrap_or_default();
+    assert!(message.contains("ErrImagePull"), "{message}");
+    let paused = env.wait_phase("pull", RolloutPhase::Paused).await?;
+    assert!(
+        !paused.status.as_ref().is_some_and(|s| s.abort),
+        "paused, not aborted"
+    );
+    env.cleanup().await;
+    Ok(())
+}

@@ -388,7 +388,14 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
     // Istio CRDs that `make cluster-up` installs.
     env.apply(&read("canary-gateway-api.yaml")?).await?;
     env.apply(&read("canary-istio.yaml")?).await?;
-    let all = ["web", "shop", "api", "store", "catalog"];
+    let approvals =
+        ramp_test_support::WebReceiver::start(200, r#"{"data": {"approved": true}}"#).await?;
+    env.apply(&read("canary-web-job-analysis.yaml")?.replace(
+        "http://release-approvals.tools.svc:8080/verdict",
+        &format!("{}/verdict", approvals.url),
+    ))
+    .await?;
+    let all = ["web", "shop", "api", "store", "catalog", "checkout"];
     for name in all {
         env.wait_phase(name, RolloutPhase::Healthy).await?;
     }
@@ -409,7 +416,14 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
         );
     }
     let runs = env.analysis_runs().await?;
-    assert_eq!(runs.len(), 2, "two analysis steps ran");
+    assert_eq!(runs.len(), 3, "three analysis steps ran");
+    assert!(
+        approvals
+            .requests()
+            .iter()
+            .any(|r| r.path == "/verdict?service=checkout-canary"),
+        "the approval endpoint was asked"
+    );
     prometheus.stop().await;
     env.cleanup().await;
     Ok(())

@@ -2,6 +2,7 @@
 //! and template validation shared with `kubectl ramp lint`.
 
 pub mod condition;
+pub mod job;
 pub mod policy;
 pub mod prometheus;
 pub mod provider;
@@ -55,7 +56,18 @@ pub fn validate_template(spec: &AnalysisTemplateSpec) -> Vec<Problem> {
                 format!("metric {:?} is defined twice", metric.name),
             );
         }
-        if let Err(message) = run::Policy::of(metric) {
+        // Timing given as an argument is checked with the argument's
+        // default; one a Rollout supplies is checked when the run starts.
+        let defaults: BTreeMap<&str, &str> = spec
+            .args
+            .iter()
+            .filter_map(|a| Some((a.name.as_str(), a.value.as_deref()?)))
+            .collect();
+        let mut timed = metric.clone();
+        run::fill_timing_and_conditions(&mut timed, &defaults);
+        if let Err(message) = run::Policy::of(&timed)
+            && !message.contains("{{")
+        {
             add(field.clone(), message);
         }
         if let Err(message) = condition::Conditions::compile(
@@ -79,7 +91,7 @@ fn validate_provider(
         add(
             format!("{field}.provider.{name}"),
             format!(
-                "provider {name:?} is not supported; Ramp implements the prometheus and web providers"
+                "provider {name:?} is not supported; Ramp implements the prometheus, web and job providers"
             ),
         );
         return;
@@ -90,13 +102,30 @@ fn validate_provider(
         .iter()
         .map(|a| (a.to_string(), "x".to_string()))
         .collect();
+    let provider = &metric.provider;
+    let set = [
+        provider.prometheus.is_some(),
+        provider.web.is_some(),
+        provider.job.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() > 1 {
+        add(
+            format!("{field}.provider"),
+            "set exactly one provider (prometheus, web or job)".into(),
+        );
+        return;
+    }
+    if let Some(config) = &provider.job {
+        validate_job(
+            &format!("{field}.provider.job"),
+            metric,
+            config,
+            &declared,
+            add,
+        );
+        return;
+    }
     if let Some(config) = &metric.provider.web {
-        if metric.provider.prometheus.is_some() {
-            add(
-                format!("{field}.provider"),
-                "set one provider, not both prometheus and web".into(),
-            );
-        }
         // An argument may hold the whole URL, so its scheme is only checked
         // when the URL is written out.
         let templated = config.url.contains("{{");
@@ -110,7 +139,7 @@ fn validate_provider(
     let Some(prometheus) = &metric.provider.prometheus else {
         add(
             format!("{field}.provider"),
-            "set provider.prometheus or provider.web".into(),
+            "set provider.prometheus, provider.web or provider.job".into(),
         );
         return;
     };
@@ -155,6 +184,42 @@ fn validate_provider(
         add(
             format!("{field}.provider.prometheus.authentication"),
             "set bearerToken or basicAuth, not both".into(),
+        );
+    }
+}
+
+/// What the API server would refuse when the Job is created, said up front.
+fn validate_job(
+    field: &str,
+    metric: &Metric,
+    config: &crate::api::JobMetric,
+    declared: &BTreeMap<String, String>,
+    add: &mut impl FnMut(String, String),
+) {
+    let pod = config.spec.template.spec.as_ref();
+    match pod.and_then(|p| p.restart_policy.as_deref()) {
+        Some("Never" | "OnFailure") => {}
+        other => add(
+            format!("{field}.spec.template.spec.restartPolicy"),
+            format!(
+                "is {}; a Job's pods need Never or OnFailure",
+                other.map_or("unset (Always)".to_string(), |p| format!("{p:?}"))
+            ),
+        ),
+    }
+    if pod.is_none_or(|p| p.containers.is_empty()) {
+        add(
+            format!("{field}.spec.template.spec.containers"),
+            "is empty; give the Job a container to run".into(),
+        );
+    }
+    let mut probe = crate::api::AnalysisRun::new("validation", Default::default());
+    probe.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    probe.metadata.namespace = Some("validation".into());
+    if let Err(message) = job::build_job(&probe, metric, config, declared, 1) {
+        add(
+            field.to_string(),
+            format!("{message}; declare it under spec.args"),
         );
     }
 }

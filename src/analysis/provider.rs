@@ -10,13 +10,17 @@ use futures::future::BoxFuture;
 
 use super::condition::MetricValue;
 use super::policy::AddressAllowList;
-use super::{prometheus, web};
-use crate::api::{Metric, PrometheusMetric, WebMetric};
+use super::{job, prometheus, web};
+use crate::api::{AnalysisPhase, AnalysisRun, Measurement, Metric, PrometheusMetric, WebMetric};
 
 /// What a provider gets for one measurement.
 pub struct Measure<'a> {
     pub http: &'a reqwest::Client,
     pub insecure_http: &'a reqwest::Client,
+    /// For providers that create Kubernetes objects (the job provider).
+    pub client: &'a kube::Client,
+    pub run: &'a AnalysisRun,
+    pub metric: &'a Metric,
     /// Every argument with its value, Secrets already read.
     pub args: &'a BTreeMap<String, String>,
     /// The operator's allow-list; every address a provider calls is checked.
@@ -25,14 +29,32 @@ pub struct Measure<'a> {
     pub auth_headers: Vec<(String, String)>,
 }
 
+/// What a provider found out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// A value for the metric's conditions to judge.
+    Value(MetricValue),
+    /// The provider judged the measurement itself (a Job completed or failed).
+    Judged {
+        phase: AnalysisPhase,
+        message: Option<String>,
+    },
+    /// Still in flight: look again after `resume_in`; `metadata` is what the
+    /// provider needs to find it (kept in the measurement's status).
+    InFlight {
+        metadata: BTreeMap<String, String>,
+        resume_in: Duration,
+    },
+}
+
 /// A provider's report: what it asked (for status) and what it got.
 pub struct Answer {
     pub asked: Option<String>,
-    pub value: Result<MetricValue, String>,
+    pub value: Result<Reading, String>,
 }
 
 impl Answer {
-    fn refused(message: String) -> Answer {
+    pub(crate) fn refused(message: String) -> Answer {
         Answer {
             asked: None,
             value: Err(message),
@@ -40,9 +62,53 @@ impl Answer {
     }
 }
 
+/// A metric provider. Value providers (Prometheus, web) answer in `run`;
+/// providers whose measurements take time (a Job) return `InFlight` and are
+/// asked again through `resume` until they judge, `terminate` when the run
+/// stops first, and `garbage_collect` to keep only the newest objects.
 pub trait Provider: Send + Sync {
-    fn measure<'a>(&'a self, input: Measure<'a>) -> BoxFuture<'a, Answer>;
+    fn run<'a>(&'a self, input: Measure<'a>) -> BoxFuture<'a, Answer>;
+
+    fn resume<'a>(
+        &'a self,
+        _input: Measure<'a>,
+        _in_flight: &'a Measurement,
+    ) -> BoxFuture<'a, Answer> {
+        Box::pin(async {
+            Answer::refused("this provider has no measurements in flight to resume".into())
+        })
+    }
+
+    /// Stops an in-flight measurement; Ok is the measurement's end (Argo
+    /// reports a terminated measurement Inconclusive).
+    fn terminate<'a>(
+        &'a self,
+        _input: Measure<'a>,
+        _in_flight: &'a Measurement,
+    ) -> BoxFuture<'a, Answer> {
+        Box::pin(async {
+            Answer {
+                asked: None,
+                value: Ok(Reading::Judged {
+                    phase: AnalysisPhase::Inconclusive,
+                    message: Some(TERMINATED.into()),
+                }),
+            }
+        })
+    }
+
+    /// Deletes what the metric's measurements left behind beyond the newest `keep`.
+    fn garbage_collect<'a>(
+        &'a self,
+        _input: Measure<'a>,
+        _keep: usize,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
+
+/// The message of a measurement stopped because its run was terminated.
+pub const TERMINATED: &str = "Metric Terminated";
 
 /// The provider a metric names, or why there is none.
 pub fn provider_of(metric: &Metric) -> Result<Box<dyn Provider + '_>, String> {
@@ -52,8 +118,11 @@ pub fn provider_of(metric: &Metric) -> Result<Box<dyn Provider + '_>, String> {
     if let Some(config) = &metric.provider.web {
         return Ok(Box::new(Web(config)));
     }
+    if let Some(config) = &metric.provider.job {
+        return Ok(Box::new(job::JobProvider(config)));
+    }
     Err(format!(
-        "metric {:?} names no provider Ramp implements (prometheus, web)",
+        "metric {:?} names no provider Ramp implements (prometheus, web, job)",
         metric.name
     ))
 }
@@ -101,7 +170,7 @@ impl Prometheus<'_> {
 }
 
 impl Provider for Prometheus<'_> {
-    fn measure<'a>(&'a self, input: Measure<'a>) -> BoxFuture<'a, Answer> {
+    fn run<'a>(&'a self, input: Measure<'a>) -> BoxFuture<'a, Answer> {
         Box::pin(async move {
             let request = match self.request(&input) {
                 Ok(request) => request,
@@ -110,7 +179,7 @@ impl Provider for Prometheus<'_> {
             let value = prometheus::query(input.http, input.insecure_http, &request).await;
             Answer {
                 asked: Some(request.query),
-                value,
+                value: value.map(Reading::Value),
             }
         })
     }
@@ -119,7 +188,7 @@ impl Provider for Prometheus<'_> {
 struct Web<'a>(&'a WebMetric);
 
 impl Provider for Web<'_> {
-    fn measure<'a>(&'a self, input: Measure<'a>) -> BoxFuture<'a, Answer> {
+    fn run<'a>(&'a self, input: Measure<'a>) -> BoxFuture<'a, Answer> {
         Box::pin(async move {
             let request = match web::prepare(self.0, input.args) {
                 Ok(request) => request,
@@ -134,7 +203,7 @@ impl Provider for Web<'_> {
             let value = web::measure(input.http, input.insecure_http, &request).await;
             Answer {
                 asked: Some(format!("{} {}", request.method, request.url)),
-                value,
+                value: value.map(Reading::Value),
             }
         })
     }

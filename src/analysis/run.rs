@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use regex::Regex;
 
 use crate::api::duration::{parse_duration, parse_int_or_string};
@@ -117,6 +118,80 @@ impl Policy {
     }
 }
 
+/// The run with `{{args.NAME}}` replaced by plain argument values in the
+/// metrics' timing, limits and conditions (`count: "{{args.count}}"`, as
+/// Argo allows). Placeholders of Secret-valued or unknown arguments stay:
+/// providers fill those per measurement, and a timing field still holding
+/// one is reported by `Policy::of`.
+pub fn with_plain_args(run: &AnalysisRun) -> AnalysisRun {
+    let plain: std::collections::BTreeMap<&str, &str> = run
+        .spec
+        .args
+        .iter()
+        .filter_map(|a| Some((a.name.as_str(), a.value.as_deref()?)))
+        .collect();
+    if plain.is_empty() {
+        return run.clone();
+    }
+    let mut resolved = run.clone();
+    for metric in &mut resolved.spec.metrics {
+        fill_timing_and_conditions(metric, &plain);
+    }
+    resolved
+}
+
+/// `fill_known` over a metric's timing, limits and conditions.
+pub fn fill_timing_and_conditions(
+    metric: &mut Metric,
+    args: &std::collections::BTreeMap<&str, &str>,
+) {
+    let texts = [
+        &mut metric.interval,
+        &mut metric.initial_delay,
+        &mut metric.success_condition,
+        &mut metric.failure_condition,
+    ];
+    for text in texts.into_iter().flatten() {
+        *text = fill_known(text, args);
+    }
+    let limits = [
+        &mut metric.count,
+        &mut metric.failure_limit,
+        &mut metric.inconclusive_limit,
+        &mut metric.consecutive_error_limit,
+        &mut metric.consecutive_success_limit,
+    ];
+    for limit in limits.into_iter().flatten() {
+        if let IntOrString::String(text) = limit {
+            *text = fill_known(text, args);
+        }
+    }
+}
+
+/// Replaces the placeholders whose argument is known and keeps the rest.
+pub fn fill_known(text: &str, args: &std::collections::BTreeMap<&str, &str>) -> String {
+    let mut output = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(length) = rest[start..].find("}}") else {
+            break;
+        };
+        let placeholder = &rest[start + 2..start + length];
+        output.push_str(&rest[..start]);
+        match placeholder
+            .trim()
+            .strip_prefix("args.")
+            .and_then(|n| args.get(n))
+        {
+            Some(value) => output.push_str(value),
+            None => output.push_str(&rest[start..start + length + 2]),
+        }
+        rest = &rest[start + length + 2..];
+    }
+    output.push_str(rest);
+    output
+}
+
 /// Whether `name` is a dry-run metric (names may be regular expressions; `.*` matches all).
 pub fn is_dry_run(run: &AnalysisRun, name: &str) -> bool {
     run.spec
@@ -129,7 +204,7 @@ fn full_match(pattern: &str, name: &str) -> bool {
     pattern == name || Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(name))
 }
 
-fn retention(run: &AnalysisRun, name: &str) -> usize {
+pub fn retention(run: &AnalysisRun, name: &str) -> usize {
     run.spec
         .measurement_retention
         .iter()
@@ -145,7 +220,30 @@ pub struct Due {
     pub next: Option<Timestamp>,
 }
 
+/// Whether a measurement is still in flight (a Job that has not finished).
+pub fn in_flight(measurement: &Measurement) -> bool {
+    measurement.phase == AnalysisPhase::Running && measurement.finished_at.is_none()
+}
+
+/// The metric's measurement still in flight, if any.
+pub fn in_flight_measurement<'a>(
+    status: &'a AnalysisRunStatus,
+    metric: &str,
+) -> Option<&'a Measurement> {
+    status
+        .metric_results
+        .iter()
+        .find(|r| r.name == metric)
+        .and_then(|r| r.measurements.last())
+        .filter(|m| in_flight(m))
+}
+
+/// Metrics due now and the next time one falls due. A measurement in
+/// flight is due at its `resumeAt`; a terminated run takes no new
+/// measurements, but its measurements in flight are due at once (to be
+/// stopped).
 pub fn due_metrics(run: &AnalysisRun, status: &AnalysisRunStatus, now: Timestamp) -> Due {
+    let terminating = run.spec.terminate == Some(true);
     let mut due = Due::default();
     let started = status.started_at.as_ref().map(|t| t.0).unwrap_or(now);
     for (index, metric) in run.spec.metrics.iter().enumerate() {
@@ -153,10 +251,21 @@ pub fn due_metrics(run: &AnalysisRun, status: &AnalysisRunStatus, now: Timestamp
             continue;
         };
         let result = status.metric_results.iter().find(|r| r.name == metric.name);
-        if result.is_some_and(|r| r.phase.is_completed()) {
+        let flying = in_flight_measurement(status, &metric.name);
+        if result.is_some_and(|r| r.phase.is_completed()) && flying.is_none() {
+            continue;
+        }
+        if terminating && flying.is_none() {
             continue;
         }
         let at = match result.and_then(|r| r.measurements.last()) {
+            Some(last) if in_flight(last) => {
+                if terminating {
+                    now
+                } else {
+                    last.resume_at.as_ref().map_or(now, |t| t.0)
+                }
+            }
             None => add(started, policy.initial_delay),
             Some(last) => {
                 let finished = last.finished_at.as_ref().map(|t| t.0).unwrap_or(now);
@@ -204,6 +313,15 @@ pub fn record(
         }
     };
     let result = &mut status.metric_results[index];
+    // A measurement that was in flight is replaced by what became of it.
+    if result.measurements.last().is_some_and(in_flight) {
+        result.measurements.pop();
+    }
+    if in_flight(&measurement) {
+        // Counted only once it ends.
+        result.measurements.push(measurement);
+        return;
+    }
     match measurement.phase {
         AnalysisPhase::Error => {
             result.error += 1;
@@ -324,6 +442,11 @@ pub fn assess(run: &AnalysisRun, status: &mut AnalysisRunStatus, now: Timestamp)
                 None if terminated => AnalysisPhase::Successful,
                 None => AnalysisPhase::Pending,
                 Some(result) if result.phase.is_completed() => result.phase,
+                // Nothing to judge while a measurement is in flight.
+                Some(result) if result.measurements.last().is_some_and(in_flight) => {
+                    set_result_phase(run, status, metric, AnalysisPhase::Running, None);
+                    AnalysisPhase::Running
+                }
                 Some(result) => {
                     let (phase, why) = metric_phase(&policy, result, terminated);
                     set_result_phase(run, status, metric, phase, why.clone());

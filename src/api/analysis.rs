@@ -1,5 +1,5 @@
 //! AnalysisTemplate, ClusterAnalysisTemplate and AnalysisRun, following Argo
-//! Rollouts' analysis API (only the Prometheus provider is implemented).
+//! Rollouts' analysis API (Prometheus, web and job providers).
 
 // kube's printcolumn(...) attributes repeat keys like `type_` by design.
 #![allow(clippy::duplicated_attributes)]
@@ -227,6 +227,8 @@ pub struct MetricProvider {
     pub prometheus: Option<PrometheusMetric>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebMetric>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobMetric>,
     /// Providers Ramp does not implement, kept so validation can name them.
     #[serde(
         flatten,
@@ -254,6 +256,17 @@ pub struct PrometheusMetric {
     pub insecure: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<PrometheusAuth>,
+}
+
+/// A Kubernetes Job per measurement: it passes when the Job completes and
+/// fails when the Job fails.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobMetric {
+    /// Labels and annotations for the Job object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<PodMetadata>,
+    pub spec: k8s_openapi::api::batch::v1::JobSpec,
 }
 
 /// An HTTP endpoint whose JSON (or text) answer is the measurement.
@@ -485,4 +498,11 @@ pub struct Measurement {
     pub finished_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// What the provider needs to find the measurement again (a job's name
+    /// and namespace), as Argo keeps it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// When an in-flight (Running) measurement is next looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_at: Option<Time>,
 }

@@ -16,10 +16,12 @@ use kube::runtime::controller::{Action, Controller};
 use tracing::{info, warn};
 
 use super::{Context, Error, apply, triggers};
-use crate::analysis::condition::{Conditions, MetricValue};
+use crate::analysis::condition::Conditions;
 use crate::analysis::policy;
-use crate::analysis::provider::{Measure, provider_of};
-use crate::analysis::run::{assess, due_metrics, record};
+use crate::analysis::provider::{Measure, Reading, provider_of};
+use crate::analysis::run::{
+    assess, due_metrics, in_flight, in_flight_measurement, record, retention, with_plain_args,
+};
 use crate::api::{AnalysisPhase, AnalysisRun, Measurement, Metric, SecretKeyRef};
 use crate::planner::PlannedEvent;
 
@@ -46,6 +48,7 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
     let started = Instant::now();
     // Our own last status write, if the watch has not delivered it yet.
     let run = ctx.recent_runs.freshest(run);
+    let run = Arc::new(with_plain_args(&run));
     let name = run.name_any();
     let namespace = run.namespace().ok_or_else(|| Error::MissingNamespace {
         kind: "AnalysisRun",
@@ -60,23 +63,36 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
     if status.started_at.is_none() {
         status.started_at = Some(Time(now));
     }
-    if run.spec.terminate != Some(true) {
-        let due = due_metrics(&run, &status, now);
-        for index in due.now {
-            let metric = &run.spec.metrics[index];
-            let (measurement, query) = measure(&ctx, &run, &namespace, metric).await;
-            ctx.metrics.measured(measurement.phase.as_str());
-            record(&run, &mut status, metric, measurement);
-            if let Some(result) = status
-                .metric_results
-                .iter_mut()
-                .find(|r| r.name == metric.name)
-            {
-                result.resolved_query = query;
+    // A terminated run takes no new measurements; due_metrics hands back
+    // only its measurements in flight, which are stopped.
+    let terminating = run.spec.terminate == Some(true);
+    for index in due_metrics(&run, &status, now).now {
+        let metric = &run.spec.metrics[index];
+        let step = match in_flight_measurement(&status, &metric.name) {
+            Some(flying) if terminating => Step::Terminate(flying.clone()),
+            Some(flying) => Step::Resume(flying.clone()),
+            None => Step::Start,
+        };
+        take_measurement(&ctx, &run, &namespace, metric, step, &mut status).await;
+    }
+    assess(&run, &mut status, Timestamp::now());
+    if status.phase.is_some_and(AnalysisPhase::is_completed) {
+        // The run ended early (another metric failed): nothing may keep
+        // running for it, so measurements still in flight are stopped.
+        for metric in &run.spec.metrics {
+            if let Some(flying) = in_flight_measurement(&status, &metric.name).cloned() {
+                take_measurement(
+                    &ctx,
+                    &run,
+                    &namespace,
+                    metric,
+                    Step::Terminate(flying),
+                    &mut status,
+                )
+                .await;
             }
         }
     }
-    assess(&run, &mut status, Timestamp::now());
     let phase = status.phase.unwrap_or(AnalysisPhase::Pending);
 
     // The phase Event goes out before the status write, so it is never lost
@@ -155,32 +171,118 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
     })
 }
 
-/// One measurement: resolve arguments and secrets, query, evaluate. Every
-/// failure becomes an Error measurement whose message says what went wrong.
+/// What to do with a metric that is due.
+enum Step {
+    Start,
+    Resume(Measurement),
+    Terminate(Measurement),
+}
+
+/// Takes (or resumes, or stops) one measurement and records it; a provider
+/// that leaves objects behind has the old ones collected once it ends.
+async fn take_measurement(
+    ctx: &Context,
+    run: &AnalysisRun,
+    namespace: &str,
+    metric: &Metric,
+    step: Step,
+    status: &mut crate::api::AnalysisRunStatus,
+) {
+    let (measurement, query) = measure(ctx, run, namespace, metric, &step).await;
+    if !in_flight(&measurement) {
+        ctx.metrics.measured(measurement.phase.as_str());
+    }
+    let ended = !in_flight(&measurement);
+    record(run, status, metric, measurement);
+    if let Some(result) = status
+        .metric_results
+        .iter_mut()
+        .find(|r| r.name == metric.name)
+        && query.is_some()
+    {
+        result.resolved_query = query;
+    }
+    if ended && let Ok(provider) = provider_of(metric) {
+        let no_args = BTreeMap::new();
+        let input = measure_input(ctx, run, metric, &no_args, Vec::new());
+        if let Err(error) = provider
+            .garbage_collect(input, retention(run, &metric.name))
+            .await
+        {
+            warn!(run = %run.name_any(), metric = %metric.name, %error, "collecting old measurement objects failed");
+        }
+    }
+}
+
+fn measure_input<'a>(
+    ctx: &'a Context,
+    run: &'a AnalysisRun,
+    metric: &'a Metric,
+    args: &'a BTreeMap<String, String>,
+    auth_headers: Vec<(String, String)>,
+) -> Measure<'a> {
+    Measure {
+        http: &ctx.http,
+        insecure_http: &ctx.insecure_http,
+        client: &ctx.client,
+        run,
+        metric,
+        args,
+        allowed: ctx.analysis_policy.allowed_addresses.as_ref(),
+        auth_headers,
+    }
+}
+
+/// One measurement: resolve arguments and secrets, ask the provider,
+/// evaluate. Every failure becomes an Error measurement whose message says
+/// what went wrong.
 async fn measure(
     ctx: &Context,
     run: &AnalysisRun,
     namespace: &str,
     metric: &Metric,
+    step: &Step,
 ) -> (Measurement, Option<String>) {
-    let started = Timestamp::now();
+    let started = match step {
+        Step::Start => Timestamp::now(),
+        Step::Resume(flying) | Step::Terminate(flying) => flying
+            .started_at
+            .as_ref()
+            .map_or_else(Timestamp::now, |t| t.0),
+    };
     // Secret values read for this measurement; every text that leaves it
     // (message, resolved query) has them replaced, so status, Events and
     // logs never carry one.
     let mut secrets = Vec::new();
     let outcome = async {
         let provider = provider_of(metric)?;
-        let (args, auth_headers) =
-            resolve_inputs(ctx, run, namespace, metric, &mut secrets).await?;
-        let answer = provider
-            .measure(Measure {
-                http: &ctx.http,
-                insecure_http: &ctx.insecure_http,
-                args: &args,
-                allowed: ctx.analysis_policy.allowed_addresses.as_ref(),
-                auth_headers,
-            })
-            .await;
+        let no_args = BTreeMap::new();
+        let answer = match step {
+            Step::Start => {
+                let (args, auth_headers) =
+                    resolve_inputs(ctx, run, namespace, metric, &mut secrets).await?;
+                provider
+                    .run(measure_input(ctx, run, metric, &args, auth_headers))
+                    .await
+            }
+            // Resuming or stopping needs only what the measurement recorded.
+            Step::Resume(flying) => {
+                provider
+                    .resume(
+                        measure_input(ctx, run, metric, &no_args, Vec::new()),
+                        flying,
+                    )
+                    .await
+            }
+            Step::Terminate(flying) => {
+                provider
+                    .terminate(
+                        measure_input(ctx, run, metric, &no_args, Vec::new()),
+                        flying,
+                    )
+                    .await
+            }
+        };
         match (answer.asked, answer.value) {
             (Some(asked), value) => Ok((asked, value)),
             (None, Err(message)) => Err(message),
@@ -188,8 +290,7 @@ async fn measure(
         }
     }
     .await;
-    let finished = Timestamp::now();
-    let (measurement, query) = assess_outcome(metric, outcome, started, finished);
+    let (measurement, query) = assess_outcome(metric, outcome, started, Timestamp::now());
     let hide = |text: String| policy::redact(&text, &secrets);
     (
         Measurement {
@@ -201,10 +302,10 @@ async fn measure(
     )
 }
 
-/// Turns the query outcome into a measurement.
+/// Turns the provider's outcome into a measurement.
 fn assess_outcome(
     metric: &Metric,
-    outcome: Result<(String, Result<MetricValue, String>), String>,
+    outcome: Result<(String, Result<Reading, String>), String>,
     started: Timestamp,
     finished: Timestamp,
 ) -> (Measurement, Option<String>) {
@@ -214,31 +315,50 @@ fn assess_outcome(
         started_at: Some(Time(started)),
         finished_at: Some(Time(finished)),
         value,
+        metadata: BTreeMap::new(),
+        resume_at: None,
     };
-    match outcome {
-        Err(message) => (measurement(AnalysisPhase::Error, Some(message), None), None),
-        Ok((query, Err(message))) => (
-            measurement(AnalysisPhase::Error, Some(message), None),
-            Some(query),
-        ),
-        Ok((query, Ok(value))) => {
+    let (query, reading) = match outcome {
+        Err(message) => return (measurement(AnalysisPhase::Error, Some(message), None), None),
+        Ok((query, reading)) => (Some(query).filter(|q| !q.is_empty()), reading),
+    };
+    let measured = match reading {
+        Err(message) => measurement(AnalysisPhase::Error, Some(message), None),
+        Ok(Reading::InFlight {
+            metadata,
+            resume_in,
+        }) => {
+            let resume_at = finished
+                .checked_add(
+                    jiff::SignedDuration::try_from(resume_in).unwrap_or(jiff::SignedDuration::ZERO),
+                )
+                .unwrap_or(finished);
+            Measurement {
+                finished_at: None,
+                metadata,
+                resume_at: Some(Time(resume_at)),
+                ..measurement(AnalysisPhase::Running, None, None)
+            }
+        }
+        Ok(Reading::Judged { phase, message }) => measurement(phase, message, None),
+        Ok(Reading::Value(value)) => {
             let shown = Some(value.display());
             let assessed = Conditions::compile(
                 metric.success_condition.as_deref(),
                 metric.failure_condition.as_deref(),
             )
             .and_then(|conditions| conditions.assess(&value));
-            let measured = match assessed {
+            match assessed {
                 Ok(phase) => {
                     let message = (phase != AnalysisPhase::Successful)
                         .then(|| format!("result {} is {}", value.display(), phase.as_str()));
                     measurement(phase, message, shown)
                 }
                 Err(message) => measurement(AnalysisPhase::Error, Some(message), shown),
-            };
-            (measured, Some(query))
+            }
         }
-    }
+    };
+    (measured, query)
 }
 
 /// The run's arguments with their values (Secrets read from the run's

@@ -484,12 +484,14 @@ pub(crate) fn check_template_references(snap: &super::Snapshot<'_>) -> Vec<Probl
             for metric in &template.metrics {
                 let unsupported = metric.provider.unknown.keys().next();
                 if let Some(provider) = unsupported.filter(|_| {
-                    metric.provider.prometheus.is_none() && metric.provider.web.is_none()
+                    metric.provider.prometheus.is_none()
+                        && metric.provider.web.is_none()
+                        && metric.provider.job.is_none()
                 }) {
                     problems.push(Problem {
                         field: field.clone(),
                         message: format!(
-                            "metric {:?} of template {:?} uses provider {provider:?}, which Ramp does not implement (it has prometheus and web); change the provider or drop the metric",
+                            "metric {:?} of template {:?} uses provider {provider:?}, which Ramp does not implement (it has prometheus, web and job); change the provider or drop the metric",
                             metric.name, reference.template_name
                         ),
                     });

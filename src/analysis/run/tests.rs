@@ -32,7 +32,98 @@ fn measurement(phase: AnalysisPhase, at: i64) -> Measurement {
         started_at: Some(Time(t(at))),
         finished_at: Some(Time(t(at))),
         value: Some("0".into()),
+        metadata: Default::default(),
+        resume_at: None,
     }
+}
+
+/// A measurement in flight since `at`, to be looked at again at `resume`.
+fn flying(at: i64, resume: i64) -> Measurement {
+    Measurement {
+        phase: Running,
+        message: None,
+        started_at: Some(Time(t(at))),
+        finished_at: None,
+        value: None,
+        metadata: [("job-name".to_string(), "j".to_string())].into(),
+        resume_at: Some(Time(t(resume))),
+    }
+}
+
+#[test]
+fn a_measurement_in_flight_counts_only_once_it_ends_and_is_resumed_on_time() {
+    let run = run_of(vec![metric(json!({"count": 1}))]);
+    let mut status = AnalysisRunStatus {
+        started_at: Some(Time(t(0))),
+        ..Default::default()
+    };
+    record(&run, &mut status, &run.spec.metrics[0], flying(0, 4));
+    assess(&run, &mut status, t(0));
+    let result = &status.metric_results[0];
+    assert_eq!((result.count, result.phase), (0, Running));
+    assert_eq!(status.phase, Some(Running));
+    assert!(in_flight_measurement(&status, "errors").is_some());
+    assert_eq!(
+        due_metrics(&run, &status, t(1)),
+        Due {
+            now: vec![],
+            next: Some(t(4))
+        },
+        "resumed at resumeAt, not at a new interval"
+    );
+    assert_eq!(due_metrics(&run, &status, t(4)).now, vec![0]);
+    // Still running: replaced, not added.
+    record(&run, &mut status, &run.spec.metrics[0], flying(0, 9));
+    assert_eq!(status.metric_results[0].measurements.len(), 1);
+    // It ends: the in-flight entry becomes the verdict, counted once.
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[0],
+        measurement(Failed, 9),
+    );
+    assess(&run, &mut status, t(9));
+    let result = &status.metric_results[0];
+    assert_eq!(result.measurements.len(), 1);
+    assert_eq!((result.count, result.failed), (1, 1));
+    assert_eq!(status.phase, Some(Failed));
+    assert!(in_flight_measurement(&status, "errors").is_none());
+}
+
+#[test]
+fn a_terminated_run_only_stops_what_is_in_flight() {
+    let mut run = run_of(vec![
+        metric(json!({"name": "job", "count": 1})),
+        metric(json!({"name": "query", "interval": "5s"})),
+    ]);
+    run.spec.terminate = Some(true);
+    let mut status = AnalysisRunStatus {
+        started_at: Some(Time(t(0))),
+        ..Default::default()
+    };
+    record(&run, &mut status, &run.spec.metrics[0], flying(0, 100));
+    record(
+        &run,
+        &mut status,
+        &run.spec.metrics[1],
+        measurement(Successful, 0),
+    );
+    // The in-flight job is due at once (to be stopped); no new query is taken.
+    assert_eq!(
+        due_metrics(&run, &status, t(10)),
+        Due {
+            now: vec![0],
+            next: None
+        }
+    );
+    // Stopped as Argo reports it: Inconclusive, which the limits then judge.
+    let mut stopped = measurement(Inconclusive, 10);
+    stopped.message = Some(crate::analysis::provider::TERMINATED.into());
+    record(&run, &mut status, &run.spec.metrics[0], stopped);
+    assess(&run, &mut status, t(10));
+    assert_eq!(status.metric_results[0].phase, Inconclusive);
+    assert_eq!(status.phase, Some(Inconclusive));
+    assert!(due_metrics(&run, &status, t(11)).now.is_empty());
 }
 
 /// Feeds `phases` one per interval and returns the run phase after each.
@@ -293,4 +384,63 @@ fn policy_errors_name_the_metric_and_field() {
     assert!(error.contains("needs an interval"), "{error}");
     let error = Policy::of(&metric(json!({"failureLimit": -1}))).unwrap_err();
     assert!(error.contains("consecutiveSuccessLimit"), "{error}");
+}
+
+#[test]
+fn plain_arguments_fill_timing_limits_and_conditions_secrets_stay_for_providers() {
+    let mut run = run_of(vec![metric(json!({
+        "count": "{{args.count}}",
+        "interval": "{{ args.every }}",
+        "failureLimit": "{{args.token}}",
+        "successCondition": "result[0] < {{args.max}}"
+    }))]);
+    run.spec.args = serde_json::from_value(json!([
+        {"name": "count", "value": "3"},
+        {"name": "every", "value": "2s"},
+        {"name": "max", "value": "0.05"},
+        {"name": "token", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    ]))
+    .unwrap();
+    let resolved = with_plain_args(&run);
+    let metric = &resolved.spec.metrics[0];
+    assert_eq!(metric.count, Some(IntOrString::String("3".into())));
+    assert_eq!(metric.interval.as_deref(), Some("2s"));
+    assert_eq!(
+        metric.success_condition.as_deref(),
+        Some("result[0] < 0.05")
+    );
+    assert_eq!(
+        metric.failure_limit,
+        Some(IntOrString::String("{{args.token}}".into())),
+        "a Secret's value never lands in the spec"
+    );
+    assert_eq!(
+        Policy::of(&resolved.spec.metrics[0]).map(|p| p.count).ok(),
+        None,
+        "failureLimit still a placeholder"
+    );
+    let mut counted = resolved.spec.metrics[0].clone();
+    counted.failure_limit = None;
+    assert_eq!(Policy::of(&counted).map(|p| p.count), Ok(Some(3)));
+}
+
+#[test]
+fn a_template_timing_argument_is_checked_with_its_default_or_left_to_the_run() {
+    let template = |args: serde_json::Value| -> crate::api::AnalysisTemplateSpec {
+        serde_json::from_value(json!({
+            "args": args,
+            "metrics": [{"name": "m", "count": "{{args.count}}", "interval": "1s",
+                         "provider": {"prometheus": {"query": "q"}}}]
+        }))
+        .unwrap()
+    };
+    assert!(
+        crate::analysis::validate_template(&template(json!([{"name": "count", "value": "2"}])))
+            .is_empty()
+    );
+    assert!(crate::analysis::validate_template(&template(json!([{"name": "count"}]))).is_empty());
+    let problems =
+        crate::analysis::validate_template(&template(json!([{"name": "count", "value": "two"}])));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].message.contains("count"), "{problems:?}");
 }
