@@ -107,6 +107,9 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// The providers Ramp implements, by their field under `provider`.
+pub const IMPLEMENTED: [&str; 3] = ["prometheus", "web", "job"];
+
 /// The message of a measurement stopped because its run was terminated.
 pub const TERMINATED: &str = "Metric Terminated";
 

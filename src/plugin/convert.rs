@@ -149,11 +149,14 @@ fn unsupported(value: &Value, kind: &str, report: &mut impl FnMut(&str, String))
         };
         for name in provider
             .keys()
-            .filter(|p| !matches!(p.as_str(), "prometheus" | "web"))
+            .filter(|p| !crate::analysis::provider::IMPLEMENTED.contains(&p.as_str()))
         {
             report(
                 &format!("spec.metrics[{index}].provider.{name}"),
-                format!("provider {name:?} is not supported; Ramp implements prometheus and web"),
+                format!(
+                    "provider {name:?} is not supported; Ramp implements {}",
+                    crate::analysis::provider::IMPLEMENTED.join(", ")
+                ),
             );
         }
     }
