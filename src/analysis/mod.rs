@@ -155,6 +155,16 @@ fn validate_provider(
             format!("{message}; declare it under spec.args"),
         );
     }
+    // A range written out is checked now; one built from arguments when it runs.
+    if let Some(range) = &prometheus.range_query
+        && ![&range.start, &range.end, &range.step]
+            .into_iter()
+            .flatten()
+            .any(|t| t.contains("{{"))
+        && let Err(message) = prometheus::Range::resolve(range, &declared, jiff::Timestamp::now())
+    {
+        add(format!("{field}.provider.prometheus.rangeQuery"), message);
+    }
     if prometheus.timeout.is_some_and(|t| t < 0) {
         add(
             format!("{field}.provider.prometheus.timeout"),

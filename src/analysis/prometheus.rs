@@ -1,4 +1,5 @@
-//! Prometheus metric provider: instant queries against `/api/v1/query`.
+//! Prometheus metric provider: instant queries against `/api/v1/query`,
+//! range queries against `/api/v1/query_range`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +21,96 @@ pub struct Request {
     pub timeout: Duration,
     pub headers: Vec<(String, String)>,
     pub insecure: bool,
+    /// A range query instead of an instant one.
+    pub range: Option<Range>,
+}
+
+/// A resolved `rangeQuery`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Range {
+    pub start: jiff::Timestamp,
+    pub end: jiff::Timestamp,
+    pub step: Duration,
+}
+
+impl Range {
+    /// Resolves Argo's start/end expressions against `now`.
+    pub fn resolve(
+        config: &crate::api::PrometheusRangeQuery,
+        args: &BTreeMap<String, String>,
+        now: jiff::Timestamp,
+    ) -> Result<Range, String> {
+        let time = |field: &str, value: &Option<String>| -> Result<jiff::Timestamp, String> {
+            let text = value.as_deref().ok_or_else(|| {
+                format!(
+                    "rangeQuery.{field} is missing; write e.g. now() or now() - duration(\"10m\")"
+                )
+            })?;
+            let text = substitute(text, args).map_err(|e| format!("rangeQuery.{field}: {e}"))?;
+            relative_time(&text, now).map_err(|e| format!("rangeQuery.{field}: {e}"))
+        };
+        let start = time("start", &config.start)?;
+        let end = time("end", &config.end)?;
+        let step_text = config
+            .step
+            .as_deref()
+            .ok_or("rangeQuery.step is missing; write e.g. \"1m\"")?;
+        let step = crate::api::duration::parse_duration(&substitute(step_text, args)?)
+            .map_err(|e| format!("rangeQuery.step: {e}"))?;
+        if step.is_zero() {
+            return Err("rangeQuery.step must be greater than 0".into());
+        }
+        if end < start {
+            return Err(format!("rangeQuery: end ({end}) is before start ({start})"));
+        }
+        Ok(Range { start, end, step })
+    }
+}
+
+/// `now()` followed by any number of `+ duration("…")` or `- duration("…")`
+/// terms, the forms Argo documents for range queries.
+pub fn relative_time(expression: &str, now: jiff::Timestamp) -> Result<jiff::Timestamp, String> {
+    let unsupported = || {
+        format!(
+            "{expression:?} is not a time Ramp can evaluate; write now(), now() - duration(\"1h\") or now() + duration(\"5m\")"
+        )
+    };
+    let mut rest = expression
+        .trim()
+        .strip_prefix("now()")
+        .ok_or_else(unsupported)?
+        .trim_start();
+    let mut at = now;
+    while !rest.is_empty() {
+        let (sign, after) = match rest.as_bytes()[0] {
+            b'-' => (-1, &rest[1..]),
+            b'+' => (1, &rest[1..]),
+            _ => return Err(unsupported()),
+        };
+        let after = after
+            .trim_start()
+            .strip_prefix("duration(")
+            .ok_or_else(unsupported)?;
+        let close = after.find(')').ok_or_else(unsupported)?;
+        let literal = after[..close].trim();
+        let literal = literal
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+            .or_else(|| {
+                literal
+                    .strip_prefix('\'')
+                    .and_then(|l| l.strip_suffix('\''))
+            })
+            .ok_or_else(unsupported)?;
+        let duration = crate::api::duration::parse_duration(literal)
+            .map_err(|e| format!("{expression:?}: {e}"))?;
+        let signed = jiff::SignedDuration::try_from(duration).map_err(|e| e.to_string())? * sign;
+        at = at
+            .checked_add(signed)
+            .map_err(|e| format!("{expression:?}: {e}"))?;
+        rest = after[close + 1..].trim_start();
+    }
+    Ok(at)
 }
 
 /// Replaces `{{args.NAME}}` (whitespace inside the braces is allowed). An
@@ -70,11 +161,27 @@ pub fn parse_response(status: u16, body: &str) -> Result<MetricValue, String> {
     match data["resultType"].as_str() {
         Some("scalar") => Ok(MetricValue::Scalar(sample(&data["result"])?)),
         Some("vector") => {
-            let series = data["result"].as_array().ok_or("vector result is not a list")?;
-            let values = series.iter().map(|s| sample(&s["value"])).collect::<Result<Vec<_>, _>>()?;
+            let series = data["result"]
+                .as_array()
+                .ok_or("vector result is not a list")?;
+            let values = series
+                .iter()
+                .map(|s| sample(&s["value"]))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(MetricValue::Vector(values))
         }
-        Some("matrix") => Err("the query returned a range vector (matrix); use an instant vector or scalar, e.g. wrap it in rate() or last_over_time()".into()),
+        // A range query: every sample of every series, in order (Argo's reading).
+        Some("matrix") => {
+            let series = data["result"]
+                .as_array()
+                .ok_or("matrix result is not a list")?;
+            let values = series
+                .iter()
+                .flat_map(|s| s["values"].as_array().into_iter().flatten())
+                .map(sample)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(MetricValue::Vector(values))
+        }
         Some("string") => Err("the query returned a string; conditions need numbers".into()),
         other => Err(format!("unexpected resultType {other:?} from Prometheus")),
     }
@@ -98,16 +205,24 @@ pub async fn query(
     insecure_client: &reqwest::Client,
     request: &Request,
 ) -> Result<MetricValue, String> {
-    let url = format!("{}/api/v1/query", request.address.trim_end_matches('/'));
+    let base = request.address.trim_end_matches('/');
     let http = if request.insecure {
         insecure_client
     } else {
         client
     };
-    let mut builder = http
-        .get(&url)
-        .query(&[("query", request.query.as_str())])
-        .timeout(request.timeout);
+    let mut builder = match &request.range {
+        None => http
+            .get(format!("{base}/api/v1/query"))
+            .query(&[("query", request.query.as_str())]),
+        Some(range) => http.get(format!("{base}/api/v1/query_range")).query(&[
+            ("query", request.query.clone()),
+            ("start", range.start.to_string()),
+            ("end", range.end.to_string()),
+            ("step", format!("{}s", range.step.as_secs_f64())),
+        ]),
+    }
+    .timeout(request.timeout);
     for (key, value) in &request.headers {
         builder = builder.header(key, value);
     }
@@ -209,6 +324,70 @@ mod tests {
     }
 
     #[test]
+    fn range_results_are_every_sample_of_every_series() {
+        let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"pod":"a"},"values":[[1,"0.1"],[2,"0.2"]]},
+            {"metric":{"pod":"b"},"values":[[1,"0.3"]]}]}}"#;
+        assert_eq!(
+            parse_response(200, matrix),
+            Ok(MetricValue::Vector(vec![0.1, 0.2, 0.3]))
+        );
+        let empty = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+        assert_eq!(parse_response(200, empty), Ok(MetricValue::Vector(vec![])));
+    }
+
+    #[test]
+    fn range_times_are_now_plus_or_minus_durations() {
+        let now: jiff::Timestamp = "2026-12-04T10:00:00Z".parse().unwrap();
+        let at = |text: &str| relative_time(text, now).map(|t| t.to_string());
+        assert_eq!(at("now()"), Ok("2026-12-04T10:00:00Z".into()));
+        assert_eq!(
+            at(r#"now() - duration("1h")"#),
+            Ok("2026-12-04T09:00:00Z".into())
+        );
+        assert_eq!(
+            at(r#" now() - duration("1h") + duration('90s') "#),
+            Ok("2026-12-04T09:01:30Z".into())
+        );
+        for bad in [
+            "yesterday",
+            "now() - 5m",
+            r#"now() * duration("1h")"#,
+            r#"now() - duration("soon")"#,
+        ] {
+            let error = at(bad).unwrap_err();
+            assert!(
+                error.contains("not a time") || error.contains("soon"),
+                "{bad}: {error}"
+            );
+        }
+        let range = |start: &str, end: &str, step: &str| {
+            Range::resolve(
+                &crate::api::PrometheusRangeQuery {
+                    start: Some(start.into()),
+                    end: Some(end.into()),
+                    step: Some(step.into()),
+                },
+                &BTreeMap::from([("lookback".to_string(), "10m".to_string())]),
+                now,
+            )
+        };
+        let resolved = range(r#"now() - duration("{{args.lookback}}")"#, "now()", "1m").unwrap();
+        assert_eq!(resolved.start.to_string(), "2026-12-04T09:50:00Z");
+        assert_eq!(resolved.step, Duration::from_secs(60));
+        assert!(
+            range("now()", r#"now() - duration("1m")"#, "1m")
+                .unwrap_err()
+                .contains("before start")
+        );
+        assert!(
+            range("now()", "now()", "0s")
+                .unwrap_err()
+                .contains("greater than 0")
+        );
+    }
+
+    #[test]
     fn error_bodies_are_surfaced() {
         let bad = r#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#;
         let error = parse_response(400, bad).unwrap_err();
@@ -220,12 +399,6 @@ mod tests {
             parse_response(502, "<html>bad gateway</html>")
                 .unwrap_err()
                 .contains("not JSON")
-        );
-        let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
-        assert!(
-            parse_response(200, matrix)
-                .unwrap_err()
-                .contains("instant vector")
         );
         let text = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"abc"]}]}}"#;
         assert!(

@@ -168,6 +168,11 @@ impl Prometheus<'_> {
             timeout,
             headers,
             insecure: config.insecure.unwrap_or(false),
+            range: config
+                .range_query
+                .as_ref()
+                .map(|r| prometheus::Range::resolve(r, input.args, jiff::Timestamp::now()))
+                .transpose()?,
         })
     }
 }

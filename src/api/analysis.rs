@@ -256,6 +256,26 @@ pub struct PrometheusMetric {
     pub insecure: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<PrometheusAuth>,
+    /// Query a range (`/api/v1/query_range`) instead of an instant; every
+    /// sample of every series becomes one element of `result`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_query: Option<PrometheusRangeQuery>,
+}
+
+/// Argo's `rangeQuery`: start and end as `now()`, optionally minus or plus
+/// `duration("5m")` terms, and the step between samples.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusRangeQuery {
+    /// e.g. `now() - duration("10m")`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// e.g. `now()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// e.g. "1m".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 /// A Kubernetes Job per measurement: it passes when the Job completes and
