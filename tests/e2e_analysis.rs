@@ -614,6 +614,26 @@ spec:
                 args: ["sleep {{args.duration}} && exit {{args.exit-code}}"]
 "#;
 
+/// The run of `rollout` (its name starts with the rollout's) once it is in `phase`.
+async fn wait_run_of(
+    env: &Env,
+    rollout: &str,
+    phase: AnalysisPhase,
+) -> anyhow::Result<AnalysisRun> {
+    let prefix = format!("{rollout}-");
+    wait_until(
+        &format!("an AnalysisRun of {rollout} to be {phase:?}"),
+        common::TIMEOUT,
+        || async {
+            let runs = env.analysis_runs().await?;
+            Ok(runs
+                .into_iter()
+                .find(|r| r.name_any().starts_with(&prefix) && run_phase(r) == Some(phase)))
+        },
+    )
+    .await
+}
+
 async fn jobs(env: &Env) -> anyhow::Result<Vec<k8s_openapi::api::batch::v1::Job>> {
     let api: kube::Api<k8s_openapi::api::batch::v1::Job> =
         kube::Api::namespaced(env.client.clone(), &env.ns);
@@ -637,12 +657,7 @@ async fn job_metrics_pass_and_fail_on_the_real_job_controller() -> anyhow::Resul
 
     // Two Jobs that exit 0 pass the step; the count came from an argument.
     env.set_image("good", "good:2").await?;
-    let run = wait_run(
-        &env,
-        &format!("{}-2-1", env.hash_of("good:2").await?),
-        AnalysisPhase::Successful,
-    )
-    .await?;
+    let run = wait_run_of(&env, "good", AnalysisPhase::Successful).await?;
     let result = &run.status.as_ref().expect("status").metric_results[0];
     assert_eq!((result.count, result.successful), (2, 2), "{result:?}");
     let uid = run.metadata.uid.clone().expect("uid");
@@ -682,12 +697,7 @@ async fn job_metrics_pass_and_fail_on_the_real_job_controller() -> anyhow::Resul
 
     // A Job that exits 1 fails the run and aborts the rollout to stable.
     env.set_image("bad", "bad:2").await?;
-    let failed = wait_run(
-        &env,
-        &format!("{}-2-1", env.hash_of("bad:2").await?),
-        AnalysisPhase::Failed,
-    )
-    .await?;
+    let failed = wait_run_of(&env, "bad", AnalysisPhase::Failed).await?;
     let result = &failed.status.as_ref().expect("status").metric_results[0];
     assert_eq!(result.failed, 1);
     let message = result.measurements[0].message.clone().unwrap_or_default();
@@ -746,7 +756,7 @@ spec:
     env.wait_phase("bg", RolloutPhase::Healthy).await?;
     env.set_image("bg", "bg:2").await?;
     env.wait_phase("bg", RolloutPhase::Paused).await?;
-    let running = wait_run(&env, "", AnalysisPhase::Running).await?;
+    let running = wait_run_of(&env, "bg", AnalysisPhase::Running).await?;
     let uid = running.metadata.uid.clone().expect("uid");
     wait_until("the long-running Job to exist", common::TIMEOUT, || async {
         let found = jobs(&env)
@@ -758,7 +768,7 @@ spec:
     .await?;
     env.promote("bg").await?;
     env.wait_phase("bg", RolloutPhase::Healthy).await?;
-    let stopped = wait_run(&env, "", AnalysisPhase::Inconclusive).await?;
+    let stopped = wait_run_of(&env, "bg", AnalysisPhase::Inconclusive).await?;
     let result = &stopped.status.as_ref().expect("status").metric_results[0];
     assert_eq!(result.phase, AnalysisPhase::Inconclusive);
     let last = result.measurements.last().expect("a measurement");
@@ -784,8 +794,7 @@ spec:
     )
     .await?;
     env.set_image("pull", "pull:2").await?;
-    let hash = env.hash_of("pull:2").await?;
-    let stuck = wait_run(&env, &format!("{hash}-2-1"), AnalysisPhase::Inconclusive).await?;
+    let stuck = wait_run_of(&env, "pull", AnalysisPhase::Inconclusive).await?;
     let measurement = stuck.status.as_ref().expect("status").metric_results[0]
         .measurements
         .last()
@@ -800,5 +809,45 @@ spec:
         "paused, not aborted"
     );
     env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_range_query_judges_every_sample_of_the_window() -> anyhow::Result<()> {
+    let metrics = Metrics::start(0.02).await?;
+    let env = Env::start("analysis-range").await?;
+    env.apply(&format!(
+        r#"
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisRun
+metadata: {{name: ranged}}
+spec:
+  args: [{{name: window, value: 30s}}]
+  metrics:
+  - name: recent-errors
+    # Prometheus has scraped since before the run; three seconds later the
+    # window holds at least three steps with a sample.
+    initialDelay: 3s
+    successCondition: "size(result) > 1 && result.all(x, x < 0.05)"
+    provider:
+      prometheus:
+        address: {}
+        query: sum(app_errors_ratio{{service="web"}})
+        rangeQuery: {{start: 'now() - duration("{{{{args.window}}}}")', end: "now()", step: 1s}}
+"#,
+        metrics.prometheus.url
+    ))
+    .await?;
+    let run = wait_run(&env, "ranged", AnalysisPhase::Successful).await?;
+    let value = run.status.as_ref().expect("status").metric_results[0].measurements[0]
+        .value
+        .clone()
+        .unwrap_or_default();
+    // One sample per step of the window, all the ratio the target serves.
+    let samples: Vec<&str> = value.trim_matches(['[', ']']).split(',').collect();
+    assert!(samples.len() > 1, "{value}");
+    assert!(samples.iter().all(|s| s.trim() == "0.02"), "{value}");
+    env.cleanup().await;
+    metrics.prometheus.stop().await;
     Ok(())
 }

@@ -290,7 +290,13 @@ async fn measure(
         }
     }
     .await;
-    let (measurement, query) = assess_outcome(metric, outcome, started, Timestamp::now());
+    let (mut measurement, query) = assess_outcome(metric, outcome, started, Timestamp::now());
+    // A finished measurement still says where it was taken (the Job's name), as Argo's do.
+    if let Step::Resume(flying) | Step::Terminate(flying) = step
+        && measurement.metadata.is_empty()
+    {
+        measurement.metadata = flying.metadata.clone();
+    }
     let hide = |text: String| policy::redact(&text, &secrets);
     (
         Measurement {
