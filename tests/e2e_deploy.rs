@@ -142,6 +142,20 @@ spec:
         address: {}
         query: sum(app_errors_ratio)
         authentication: {{bearerToken: {{name: prometheus-token, key: token}}}}
+  # A Job metric too: created, read, its pods listed and old Jobs collected
+  # under the same rules.
+  - name: smoke
+    count: 2
+    interval: 1s
+    provider:
+      job:
+        spec:
+          backoffLimit: 0
+          template:
+            spec:
+              restartPolicy: Never
+              containers: [{{name: smoke, image: "smoke:1", command: [sh, -c, "exit 0"]}}]
+  measurementRetention: [{{metricName: smoke, limit: 1}}]
 "#,
         prometheus.url
     ))
@@ -172,6 +186,17 @@ spec:
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.wait_replicas("promoted", &[("web:2", 2), ("web:1", 0)])
         .await?;
+    // Two smoke Jobs ran; the retention of 1 collected the older one.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client.clone(), &env.ns);
+    wait_until("one smoke Job to be left", common::TIMEOUT, || async {
+        let left = jobs.list(&ListParams::default()).await?.items;
+        let names: Vec<String> = left
+            .iter()
+            .map(|j| j.metadata.name.clone().unwrap_or_default())
+            .collect();
+        Ok((names.len() == 1 && names[0].ends_with(".smoke.2")).then_some(()))
+    })
+    .await?;
     // The API stores whole seconds and only pods created before restartAt
     // are restarted: wait until the clock has left the newest pod's second.
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
