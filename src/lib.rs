@@ -7,5 +7,6 @@
 pub mod analysis;
 pub mod api;
 pub mod controller;
+pub mod notify;
 pub mod planner;
 pub mod plugin;

@@ -207,6 +207,9 @@ pub(super) async fn execute(
         )
         .await?;
         ctx.recent_rollouts.remember(written);
+        // Only now is the transition on record, so it is never planned (or
+        // notified) again, not even after a restart.
+        notify_subscribers(ctx, rollout, namespace, &plan.events);
     }
     // Off only once the record of routed-through routes is gone from status.
     if plan.finalizer == Some(false) {
@@ -393,6 +396,26 @@ where
             name: name.into(),
             source,
         }),
+    }
+}
+
+/// Queues a notice for every planned transition someone subscribed to.
+pub(super) fn notify_subscribers<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    subject: &K,
+    namespace: &str,
+    events: &[PlannedEvent],
+) {
+    let (name, annotations) = (
+        subject.meta().name.clone().unwrap_or_default(),
+        subject.meta().annotations.clone().unwrap_or_default(),
+    );
+    for event in events {
+        if let Some(notice) =
+            crate::notify::notice(namespace, &name, &annotations, event.reason, &event.message)
+        {
+            ctx.notifier.enqueue(notice);
+        }
     }
 }
 

@@ -62,6 +62,12 @@ pub struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub service: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -76,6 +82,7 @@ pub struct Metrics {
     analysis_runs: Family<PhaseLabels, Counter>,
     measurements: Family<PhaseLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
     leader: Gauge,
     http_requests: Family<HttpLabels, Counter>,
     /// The info series each rollout currently has, so a phase change replaces it.
@@ -98,6 +105,7 @@ impl Default for Metrics {
             analysis_runs: Family::default(),
             measurements: Family::default(),
             events: Family::default(),
+            notifications: Family::default(),
             leader: Gauge::default(),
             http_requests: Family::default(),
             current: Mutex::default(),
@@ -142,6 +150,11 @@ impl Default for Metrics {
             "events",
             "Kubernetes Events emitted, by reason",
             metrics.events.clone(),
+        );
+        registry.register(
+            "notifications",
+            "Notification deliveries by service kind and outcome",
+            metrics.notifications.clone(),
         );
         registry.register(
             "http_requests",
@@ -256,6 +269,17 @@ impl Metrics {
         self.measurements
             .get_or_create(&PhaseLabels {
                 phase: phase.into(),
+            })
+            .inc();
+    }
+
+    /// One notification delivery outcome; service is webhook, slack,
+    /// teams or unknown, outcome delivered, failed, misconfigured or dropped.
+    pub fn notified(&self, service: &str, outcome: &str) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                service: service.into(),
+                outcome: outcome.into(),
             })
             .inc();
     }

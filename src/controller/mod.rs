@@ -211,6 +211,8 @@ pub struct Context {
     /// True once every cache has synced. Planning from a half-filled cache
     /// would see "no ReplicaSets" and start over, so reconciles wait for it.
     pub synced: Arc<AtomicBool>,
+    /// Sends notifications of transitions to the Rollouts' subscribers.
+    pub notifier: crate::notify::deliver::Dispatcher,
 }
 
 impl Context {
@@ -528,6 +530,12 @@ async fn start_controllers(
         .danger_accept_invalid_certs(true)
         .build()
         .map_err(|e| Error::HttpClient(e.to_string()))?;
+    let metrics_for_notifications = metrics.clone();
+    // Notification receivers are whatever the ConfigMap names; no redirects.
+    let notification_http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Error::HttpClient(e.to_string()))?;
     let context = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -551,6 +559,14 @@ async fn start_controllers(
         insecure_http,
         analysis_policy: settings.analysis_policy.clone(),
         synced: ready.clone(),
+        notifier: {
+            let counted = metrics_for_notifications.clone();
+            crate::notify::deliver::Dispatcher::start(
+                client.clone(),
+                notification_http,
+                Arc::new(move |kind, outcome| counted.notified(kind, outcome)),
+            )
+        },
     });
 
     let readiness = {

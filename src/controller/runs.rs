@@ -95,6 +95,7 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
     }
     let phase = status.phase.unwrap_or(AnalysisPhase::Pending);
 
+    let mut transition = None;
     // The phase Event goes out before the status write, so it is never lost
     // to a conflicting write and is readable by whoever sees the new phase.
     if previous.phase != Some(phase) {
@@ -120,16 +121,13 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
                 .unwrap_or_default()
         );
         info!(run = %name, namespace = %namespace, phase = phase.as_str(), message = ?status.message, "analysis run phase changed");
-        apply::publish_events(
-            &ctx,
-            run.as_ref(),
-            &[PlannedEvent {
-                warning,
-                reason,
-                message,
-            }],
-        )
-        .await;
+        let event = PlannedEvent {
+            warning,
+            reason,
+            message,
+        };
+        apply::publish_events(&ctx, run.as_ref(), std::slice::from_ref(&event)).await;
+        transition = Some(event);
     }
     if status != previous {
         let old = serde_json::to_value(&run.status).map_err(|source| Error::Serialize {
@@ -151,6 +149,12 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
         )
         .await?;
         ctx.recent_runs.remember(written);
+        // The Rollout's subscribers hear of its run's verdict once it is on record.
+        if let Some(event) = transition.filter(|_| phase.is_completed())
+            && let Some(rollout) = owning_rollout(&ctx, &run, &namespace)
+        {
+            apply::notify_subscribers(&ctx, rollout.as_ref(), &namespace, &[event]);
+        }
     }
     // Counted once the completed phase is stored, so a conflict does not count it twice.
     if previous.phase != Some(phase) && phase.is_completed() {
@@ -169,6 +173,22 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
         ),
         None => Action::requeue(Duration::from_secs(1)),
     })
+}
+
+/// The Rollout that controls the run, from the cache.
+fn owning_rollout(
+    ctx: &Context,
+    run: &AnalysisRun,
+    namespace: &str,
+) -> Option<Arc<crate::api::Rollout>> {
+    let owner = run
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "Rollout" && o.controller == Some(true))?;
+    ctx.rollouts
+        .get(&kube::runtime::reflector::ObjectRef::new(&owner.name).within(namespace))
 }
 
 /// What to do with a metric that is due.

@@ -71,7 +71,21 @@ pub fn lint(text: &str) -> (Vec<Finding>, usize) {
         }
         checked += 1;
         let problems = match kind.as_str() {
-            "Rollout" => typed::<Rollout>(&value).map(|r| validate_rollout(&r.spec)),
+            "Rollout" => typed::<Rollout>(&value).map(|r| {
+                let mut problems = validate_rollout(&r.spec);
+                // Subscriptions that would never fire are mistakes too.
+                let annotations = r.metadata.annotations.clone().unwrap_or_default();
+                problems.extend(
+                    crate::notify::subscriptions(&annotations)
+                        .1
+                        .into_iter()
+                        .map(|message| Problem {
+                            field: "metadata.annotations".into(),
+                            message,
+                        }),
+                );
+                problems
+            }),
             "AnalysisTemplate" => {
                 typed::<AnalysisTemplate>(&value).map(|t| validate_template(&t.spec))
             }
@@ -157,6 +171,33 @@ mod tests {
         let (findings, _) =
             lint("apiVersion: ramp.dev/v1alpha1\nkind: Rollout\nmetadata: {name: web}\n");
         assert_eq!(findings[0].problem.field, "spec");
+    }
+
+    #[test]
+    fn notification_subscriptions_that_cannot_fire_are_reported() {
+        let text = r##"
+apiVersion: ramp.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+  annotations:
+    notifications.ramp.dev/subscribe.on-rollout-aborted.slack: "#deploys"
+    notifications.ramp.dev/subscribe.on-rollout-finished.slack: "#deploys"
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: app, image: web:1}]}
+  strategy: {canary: {steps: [{setWeight: 20}]}}
+"##;
+        let (findings, _) = lint(text);
+        let shown: Vec<String> = findings.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].contains("metadata.annotations")
+                && shown[0].contains("unknown trigger \"on-rollout-finished\""),
+            "{shown:?}"
+        );
     }
 
     #[test]

@@ -406,6 +406,8 @@ pub struct Received {
 #[derive(Default)]
 struct ReceiverState {
     answer: (u16, String),
+    /// Answers for the next requests, before `answer` again.
+    next: std::collections::VecDeque<(u16, String)>,
     requests: Vec<Received>,
 }
 
@@ -420,6 +422,7 @@ impl WebReceiver {
     pub async fn start(status: u16, body: &str) -> anyhow::Result<Self> {
         let state = Arc::new(Mutex::new(ReceiverState {
             answer: (status, body.to_string()),
+            next: Default::default(),
             requests: Vec::new(),
         }));
         let shared = state.clone();
@@ -447,7 +450,8 @@ impl WebReceiver {
                 let (status, body) = match state.lock() {
                     Ok(mut state) => {
                         state.requests.push(received);
-                        state.answer.clone()
+                        let answer = state.answer.clone();
+                        state.next.pop_front().unwrap_or(answer)
                     }
                     Err(_) => (500, "receiver state poisoned".to_string()),
                 };
@@ -470,6 +474,15 @@ impl WebReceiver {
     }
 
     /// What every following request is answered with.
+    /// The next `times` requests get `status` and `body`, then the usual answer again.
+    pub fn answer_next(&self, times: usize, status: u16, body: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state
+                .next
+                .extend(std::iter::repeat_n((status, body.to_string()), times));
+        }
+    }
+
     pub fn answer(&self, status: u16, body: &str) {
         if let Ok(mut state) = self.state.lock() {
             state.answer = (status, body.to_string());

@@ -1,0 +1,135 @@
+//! Notifications (issue 15): a Rollout subscribes through annotations, the
+//! services come from a ConfigMap with a secret from a Secret, and a local
+//! HTTP receiver sees each transition exactly once, also after it first
+//! refused with 500s.
+
+mod common;
+
+use common::{Env, canary_yaml};
+use ramp::api::RolloutPhase;
+use ramp_test_support::{Received, WebReceiver, wait_until};
+
+fn of_trigger<'a>(requests: &'a [Received], trigger: &str) -> Vec<&'a Received> {
+    requests
+        .iter()
+        .filter(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.body)
+                .is_ok_and(|b| b["trigger"] == trigger)
+        })
+        .collect()
+}
+
+async fn delivered(env: &Env) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", env.metrics_port()))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find(|l| {
+            l.starts_with("ramp_notifications_total")
+                && l.contains("service=\"webhook\"")
+                && l.contains("outcome=\"delivered\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test]
+async fn each_transition_is_delivered_once_and_retried_through_500s() -> anyhow::Result<()> {
+    let receiver = WebReceiver::start(200, "ok").await?;
+    let env = Env::start("notify").await?;
+    env.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: ramp-notifications-secret}}
+stringData: {{audit-token: Bearer n0t1fy}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ramp-notifications-cm}}
+data:
+  service.webhook.audit: |
+    url: {}/events
+    headers:
+    - {{name: Authorization, value: $audit-token}}
+  template.on-rollout-paused: "{{{{rollout}}}} waits for a human: {{{{message}}}}"
+"#,
+        receiver.url
+    ))
+    .await?;
+    let yaml = canary_yaml("web", 2, "web:1", "[{setWeight: 50}, {pause: {}}]").replacen(
+        "metadata: {name: web}",
+        "metadata:\n  name: web\n  annotations:\n    notifications.ramp.dev/subscribe.on-rollout-paused.audit: \"\"\n    notifications.argoproj.io/subscribe.on-rollout-completed.audit: \"\"",
+        1,
+    );
+    env.apply(&yaml).await?;
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    // The first revision becoming stable is a completion too, as in Argo.
+    wait_until(
+        "the first completion to be delivered",
+        common::TIMEOUT,
+        || async { Ok((delivered(&env).await? == 1).then_some(())) },
+    )
+    .await?;
+    let before = receiver.requests().len();
+
+    // Refused twice, then the receiver recovers and the retry lands.
+    receiver.answer_next(2, 500, "not now");
+    env.set_image("web", "web:2").await?;
+    env.wait_phase("web", RolloutPhase::Paused).await?;
+    wait_until(
+        "the paused notice to be delivered",
+        common::TIMEOUT,
+        || async { Ok((delivered(&env).await? == 2).then_some(())) },
+    )
+    .await?;
+    let paused_attempts = of_trigger(&receiver.requests(), "on-rollout-paused").len();
+    assert_eq!(paused_attempts, 3, "two refusals and the retry that landed");
+    let paused = of_trigger(&receiver.requests(), "on-rollout-paused")[0].clone();
+    assert_eq!(paused.path, "/events");
+    assert_eq!(
+        paused.headers.get("authorization").map(String::as_str),
+        Some("Bearer n0t1fy")
+    );
+    let body: serde_json::Value = serde_json::from_str(&paused.body)?;
+    assert_eq!(body["rollout"], "web");
+    assert_eq!(body["reason"], "RolloutPaused");
+    assert!(
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("web waits for a human")),
+        "{body}"
+    );
+
+    env.promote("web").await?;
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+    wait_until(
+        "the completed notice to be delivered",
+        common::TIMEOUT,
+        || async { Ok((delivered(&env).await? >= 3).then_some(())) },
+    )
+    .await?;
+    let all = receiver.requests();
+    let seen: Vec<&str> = all.iter().map(|r| r.body.as_str()).collect();
+    assert_eq!(delivered(&env).await?, 3, "{seen:#?}");
+    let since_update = &all[before..];
+    assert_eq!(
+        of_trigger(since_update, "on-rollout-completed").len(),
+        1,
+        "completed once, through Argo's annotation prefix: {seen:#?}"
+    );
+    assert_eq!(
+        of_trigger(since_update, "on-rollout-paused").len(),
+        paused_attempts,
+        "nothing re-sent once delivered"
+    );
+    assert!(
+        of_trigger(since_update, "on-rollout-updated").is_empty(),
+        "no subscription, no notice"
+    );
+    env.cleanup().await;
+    Ok(())
+}
