@@ -133,3 +133,59 @@ data:
     env.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failed_analysis_notifies_its_rollouts_subscribers_once() -> anyhow::Result<()> {
+    let receiver = WebReceiver::start(200, "ok").await?;
+    let verdicts = WebReceiver::start(200, r#"{"ok": false}"#).await?;
+    let env = Env::start("notify-analysis").await?;
+    env.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ramp-notifications-cm}}
+data:
+  service.webhook.audit: "url: {}/events"
+---
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: verdict}}
+spec:
+  metrics:
+  - name: verdict
+    successCondition: "result.ok == true"
+    provider: {{web: {{url: "{}/verdict"}}}}
+"#,
+        receiver.url, verdicts.url
+    ))
+    .await?;
+    let yaml = canary_yaml(
+        "api",
+        2,
+        "api:1",
+        "[{setWeight: 50}, {analysis: {templates: [{templateName: verdict}]}}]",
+    )
+    .replacen(
+        "metadata: {name: api}",
+        "metadata:\n  name: api\n  annotations:\n    notifications.ramp.dev/subscribe.on-analysis-run-failed.audit: \"\"\n    notifications.ramp.dev/subscribe.on-rollout-aborted.audit: \"\"",
+        1,
+    );
+    env.apply(&yaml).await?;
+    env.wait_phase("api", RolloutPhase::Healthy).await?;
+    env.set_image("api", "api:2").await?;
+    env.wait_phase("api", RolloutPhase::Degraded).await?;
+    wait_until("both notices to be delivered", common::TIMEOUT, || async {
+        Ok((delivered(&env).await? >= 2).then_some(()))
+    })
+    .await?;
+    let requests = receiver.requests();
+    let failed = of_trigger(&requests, "on-analysis-run-failed");
+    assert_eq!(failed.len(), 1, "{requests:?}");
+    let body: serde_json::Value = serde_json::from_str(&failed[0].body)?;
+    assert_eq!(body["rollout"], "api", "told under the Rollout's name");
+    assert_eq!(body["reason"], "AnalysisRunFailed");
+    assert_eq!(of_trigger(&requests, "on-rollout-aborted").len(), 1);
+    assert_eq!(delivered(&env).await?, 2);
+    env.cleanup().await;
+    Ok(())
+}

@@ -270,6 +270,11 @@ impl<'a> Ctx<'a> {
         if !self.status.abort {
             self.status.abort = true;
         }
+        // Recorded in the same pass that decides the abort, so the next pass
+        // sees it as an old abort and does not announce it a second time.
+        if self.status.aborted_at.is_none() {
+            self.status.aborted_at = Some(self.time());
+        }
         self.abort_reason = Some(reason);
     }
 

@@ -1023,9 +1023,16 @@ fn failed_analysis_aborts_back_to_stable() {
     deployed(&mut world);
     world.set_image("web:2");
     world.settle();
+    world.mark();
     world.set_run_phase("-1", AnalysisPhase::Failed);
     world.settle();
     assert!(world.status().abort);
+    // One transition, one Event (notifications follow Events one for one).
+    let aborted = world
+        .recent_events()
+        .filter(|e| e.reason == "RolloutAborted")
+        .count();
+    assert_eq!(aborted, 1);
     assert_eq!(
         (world.replicas_of("web:2"), world.replicas_of("web:1")),
         (0, 5)
