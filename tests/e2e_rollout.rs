@@ -351,7 +351,7 @@ struct BadKind {
     expected: &'static str,
 }
 
-const BAD_KINDS: [BadKind; 10] = [
+const BAD_KINDS: [BadKind; 12] = [
     BadKind {
         strategy: "canary: {steps: [{setWeight: 150}]}",
         selector_extra: "",
@@ -396,6 +396,17 @@ const BAD_KINDS: [BadKind; 10] = [
         strategy: "canary: {maxSurge: 0, maxUnavailable: 0}",
         selector_extra: "",
         expected: "spec.strategy.canary.maxUnavailable: maxSurge and maxUnavailable are both 0",
+    },
+    // Argo fields Ramp does not implement: accepted by the schema, named by validation.
+    BadKind {
+        strategy: "canary: {antiAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {}}}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.antiAffinity: not supported yet",
+    },
+    BadKind {
+        strategy: "canary: {scaleDownDelayRevisionLimit: 2}",
+        selector_extra: "",
+        expected: "spec.strategy.canary.scaleDownDelayRevisionLimit: not supported yet",
     },
     BadKind {
         strategy: "blueGreen: {activeService: same, previewService: same}",

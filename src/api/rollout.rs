@@ -57,8 +57,16 @@ pub struct RolloutSpec {
     pub replicas: Option<i32>,
     /// Label selector for pods; must match the template's labels.
     pub selector: LabelSelector,
-    /// Pod template; a change starts a new rollout.
+    /// Pod template; a change starts a new rollout. Required (Ramp does not
+    /// support `workloadRef` yet), but optional in the schema so a Rollout
+    /// written for workloadRef gets InvalidSpec naming what is missing.
+    #[serde(default)]
     pub template: PodTemplateSpec,
+    /// Argo's reference to a Deployment's template: not supported yet, kept
+    /// so validation can say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::traffic::free_form_object")]
+    pub workload_ref: Option<serde_json::Value>,
     /// Seconds a new pod must be Ready before it counts as available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
@@ -127,6 +135,22 @@ pub struct PodMetadata {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStrategy {
+    /// Argo fields Ramp does not implement yet, kept so validation names
+    /// them (an InvalidSpec condition) instead of the API server refusing
+    /// the whole manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::traffic::free_form_object")]
+    pub anti_affinity: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay_revision_limit: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::traffic::free_form_object")]
+    pub ping_pong: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_pods_per_replica_set: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::traffic::free_form_object")]
+    pub replica_progress_threshold: Option<serde_json::Value>,
     /// Service whose selector is pointed at the canary ReplicaSet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_service: Option<String>,
@@ -228,6 +252,12 @@ pub struct SetCanaryScale {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BlueGreenStrategy {
+    /// Argo fields Ramp does not implement yet (see CanaryStrategy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::traffic::free_form_object")]
+    pub anti_affinity: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
     /// Service that receives production traffic. Required.
     pub active_service: String,
     /// Service pointed at the new ReplicaSet before promotion.

@@ -46,7 +46,7 @@ pub struct TrafficRouting {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
-fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,

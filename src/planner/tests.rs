@@ -812,6 +812,18 @@ fn validation_messages_name_the_field_and_the_fix() {
         ),
         (json!({}), "set either canary or blueGreen"),
         (
+            json!({"canary": {"antiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": {"weight": 1}}}}),
+            "spec.strategy.canary.antiAffinity: not supported yet",
+        ),
+        (
+            json!({"canary": {"minPodsPerReplicaSet": 2}}),
+            "spec.strategy.canary.minPodsPerReplicaSet: not supported yet",
+        ),
+        (
+            blue_green(json!({"activeService": "web-active", "maxUnavailable": 1})),
+            "spec.strategy.blueGreen.maxUnavailable: not supported yet",
+        ),
+        (
             blue_green(json!({"activeService": "web-preview"})),
             "same Service as activeService",
         ),
@@ -821,6 +833,14 @@ fn validation_messages_name_the_field_and_the_fix() {
         let text = summarize(&problems);
         assert!(text.contains(expected), "expected {expected:?} in {text:?}");
     }
+    // A Rollout written for workloadRef has no template: only that is said.
+    let mut referencing = rollout(canary(json!([])), 3);
+    referencing.spec.template = Default::default();
+    referencing.spec.workload_ref =
+        Some(json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}));
+    let problems = crate::api::validate::validate_rollout(&referencing.spec);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(summarize(&problems).contains("spec.workloadRef: not supported yet"));
     let mut bad_selector = rollout(canary(json!([])), 3);
     bad_selector.spec.selector.match_labels =
         Some(BTreeMap::from([("app".to_string(), "other".to_string())]));
