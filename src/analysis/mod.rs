@@ -46,6 +46,11 @@ pub fn validate_template(spec: &AnalysisTemplateSpec) -> Vec<Problem> {
         }
     }
     let mut metric_names = BTreeSet::new();
+    let defaults: BTreeMap<&str, &str> = spec
+        .args
+        .iter()
+        .filter_map(|a| Some((a.name.as_str(), a.value.as_deref()?)))
+        .collect();
     for (index, metric) in spec.metrics.iter().enumerate() {
         let field = format!("spec.metrics[{index}]");
         if metric.name.trim().is_empty() {
@@ -58,11 +63,6 @@ pub fn validate_template(spec: &AnalysisTemplateSpec) -> Vec<Problem> {
         }
         // Timing given as an argument is checked with the argument's
         // default; one a Rollout supplies is checked when the run starts.
-        let defaults: BTreeMap<&str, &str> = spec
-            .args
-            .iter()
-            .filter_map(|a| Some((a.name.as_str(), a.value.as_deref()?)))
-            .collect();
         let mut timed = metric.clone();
         run::fill_timing_and_conditions(&mut timed, &defaults);
         if let Err(message) = run::Policy::of(&timed)

@@ -123,7 +123,8 @@ impl Policy {
 /// Argo allows). Placeholders of Secret-valued or unknown arguments stay:
 /// providers fill those per measurement, and a timing field still holding
 /// one is reported by `Policy::of`.
-pub fn with_plain_args(run: &AnalysisRun) -> AnalysisRun {
+/// None when the run has no plain argument, so the common case copies nothing.
+pub fn with_plain_args(run: &AnalysisRun) -> Option<AnalysisRun> {
     let plain: std::collections::BTreeMap<&str, &str> = run
         .spec
         .args
@@ -131,13 +132,13 @@ pub fn with_plain_args(run: &AnalysisRun) -> AnalysisRun {
         .filter_map(|a| Some((a.name.as_str(), a.value.as_deref()?)))
         .collect();
     if plain.is_empty() {
-        return run.clone();
+        return None;
     }
     let mut resolved = run.clone();
     for metric in &mut resolved.spec.metrics {
         fill_timing_and_conditions(metric, &plain);
     }
-    resolved
+    Some(resolved)
 }
 
 /// `fill_known` over a metric's timing, limits and conditions.

@@ -48,7 +48,7 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
     let started = Instant::now();
     // Our own last status write, if the watch has not delivered it yet.
     let run = ctx.recent_runs.freshest(run);
-    let run = Arc::new(with_plain_args(&run));
+    let run = with_plain_args(&run).map_or(run, Arc::new);
     let name = run.name_any();
     let namespace = run.namespace().ok_or_else(|| Error::MissingNamespace {
         kind: "AnalysisRun",
@@ -209,10 +209,10 @@ async fn take_measurement(
     status: &mut crate::api::AnalysisRunStatus,
 ) {
     let (measurement, query) = measure(ctx, run, namespace, metric, &step).await;
-    if !in_flight(&measurement) {
+    let ended = !in_flight(&measurement);
+    if ended {
         ctx.metrics.measured(measurement.phase.as_str());
     }
-    let ended = !in_flight(&measurement);
     record(run, status, metric, measurement);
     if let Some(result) = status
         .metric_results

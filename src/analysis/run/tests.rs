@@ -401,7 +401,7 @@ fn plain_arguments_fill_timing_limits_and_conditions_secrets_stay_for_providers(
         {"name": "token", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
     ]))
     .unwrap();
-    let resolved = with_plain_args(&run);
+    let resolved = with_plain_args(&run).expect("plain arguments to fill");
     let metric = &resolved.spec.metrics[0];
     assert_eq!(metric.count, Some(IntOrString::String("3".into())));
     assert_eq!(metric.interval.as_deref(), Some("2s"));

@@ -261,22 +261,8 @@ impl Kubelet {
         }
         let now = Timestamp::now().to_string();
         let flag = if ready { "True" } else { "False" };
-        let containers: Vec<_> = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.iter())
-            .map(|c| {
-                json!({
-                    "name": c.name,
-                    "image": c.image.clone().unwrap_or_default(),
-                    "imageID": format!("test-kubelet://{}", c.image.clone().unwrap_or_default()),
-                    "ready": ready,
-                    "started": true,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": now}},
-                })
-            })
-            .collect();
+        let containers =
+            container_statuses(pod, ready, true, json!({"running": {"startedAt": now}}));
         let patch = json!({
             "status": {
                 "phase": "Running",
@@ -359,6 +345,31 @@ impl Kubelet {
     }
 }
 
+/// Every container's status, all in the same `state`.
+fn container_statuses(
+    pod: &Pod,
+    ready: bool,
+    started: bool,
+    state: serde_json::Value,
+) -> Vec<serde_json::Value> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            let image = c.image.clone().unwrap_or_default();
+            json!({
+                "name": c.name,
+                "imageID": format!("test-kubelet://{image}"),
+                "image": image,
+                "ready": ready,
+                "started": started,
+                "restartCount": 0,
+                "state": state,
+            })
+        })
+        .collect()
+}
+
 /// Ends a run-to-completion pod `delay` after it started: Succeeded with
 /// exit code 0, Failed otherwise, every container terminated with the code.
 async fn finish(
@@ -381,23 +392,9 @@ async fn finish(
     } else {
         ("Failed", "Error")
     };
-    let containers: Vec<_> = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": format!("test-kubelet://{}", c.image.clone().unwrap_or_default()),
-                "ready": false,
-                "started": false,
-                "restartCount": 0,
-                "state": {"terminated": {"exitCode": exit_code, "reason": reason,
-                                         "startedAt": started.to_string(), "finishedAt": now}},
-            })
-        })
-        .collect();
+    let terminated = json!({"terminated": {"exitCode": exit_code, "reason": reason,
+                                           "startedAt": started.to_string(), "finishedAt": now}});
+    let containers = container_statuses(&pod, false, false, terminated);
     let patch = json!({"status": {
         "phase": phase,
         "conditions": [
