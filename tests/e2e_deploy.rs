@@ -420,7 +420,22 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
         &format!("{}/verdict", approvals.url),
     ))
     .await?;
-    let all = ["web", "shop", "api", "store", "catalog", "checkout"];
+    // One endpoint plays every webhook of the webhooks example (the gates
+    // open, the smoke test passes); the incident check goes nowhere, which
+    // counts as "no incident".
+    let gates = ramp_test_support::WebReceiver::start(200, "ok").await?;
+    env.apply(
+        &read("canary-webhooks.yaml")?
+            .replace(
+                "http://release-gates.tools.svc:8080/incidents",
+                "http://127.0.0.1:9/incidents",
+            )
+            .replace("http://release-gates.tools.svc:8080", &gates.url),
+    )
+    .await?;
+    let all = [
+        "web", "shop", "api", "store", "catalog", "checkout", "orders",
+    ];
     for name in all {
         env.wait_phase(name, RolloutPhase::Healthy).await?;
     }
@@ -442,6 +457,13 @@ async fn examples_run_to_healthy() -> anyhow::Result<()> {
     }
     let runs = env.analysis_runs().await?;
     assert_eq!(runs.len(), 3, "three analysis steps ran");
+    let paths: Vec<String> = gates.requests().iter().map(|r| r.path.clone()).collect();
+    for path in ["/change-window", "/smoke", "/sign-off"] {
+        assert!(
+            paths.iter().any(|p| p == path),
+            "{path} was not asked: {paths:?}"
+        );
+    }
     assert!(
         approvals
             .requests()

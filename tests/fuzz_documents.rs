@@ -195,6 +195,7 @@ proptest! {
                 cluster_templates_read_secrets: false,
                 pods: None,
                 routes: BTreeMap::new(),
+                webhook_answers: Vec::new(),
                 now: "2026-01-01T00:00:00Z".parse().map_err(|e: jiff::Error| TestCaseError::fail(e.to_string()))?,
             };
             // Services and templates are missing here: the plan must say so, not panic.

@@ -8,10 +8,12 @@ pub mod merge;
 pub mod rollout;
 pub mod traffic;
 pub mod validate;
+pub mod webhook;
 
 pub use analysis::*;
 pub use rollout::*;
 pub use traffic::*;
+pub use webhook::*;
 
 /// Label that ties ReplicaSets, pods and Service selectors to one pod template.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "rollouts-pod-template-hash";

@@ -93,6 +93,10 @@ pub struct RolloutSpec {
     /// History limits for AnalysisRuns this rollout creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisRunStrategy>,
+    /// Ramp extension: HTTP hooks that gate, abort or hear about each
+    /// rollout of a new revision (see `crate::api::webhook`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<super::webhook::RolloutWebhook>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -356,6 +360,11 @@ pub struct RolloutStatus {
     /// Rollout is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_traffic_routing: Option<crate::api::AppliedTrafficRouting>,
+    /// Ramp extension: what each webhook answered during the rollout of
+    /// the current revision, so a restart neither asks a passed gate again
+    /// nor tells a post-rollout hook twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<super::webhook::WebhookStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -389,6 +398,9 @@ pub enum PauseReason {
     CanaryPauseStep,
     BlueGreenPause,
     InconclusiveAnalysisRun,
+    /// Ramp extension: a confirm-rollout or confirm-promotion webhook has
+    /// not answered 2xx yet.
+    PendingWebhook,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -150,6 +150,7 @@ pub fn validate_rollout(spec: &RolloutSpec) -> Vec<Problem> {
             }
         }
     }
+    validate_webhooks(&spec.webhooks, &mut problems);
     match (&spec.strategy.canary, &spec.strategy.blue_green) {
         (Some(_), Some(_)) => problems.add(
             "spec.strategy",
@@ -160,6 +161,58 @@ pub fn validate_rollout(spec: &RolloutSpec) -> Vec<Problem> {
         (None, Some(_)) => validate_blue_green(spec, &mut problems),
     }
     problems.0
+}
+
+/// Webhooks: unique names, an http(s) URL, and timing within bounds that
+/// keep a hook from holding a delivery slot (or a gate) for long.
+fn validate_webhooks(hooks: &[crate::api::RolloutWebhook], problems: &mut Problems) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, hook) in hooks.iter().enumerate() {
+        let field = |name: &str| format!("spec.webhooks[{index}].{name}");
+        if hook.name.trim().is_empty() {
+            problems.add(field("name"), "give the webhook a name");
+        } else if !seen.insert(hook.name.as_str()) {
+            problems.add(
+                field("name"),
+                format!(
+                    "{:?} is used by an earlier webhook; names must be unique",
+                    hook.name
+                ),
+            );
+        }
+        match reqwest::Url::parse(&hook.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            Ok(_) => problems.add(
+                field("url"),
+                format!(
+                    "{:?} must be an http:// or https:// address with a host",
+                    hook.url
+                ),
+            ),
+            Err(error) => problems.add(
+                field("url"),
+                format!(
+                    "{:?} is not a URL ({error}); write e.g. http://approvals.ops:8080/confirm",
+                    hook.url
+                ),
+            ),
+        }
+        if hook
+            .timeout_seconds
+            .is_some_and(|t| !(1..=300).contains(&t))
+        {
+            problems.add(field("timeoutSeconds"), "must be between 1 and 300");
+        }
+        if hook.retries.is_some_and(|r| !(0..=10).contains(&r)) {
+            problems.add(field("retries"), "must be between 0 and 10");
+        }
+        if hook
+            .interval_seconds
+            .is_some_and(|i| !(1..=3600).contains(&i))
+        {
+            problems.add(field("intervalSeconds"), "must be between 1 and 3600");
+        }
+    }
 }
 
 fn validate_selector(selector: &LabelSelector, spec: &RolloutSpec, problems: &mut Problems) {

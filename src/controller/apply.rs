@@ -26,6 +26,16 @@ pub(super) async fn execute(
     plan: &Plan,
 ) -> Result<(), Error> {
     let name = rollout.name_any();
+    let subject = crate::notify::hooks::Subject {
+        namespace: namespace.into(),
+        name: name.clone(),
+        uid: rollout.uid().unwrap_or_default(),
+    };
+    // Questions need nothing written first; their answers plan this
+    // Rollout again.
+    for call in plan.webhooks.iter().filter(|c| c.is_question()) {
+        ctx.webhooks.ask(subject.clone(), call.clone());
+    }
     // The finalizer goes on before any route is written, so a deletion from
     // here on waits for the routes to be handed back. Its patch moves the
     // resourceVersion on, which the status write below is preconditioned on.
@@ -210,6 +220,9 @@ pub(super) async fn execute(
         // Only now is the transition on record, so it is never planned (or
         // notified) again, not even after a restart.
         notify_subscribers(ctx, rollout, namespace, &plan.events);
+        for call in plan.webhooks.iter().filter(|c| !c.is_question()) {
+            ctx.webhooks.tell(call.clone());
+        }
     }
     // Off only once the record of routed-through routes is gone from status.
     if plan.finalizer == Some(false) {

@@ -68,6 +68,12 @@ pub struct NotificationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub hook_type: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -83,6 +89,7 @@ pub struct Metrics {
     measurements: Family<PhaseLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
     notifications: Family<NotificationLabels, Counter>,
+    webhooks: Family<WebhookLabels, Counter>,
     leader: Gauge,
     http_requests: Family<HttpLabels, Counter>,
     /// The info series each rollout currently has, so a phase change replaces it.
@@ -106,6 +113,7 @@ impl Default for Metrics {
             measurements: Family::default(),
             events: Family::default(),
             notifications: Family::default(),
+            webhooks: Family::default(),
             leader: Gauge::default(),
             http_requests: Family::default(),
             current: Mutex::default(),
@@ -155,6 +163,11 @@ impl Default for Metrics {
             "notifications",
             "Notification deliveries by service kind and outcome",
             metrics.notifications.clone(),
+        );
+        registry.register(
+            "webhook_calls",
+            "Rollout webhook calls by webhook type and outcome",
+            metrics.webhooks.clone(),
         );
         registry.register(
             "http_requests",
@@ -279,6 +292,17 @@ impl Metrics {
         self.notifications
             .get_or_create(&NotificationLabels {
                 service: service.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// One rollout webhook call; hook_type is the webhook's type, outcome
+    /// accepted, refused, unreachable or dropped.
+    pub fn webhook(&self, hook_type: &str, outcome: &str) {
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                hook_type: hook_type.into(),
                 outcome: outcome.into(),
             })
             .inc();

@@ -213,6 +213,8 @@ pub struct Context {
     pub synced: Arc<AtomicBool>,
     /// Sends notifications of transitions to the Rollouts' subscribers.
     pub notifier: crate::notify::deliver::Dispatcher,
+    /// Calls the Rollouts' webhooks and keeps the answers for the planner.
+    pub webhooks: crate::notify::hooks::WebhookRunner,
 }
 
 impl Context {
@@ -536,6 +538,20 @@ async fn start_controllers(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::HttpClient(e.to_string()))?;
+    // Webhooks go where the Rollout says, within the same allow-list as
+    // metric providers; no redirects, like notifications.
+    let (webhooks, webhook_answers) = {
+        let counted = metrics.clone();
+        let webhook_http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::HttpClient(e.to_string()))?;
+        crate::notify::hooks::WebhookRunner::start(
+            webhook_http,
+            settings.analysis_policy.allowed_addresses.clone(),
+            Arc::new(move |hook_type, outcome| counted.webhook(hook_type, outcome)),
+        )
+    };
     let context = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -567,6 +583,7 @@ async fn start_controllers(
                 Arc::new(move |kind, outcome| counted.notified(kind, outcome)),
             )
         },
+        webhooks,
     });
 
     let readiness = {
@@ -630,6 +647,7 @@ async fn start_controllers(
             templates: template_stream.boxed(),
             cluster_templates: cluster_template_stream.boxed(),
             routes: route_streams,
+            webhook_answers,
         },
         stop.clone(),
     );

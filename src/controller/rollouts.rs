@@ -49,6 +49,8 @@ pub(super) struct Triggers {
     pub templates: Watched<AnalysisTemplate>,
     pub cluster_templates: Watched<ClusterAnalysisTemplate>,
     pub routes: super::routes::RouteEvents,
+    /// Rollouts whose webhook just answered.
+    pub webhook_answers: tokio::sync::mpsc::Receiver<crate::notify::hooks::Subject>,
 }
 
 pub(super) async fn run(
@@ -64,7 +66,15 @@ pub(super) async fn run(
         templates,
         cluster_templates,
         routes,
+        webhook_answers,
     } = triggers;
+    let answered = futures::stream::unfold(webhook_answers, |mut answers| async move {
+        let subject = answers.recv().await?;
+        Some((
+            ObjectRef::<Rollout>::new(&subject.name).within(&subject.namespace),
+            answers,
+        ))
+    });
     let store = controller.store();
     let pruner = tokio::spawn(prune(ctx.clone(), store));
     let (by_service, by_template, by_cluster_template) = (ctx.clone(), ctx.clone(), ctx.clone());
@@ -100,6 +110,8 @@ pub(super) async fn run(
         // A route's status (its gateway accepting a new weight) is what a
         // step waits for, so route changes plan the Rollouts naming them.
         .reconcile_on(super::routes::triggers(ctx.clone(), routes))
+        // A webhook's answer is what a gate waits for.
+        .reconcile_on(answered)
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| super::log_stream_error(result, "rollout controller"))
@@ -241,6 +253,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         cluster_templates_read_secrets: ctx.analysis_policy.cluster_templates_read_secrets,
         pods,
         routes: super::routes::as_live(&live_routes),
+        webhook_answers: ctx.webhooks.answers_for(&uid),
         now,
     };
     let plan = planner::plan(&snapshot);

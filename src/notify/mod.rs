@@ -11,6 +11,7 @@
 //! namespace (`$key` in a service's settings is the Secret's `key`).
 
 pub mod deliver;
+pub mod hooks;
 mod service;
 
 use std::collections::BTreeMap;

@@ -7,6 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::Ctx;
 use super::analysis::{AnalysisKind, Gate, gate};
 use super::canary::pause;
+use super::webhooks::{self, Stage};
 use crate::api::{
     BlueGreenStatus, BlueGreenStrategy, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS,
     DEFAULT_BLUE_GREEN_SCALE_DOWN_DELAY_SECONDS, PauseReason,
@@ -100,6 +101,21 @@ fn plan_switch(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
         new
     };
     ctx.route(bg.preview_service.as_deref(), preview_target);
+    // A full promotion and a fast rollback skip the pause, the analysis and
+    // the webhooks.
+    let full = ctx.status.promote_full || ctx.rollback.fast;
+    // Confirm and pre-rollout hooks come before the preview gets any pod.
+    if !full && webhooks::hold_before(ctx, Stage::Start) {
+        ctx.sets[new].desired = ctx.sets[new].current.min(replicas);
+        return;
+    }
+    if !full && !ctx.status.abort {
+        webhooks::poll_rollback(ctx);
+    }
+    if ctx.status.abort {
+        plan_abort(ctx, bg, replicas);
+        return;
+    }
     ctx.sets[new].desired = preview_count.max(ctx.sets[new].current.min(replicas));
 
     let status = ctx
@@ -117,8 +133,6 @@ fn plan_switch(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
         }
     }
 
-    // A full promotion and a fast rollback skip the pause and the analysis.
-    let full = ctx.status.promote_full || ctx.rollback.fast;
     if !full && let Some(analysis) = &bg.pre_promotion_analysis {
         match gate(ctx, AnalysisKind::PrePromotion, analysis) {
             Gate::Passed => {}
@@ -143,6 +157,9 @@ fn plan_switch(ctx: &mut Ctx<'_>, bg: &BlueGreenStrategy, replicas: i32) {
     }
 
     if ctx.rollout.is_paused_by_user() {
+        return;
+    }
+    if !full && webhooks::hold_before(ctx, Stage::Promotion) {
         return;
     }
     ctx.sets[new].desired = replicas;

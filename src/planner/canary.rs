@@ -9,6 +9,7 @@ use super::Ctx;
 use super::analysis::{AnalysisKind, Gate, gate};
 use super::replicas::{ScaleInput, fenceposts, rolling_scale, weighted_counts};
 use super::traffic::Routing;
+use super::webhooks::{self, Stage};
 use crate::api::duration::{parse_int_or_duration, resolve_int_or_percent};
 use crate::api::{
     CanaryStatus, CanaryStep, CanaryStrategy, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS,
@@ -40,21 +41,37 @@ pub(super) fn plan(ctx: &mut Ctx<'_>) {
         index = step_count;
     }
 
-    // ... and start no further analysis.
-    if !promoting_directly && !ctx.status.abort && !skip_steps {
+    // ... and start no further analysis, nor ask any webhook.
+    let in_progress = !promoting_directly && !ctx.status.abort && !skip_steps;
+    if in_progress {
         run_background_analysis(ctx, canary, index);
     }
     let halted = !promoting_directly && ctx.halted_by_inconclusive_analysis();
-    if !promoting_directly && !ctx.status.abort && !ctx.rollout.is_paused_by_user() && !halted {
+    // Confirm and pre-rollout hooks come before the canary gets any pod.
+    let mut held = in_progress && !halted && webhooks::hold_before(ctx, Stage::Start);
+    if in_progress && !held && !ctx.status.abort {
+        webhooks::poll_rollback(ctx);
+    }
+    if !promoting_directly
+        && !ctx.status.abort
+        && !ctx.rollout.is_paused_by_user()
+        && !halted
+        && !held
+    {
         index = advance_steps(ctx, steps, index, replicas, surge, routing);
         // A promote releases what waits now; left set, it would also skip
         // the next pause step before anyone saw it.
         if ctx.status.pause_conditions.is_empty() {
             ctx.status.controller_pause = false;
         }
+        // Confirm-promotion holds the split the last step left.
+        held = index >= step_count
+            && !skip_steps
+            && !ctx.status.abort
+            && webhooks::hold_before(ctx, Stage::Promotion);
     }
     ctx.status.current_step_index = Some(index);
-    if halted {
+    if halted || held {
         ctx.freeze_replica_sets();
         match routing {
             Some(routing) => hold_routed_weights(ctx, routing),

@@ -326,11 +326,15 @@ fn active_replica_set_counts(ctx: &mut Ctx<'_>) {
 }
 
 fn pause_reason(ctx: &Ctx<'_>) -> String {
-    ctx.status
-        .pause_conditions
-        .first()
-        .map(|c| format!("{:?}", c.reason))
-        .unwrap_or_else(|| "paused".to_string())
+    match ctx.status.pause_conditions.first() {
+        // The gate's own words say which webhook and what it last answered.
+        Some(c) if c.reason == crate::api::PauseReason::PendingWebhook => ctx
+            .waiting_for
+            .clone()
+            .unwrap_or_else(|| "PendingWebhook".to_string()),
+        Some(c) => format!("{:?}", c.reason),
+        None => "paused".to_string(),
+    }
 }
 
 /// `key=value,...` form of the Rollout's selector for the scale subresource.

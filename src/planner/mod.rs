@@ -13,6 +13,7 @@ pub mod replicas;
 pub mod restart;
 mod rollback;
 pub mod traffic;
+pub mod webhooks;
 
 pub use canary::weight_at;
 pub use conditions::selector_string;
@@ -56,6 +57,9 @@ pub struct Snapshot<'a> {
     /// The route objects `trafficRouting` names (see `traffic::referenced_routes`);
     /// a missing entry means "not found".
     pub routes: traffic::LiveRoutes<'a>,
+    /// Answers the controller got from question webhooks and has not seen
+    /// recorded in status yet (see `webhooks`).
+    pub webhook_answers: Vec<webhooks::HookAnswer>,
     pub now: Timestamp,
 }
 
@@ -88,6 +92,8 @@ pub struct Plan {
     /// Add (true) or remove (false) the traffic-routing finalizer; None
     /// leaves the Rollout's finalizers as they are.
     pub finalizer: Option<bool>,
+    /// Webhooks to call: questions at once, the others after the status write.
+    pub webhooks: Vec<webhooks::WebhookCall>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +188,9 @@ pub(crate) struct Ctx<'a> {
     /// Whether this revision is a way back to one that already ran.
     pub rollback: rollback::Rollback,
     pub route_patches: Vec<traffic::RoutePatch>,
+    pub webhook_calls: Vec<webhooks::WebhookCall>,
+    /// A webhook gate holds the rollout in this pass.
+    pub webhook_hold: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -424,6 +433,8 @@ fn plan_rollout(snap: &Snapshot<'_>) -> Plan {
         restarting: false,
         rollback: rollback::Rollback::default(),
         route_patches: Vec::new(),
+        webhook_calls: Vec::new(),
+        webhook_hold: false,
     };
     ctx.rollback = rollback::classify(&ctx);
     // A rollback to an old template makes that ReplicaSet the newest revision again.
@@ -436,6 +447,7 @@ fn plan_rollout(snap: &Snapshot<'_>) -> Plan {
 
     if ctx.status.current_pod_hash.as_deref() != Some(ctx.hash.short.as_str()) {
         start_new_revision(&mut ctx);
+        webhooks::start_revision(&mut ctx, false);
         if ctx.rollback.fast {
             let why = if ctx.rollback.within_window {
                 "within spec.rollbackWindow"
@@ -463,6 +475,7 @@ fn plan_rollout(snap: &Snapshot<'_>) -> Plan {
     }
     if !ctx.status.abort && ctx.status.aborted_at.is_some() {
         retry(&mut ctx);
+        webhooks::start_revision(&mut ctx, true);
     }
     if ctx.status.abort && ctx.status.aborted_at.is_none() {
         ctx.status.aborted_at = Some(ctx.time());
@@ -810,7 +823,11 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
         );
         plan.services.push(ServiceSelectorChange { service, hash });
     }
+    if !ctx.webhook_hold {
+        webhooks::release(&mut ctx);
+    }
     conditions::finish_status(&mut ctx);
+    plan.webhooks = webhooks::finish(&mut ctx);
     plan.analysis_runs = std::mem::take(&mut ctx.analysis_runs);
     plan.evictions = std::mem::take(&mut ctx.evictions);
     plan.routes = std::mem::take(&mut ctx.route_patches);

@@ -76,6 +76,13 @@ struct World {
     routes: BTreeMap<crate::planner::traffic::RouteRef, kube::api::DynamicObject>,
     gateway_accepts: bool,
     route_patches: Vec<crate::planner::traffic::RoutePatch>,
+    /// What each webhook (by name) answers; a hook without an entry never
+    /// answers (its question stays in flight).
+    webhook_replies: BTreeMap<String, crate::planner::webhooks::HookOutcome>,
+    webhook_answers: Vec<crate::planner::webhooks::HookAnswer>,
+    /// Questions asked, in order, and hooks told (only after a status write, as the controller does).
+    asked: Vec<crate::planner::webhooks::WebhookCall>,
+    told: Vec<crate::planner::webhooks::WebhookCall>,
 }
 
 impl World {
@@ -101,6 +108,10 @@ impl World {
             routes: BTreeMap::new(),
             gateway_accepts: true,
             route_patches: Vec::new(),
+            webhook_replies: BTreeMap::new(),
+            webhook_answers: Vec::new(),
+            asked: Vec::new(),
+            told: Vec::new(),
         }
     }
 
@@ -114,6 +125,7 @@ impl World {
             cluster_templates_read_secrets: self.cluster_templates_read_secrets,
             pods: self.pods.clone(),
             routes: self.routes.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            webhook_answers: self.webhook_answers.clone(),
             now: self.now,
         };
         plan(&snapshot)
@@ -128,7 +140,9 @@ impl World {
     /// Carries a plan out the way the API server would (pods of healthy
     /// hashes become available at once); returns whether anything changed.
     fn apply(&mut self, plan: Plan) -> bool {
-        let changed = !plan.replica_sets.is_empty()
+        let answered = self.answer_webhooks(&plan);
+        let changed = answered
+            || !plan.replica_sets.is_empty()
             || plan.finalizer.is_some()
             || !plan.services.is_empty()
             || !plan.analysis_runs.is_empty()
@@ -220,6 +234,45 @@ impl World {
         self.relabelled.extend(plan.pod_metadata.iter().cloned());
         self.last_plan = plan;
         changed
+    }
+
+    /// Questions are answered by `webhook_replies` (once per attempt, as
+    /// the controller's runner does); the rest are told only when the
+    /// plan's status write happens. Returns whether a new answer arrived.
+    fn answer_webhooks(&mut self, plan: &Plan) -> bool {
+        let mut answered = false;
+        for call in &plan.webhooks {
+            if !call.is_question() {
+                if plan.status.is_some() {
+                    self.told.push(call.clone());
+                }
+                continue;
+            }
+            // Like the controller's runner: each attempt is sent once.
+            let sent = self.asked.iter().any(|a| {
+                a.hook.name == call.hook.name
+                    && a.pod_template_hash == call.pod_template_hash
+                    && a.round == call.round
+                    && a.attempt == call.attempt
+            });
+            if sent {
+                continue;
+            }
+            self.asked.push(call.clone());
+            if let Some(outcome) = self.webhook_replies.get(&call.hook.name) {
+                self.webhook_answers
+                    .push(crate::planner::webhooks::HookAnswer {
+                        hook: call.hook.name.clone(),
+                        pod_template_hash: call.pod_template_hash.clone(),
+                        round: call.round.clone(),
+                        attempt: call.attempt,
+                        at: self.now,
+                        outcome: outcome.clone(),
+                    });
+                answered = true;
+            }
+        }
+        answered
     }
 
     fn patch_route(&mut self, change: &crate::planner::traffic::RoutePatch) {
@@ -2184,6 +2237,7 @@ fn scale_downs_are_written_before_scale_ups() {
 mod argo_e2e;
 mod properties;
 mod traffic;
+mod webhooks;
 
 /// What a gateway does once it has programmed a route: it reports each
 /// parent Accepted and ResolvedRefs for the route's generation.

@@ -81,8 +81,21 @@ pub fn promote(rollout: &Rollout, full: bool) -> Result<Change, Refusal> {
             "rollout '{who}' is not paused (phase {shown}); nothing to promote. Use --full to skip the remaining steps"
         )));
     }
+    // A webhook gate opens only when its webhook answers 2xx; clearing it
+    // here would only see the controller put it back.
+    let gates_only = !status.pause_conditions.is_empty()
+        && status
+            .pause_conditions
+            .iter()
+            .all(|c| c.reason == crate::api::PauseReason::PendingWebhook);
+    if gates_only && !user_paused {
+        let message = status.message.clone().unwrap_or_default();
+        return Err(Refusal(format!(
+            "rollout '{who}' waits for a webhook gate ({message}); it opens when the webhook answers 2xx, or skip every remaining step and gate with `promote --full`"
+        )));
+    }
     let spec = user_paused.then(|| with_version(rollout, json!({"spec": {"paused": false}})));
-    let status = (!status.pause_conditions.is_empty())
+    let status = (!status.pause_conditions.is_empty() && !gates_only)
         .then(|| with_version(rollout, json!({"status": {"pauseConditions": null}})));
     Ok(Change {
         spec,

@@ -261,6 +261,47 @@ fn routing_lines(rollout: &Rollout) -> Vec<(&'static str, String)> {
     lines
 }
 
+/// One line per webhook: what it answered for the revision being rolled
+/// out, so a held gate says which endpoint to look at.
+fn webhook_lines(rollout: &Rollout) -> Vec<String> {
+    use crate::api::WebhookPhase;
+    let status = rollout.status.clone().unwrap_or_default();
+    let current = status.current_pod_hash.unwrap_or_default();
+    rollout
+        .spec
+        .webhooks
+        .iter()
+        .map(|hook| {
+            let kind = hook.type_.as_str();
+            let record = status
+                .webhooks
+                .iter()
+                .find(|w| w.name == hook.name && w.pod_template_hash == current);
+            let state = match record {
+                None if hook.type_ == crate::api::WebhookType::Event => {
+                    "told every transition".to_string()
+                }
+                None => "not called for this revision".to_string(),
+                Some(record) => {
+                    let phase = match record.phase {
+                        WebhookPhase::Pending => "waiting",
+                        WebhookPhase::Successful => "passed",
+                        WebhookPhase::Failed => "failed",
+                        WebhookPhase::Sent => "sent",
+                    };
+                    match &record.message {
+                        Some(message) => {
+                            format!("{phase} ({message}, attempt {})", record.attempts)
+                        }
+                        None => phase.to_string(),
+                    }
+                }
+            };
+            format!("{} [{kind}]: {state}", hook.name)
+        })
+        .collect()
+}
+
 fn describe_match(value: &crate::api::StringMatch) -> String {
     use crate::api::MatchKind;
     match value.kind() {
@@ -323,6 +364,9 @@ pub fn render_rollout(view: &View<'_>) -> String {
             "  Pods",
             &format!("{canary} canary / {stable} stable (target)"),
         );
+    }
+    for (index, line) in webhook_lines(rollout).iter().enumerate() {
+        field(&mut out, if index == 0 { "Webhooks" } else { "" }, line);
     }
     let mut sets: Vec<&&ReplicaSet> = view.replica_sets.iter().collect();
     sets.sort_by_key(|rs| std::cmp::Reverse(revision_of(rs)));
