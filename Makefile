@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 KUBECONFIG_PATH := $(CURDIR)/target/cluster/kubeconfig
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := prometheus curl openssl python3 ca-certificates iproute2
+APT_PACKAGES := prometheus curl openssl python3 ca-certificates iproute2 lua5.1
 
 .PHONY: deps build crds lint test unit e2e cluster-up cluster-down demo bench clean
 

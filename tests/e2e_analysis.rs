@@ -580,6 +580,59 @@ spec:
         .and_then(|m| m.message.clone())
         .unwrap_or_default();
     assert!(message.contains("received HTTP 500"), "{message}");
+
+    // Bad answers and a dead address: each an Error that says which.
+    let text = ramp_test_support::WebReceiver::start(200, "all good").await?;
+    let cases = [
+        (
+            "unreachable",
+            "http://127.0.0.1:9/verdict".to_string(),
+            "cannot reach http://127.0.0.1:9/verdict",
+        ),
+        (
+            "not-json",
+            format!("{}/verdict", text.url),
+            "the answer is not JSON",
+        ),
+        (
+            "no-match",
+            format!("{}/verdict", receiver.url),
+            "jsonPath found nothing",
+        ),
+    ];
+    receiver.answer(200, r#"{"other": {"ok": true}}"#);
+    for (name, url, _) in &cases {
+        env.apply(&format!(
+            r#"
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisRun
+metadata: {{name: {name}}}
+spec:
+  metrics:
+  - name: smoke
+    consecutiveErrorLimit: 0
+    successCondition: "result.ok == true"
+    provider: {{web: {{url: "{url}", jsonPath: "{{$.data}}", timeoutSeconds: 2}}}}
+"#
+        ))
+        .await?;
+    }
+    for (name, _, expected) in cases {
+        let run = wait_until(&format!("run {name} to error"), common::TIMEOUT, || async {
+            Ok(env
+                .analysis_runs()
+                .await?
+                .into_iter()
+                .find(|r| r.name_any() == name && run_phase(r) == Some(AnalysisPhase::Error)))
+        })
+        .await?;
+        let message = run.status.as_ref().expect("status").metric_results[0]
+            .measurements
+            .last()
+            .and_then(|m| m.message.clone())
+            .unwrap_or_default();
+        assert!(message.contains(expected), "{name}: {message}");
+    }
     env.cleanup().await;
     Ok(())
 }

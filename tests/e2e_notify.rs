@@ -189,3 +189,123 @@ spec:
     env.cleanup().await;
     Ok(())
 }
+
+/// Every trigger, subscribed at once: each transition is delivered exactly
+/// once, whatever else happens around it (an inconclusive run, an errored
+/// run, aborts, a clean release).
+#[tokio::test]
+async fn every_trigger_is_delivered_once_per_transition() -> anyhow::Result<()> {
+    let receiver = WebReceiver::start(200, "ok").await?;
+    let verdicts = WebReceiver::start(200, r#"{"score": 0.7}"#).await?;
+    let env = Env::start("notify-all").await?;
+    env.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ramp-notifications-cm}}
+data:
+  service.webhook.audit: "url: {}/events"
+---
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: score}}
+spec:
+  metrics:
+  - name: score
+    count: 1
+    consecutiveErrorLimit: 0
+    successCondition: "result.score > 0.9"
+    failureCondition: "result.score < 0.5"
+    provider: {{web: {{url: "{}/score"}}}}
+"#,
+        receiver.url, verdicts.url
+    ))
+    .await?;
+    let triggers = [
+        "on-rollout-completed",
+        "on-rollout-step-completed",
+        "on-rollout-paused",
+        "on-rollout-aborted",
+        "on-rollout-updated",
+        "on-analysis-run-failed",
+        "on-analysis-run-error",
+        "on-analysis-run-inconclusive",
+    ];
+    let annotations: String = triggers
+        .iter()
+        .map(|t| format!("\n    notifications.ramp.dev/subscribe.{t}.audit: \"\""))
+        .collect();
+    let yaml = canary_yaml(
+        "web",
+        2,
+        "web:1",
+        "[{setWeight: 50}, {analysis: {templates: [{templateName: score}]}}]",
+    )
+    .replacen(
+        "metadata: {name: web}",
+        &format!("metadata:\n  name: web\n  annotations:{annotations}"),
+        1,
+    );
+    env.apply(&yaml).await?;
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+
+    // Release 2: the score sits between the conditions, so the run is
+    // inconclusive and the rollout pauses; a human aborts it.
+    env.set_image("web", "web:2").await?;
+    env.wait_phase("web", RolloutPhase::Paused).await?;
+    env.set_abort("web", true).await?;
+    env.wait_phase("web", RolloutPhase::Degraded).await?;
+    // Release 3: the score endpoint fails, the run errors, the rollout aborts.
+    verdicts.answer(500, "down");
+    env.set_image("web", "web:3").await?;
+    env.wait_phase("web", RolloutPhase::Degraded).await?;
+    // Release 4: a failing score.
+    verdicts.answer(200, r#"{"score": 0.1}"#);
+    env.set_image("web", "web:4").await?;
+    env.wait_phase("web", RolloutPhase::Degraded).await?;
+    // Release 5: a good score goes all the way.
+    verdicts.answer(200, r#"{"score": 0.95}"#);
+    env.set_image("web", "web:5").await?;
+    env.wait_phase("web", RolloutPhase::Healthy).await?;
+
+    let expected = [
+        // The first deployment and release 5.
+        ("on-rollout-completed", 2),
+        // Release 5's two steps (the aborted releases completed their
+        // setWeight step too: 3 more).
+        ("on-rollout-step-completed", 5),
+        ("on-rollout-paused", 1),
+        ("on-rollout-aborted", 3),
+        ("on-rollout-updated", 4),
+        ("on-analysis-run-failed", 1),
+        ("on-analysis-run-error", 1),
+        ("on-analysis-run-inconclusive", 1),
+    ];
+    let total: usize = expected.iter().map(|(_, n)| n).sum();
+    wait_until("every notice to arrive", common::TIMEOUT, || async {
+        Ok((receiver.requests().len() >= total).then_some(()))
+    })
+    .await?;
+    let requests = receiver.requests();
+    let seen: Vec<String> = requests
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            format!("{} {}", body["trigger"], body["message"])
+        })
+        .collect();
+    for (trigger, count) in expected {
+        assert_eq!(
+            of_trigger(&requests, trigger).len(),
+            count,
+            "{trigger}: {seen:#?}"
+        );
+    }
+    assert_eq!(
+        requests.len(),
+        total,
+        "nothing else, nothing twice: {seen:#?}"
+    );
+    env.cleanup().await;
+    Ok(())
+}

@@ -195,24 +195,21 @@ impl JsonPath {
     }
 }
 
-/// Interprets the answer: non-2xx is an error; a JSON body is searched with
-/// the path; any other body is the result as text.
+/// Interprets the answer: non-2xx is an error; the body must be JSON (as
+/// Argo requires), searched with the path. A body that is not JSON is an
+/// error saying so, never a string that a condition might happen to pass.
 pub fn parse_answer(status: u16, body: &str, path: &JsonPath) -> Result<MetricValue, String> {
+    let snippet: String = body.chars().take(200).collect();
     if !(200..300).contains(&status) {
-        let snippet: String = body.chars().take(200).collect();
         return Err(format!("received HTTP {status} (not 2xx): {snippet:?}"));
     }
-    match serde_json::from_str::<Value>(body) {
-        Ok(document) => path
-            .find(&document)
-            .cloned()
-            .map(MetricValue::Json)
-            .ok_or_else(|| {
-                let snippet: String = body.chars().take(200).collect();
-                format!("jsonPath found nothing in the answer {snippet:?}")
-            }),
-        Err(_) => Ok(MetricValue::Json(Value::String(body.to_string()))),
-    }
+    let document = serde_json::from_str::<Value>(body).map_err(|e| {
+        format!("the answer is not JSON ({e}): {snippet:?}; the endpoint must answer with a JSON document")
+    })?;
+    path.find(&document)
+        .cloned()
+        .map(MetricValue::Json)
+        .ok_or_else(|| format!("jsonPath found nothing in the answer {snippet:?}"))
 }
 
 /// Sends the request (fetching an OAuth2 token first when configured).
@@ -421,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_are_picked_by_json_path_or_taken_as_text() {
+    fn answers_are_picked_by_json_path_and_must_be_json() {
         let path = |p: &str| JsonPath::parse(p).expect("valid path");
         let body = r#"{"data": {"ok": true, "ratio": 0.02, "items": [{"v": 5}], "odd-key": "x"}}"#;
         assert_eq!(
@@ -440,10 +437,13 @@ mod tests {
             parse_answer(200, body, &path("")),
             Ok(MetricValue::Json(serde_json::from_str(body).expect("json")))
         );
-        assert_eq!(
-            parse_answer(200, "all good", &path("{$.x}")),
-            Ok(MetricValue::Json(json!("all good")))
-        );
+        for path in [path("{$.x}"), path("")] {
+            let refused = parse_answer(200, "all good", &path).unwrap_err();
+            assert!(
+                refused.starts_with("the answer is not JSON") && refused.contains("\"all good\""),
+                "{refused}"
+            );
+        }
         assert!(
             parse_answer(200, body, &path("{$.data.missing}"))
                 .unwrap_err()
