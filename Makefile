@@ -23,9 +23,10 @@ deps:
 build:
 	cargo build --workspace --bins
 
-## crds: regenerate crds/*.yaml from the Rust types
+## crds: regenerate crds/*.yaml and the Helm chart's copy from the Rust types
 crds:
 	cargo run --quiet --bin ramp-controller -- crds --out-dir crds
+	cargo run --quiet --bin ramp-controller -- crds --out-dir deploy/helm/ramp/crds
 
 lint:
 	cargo fmt --all -- --check

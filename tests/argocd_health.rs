@@ -1,4 +1,4 @@
-//! The Argo CD health check (`deploy/argocd/health.lua`) run by a real Lua
+//! The Argo CD health check (`deploy/helm/ramp/files/argocd-health.lua`) run by a real Lua
 //! 5.1 interpreter (Debian's `lua5.1`; Argo CD runs gopher-lua, also 5.1)
 //! against Rollout states the controller writes. `make deps` installs it.
 
@@ -8,7 +8,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/argocd/health.lua")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/ramp/files/argocd-health.lua")
 }
 
 /// A JSON value as a Lua table constructor, the way Argo CD hands objects

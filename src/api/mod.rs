@@ -88,19 +88,22 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 mod crd_tests {
     use super::*;
 
-    /// The committed YAML under crds/ must match the Rust types.
+    /// The committed YAML under crds/ and in the Helm chart's crds/ must
+    /// match the Rust types.
     #[test]
     fn committed_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        for crd in crds() {
-            let path = dir.join(crd_file_name(&crd));
-            let committed = std::fs::read_to_string(&path).unwrap_or_default();
-            let generated = crd_document(&crd).expect("CRDs serialize to YAML");
-            assert!(
-                committed == generated,
-                "{} is out of date with the Rust types; regenerate it with `make crds` and commit the result",
-                path.display()
-            );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dir in [root.join("crds"), root.join("deploy/helm/ramp/crds")] {
+            for crd in crds() {
+                let path = dir.join(crd_file_name(&crd));
+                let committed = std::fs::read_to_string(&path).unwrap_or_default();
+                let generated = crd_document(&crd).expect("CRDs serialize to YAML");
+                assert!(
+                    committed == generated,
+                    "{} is out of date with the Rust types; regenerate it with `make crds` and commit the result",
+                    path.display()
+                );
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and Traefik (the Gateway
-# API data plane) from the upstream Go modules pinned in
-# tests/cluster/{etcd,k8s,traefik}/go.mod. Output goes to
+# Builds etcd, kube-apiserver, kube-controller-manager, Traefik (the Gateway
+# API data plane) and Helm (for the chart's tests) from the upstream Go
+# modules pinned in tests/cluster/{etcd,k8s,traefik,helm}/go.mod. Output goes to
 # target/cluster/bin; a stamp of the go.mod/go.sum contents means a second run
 # with unchanged modules does nothing.
 set -euo pipefail
@@ -47,7 +47,20 @@ build_traefik() {
   echo "$stamp" > "$bin/.traefik.stamp"
 }
 
+build_helm() {
+  local dir="$root/tests/cluster/helm" stamp
+  stamp="$(stamp_of "$dir")"
+  if [[ -x "$bin/helm" && "$(cat "$bin/.helm.stamp" 2>/dev/null)" == "$stamp" ]]; then return; fi
+  echo "building helm, for the chart's tests (first build takes a few minutes)" >&2
+  local version
+  version="$(cd "$dir" && go list -m -f "{{.Version}}" helm.sh/helm/v3)"
+  (cd "$dir" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$version" \
+      -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
+  echo "$stamp" > "$bin/.helm.stamp"
+}
+
 command -v go >/dev/null || { echo "go is required to build the local control plane (Go >= 1.26)" >&2; exit 1; }
 build_etcd
 build_k8s
 build_traefik
+build_helm

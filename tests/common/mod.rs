@@ -681,6 +681,19 @@ impl ControllerProcess {
         name: &str,
         args: &[String],
     ) -> anyhow::Result<Self> {
+        let mut scoped = vec![format!("--namespace={}", env.ns)];
+        scoped.extend_from_slice(args);
+        Self::spawn_with_args(env, kubeconfig, name, &scoped).await
+    }
+
+    /// Like `spawn`, with exactly `args` (plus kubeconfig and a free
+    /// metrics port): the caller says which namespace, if any.
+    pub async fn spawn_with_args(
+        env: &Env,
+        kubeconfig: &std::path::Path,
+        name: &str,
+        args: &[String],
+    ) -> anyhow::Result<Self> {
         let metrics_port = free_port()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -689,7 +702,6 @@ impl ControllerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ramp-controller"));
         command
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--namespace={}", env.ns))
             .arg(format!("--http-address=127.0.0.1:{metrics_port}"))
             .args(args)
             .env("RAMP_LOG_LEVEL", "info,ramp=debug")

@@ -1,6 +1,7 @@
 -- Argo CD health check for ramp.dev Rollouts. Install it under
 -- resource.customizations.health.ramp.dev_Rollout in argocd-cm (README,
--- "Argo CD"). What a pause reports:
+-- "Argo CD"; the Helm chart's argocd.healthCheck value renders that key).
+-- What a pause reports:
 --   * spec.paused (an operator froze the rollout): Suspended.
 --   * a pause that ends by itself (a timed pause step, blue/green
 --     autoPromotionSeconds): Progressing, so a sync waits for it.
