@@ -5,9 +5,9 @@
 SHELL := /bin/bash
 KUBECONFIG_PATH := $(CURDIR)/target/cluster/kubeconfig
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := prometheus curl openssl python3 ca-certificates iproute2 lua5.1
+APT_PACKAGES := prometheus curl openssl python3 ca-certificates iproute2 lua5.1 musl-tools
 
-.PHONY: deps build crds lint test unit e2e cluster-up cluster-down demo bench clean
+.PHONY: deps build crds lint test unit e2e cluster-up cluster-down demo bench release clean
 
 ## deps: install Debian packages and build the local control plane binaries
 deps:
@@ -42,8 +42,12 @@ cluster-down:
 unit:
 	cargo test --workspace --lib --bins
 
+## release: static binaries, the OCI image, the packaged chart and checksums in target/dist/
+release: deps
+	scripts/release.sh
+
 ## test: lint, unit tests and the end-to-end suite on a fresh local control plane
-test: deps build lint
+test: deps build lint release
 	cargo test --workspace --no-run
 	$(MAKE) cluster-up
 	@status=0; RAMP_TEST_KUBECONFIG=$(KUBECONFIG_PATH) cargo test --workspace --no-fail-fast -- --test-threads=4 || status=$$?; \

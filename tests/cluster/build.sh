@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager, Traefik (the Gateway
-# API data plane) and Helm (for the chart's tests) from the upstream Go
-# modules pinned in tests/cluster/{etcd,k8s,traefik,helm}/go.mod. Output goes to
+# API data plane), Helm (for the chart's tests) and crane (OCI images without
+# a Docker engine) from the upstream Go modules pinned in
+# tests/cluster/{etcd,k8s,traefik,helm,crane}/go.mod. Output goes to
 # target/cluster/bin; a stamp of the go.mod/go.sum contents means a second run
 # with unchanged modules does nothing.
 set -euo pipefail
@@ -59,8 +60,18 @@ build_helm() {
   echo "$stamp" > "$bin/.helm.stamp"
 }
 
+build_crane() {
+  local dir="$root/tests/cluster/crane" stamp
+  stamp="$(stamp_of "$dir")"
+  if [[ -x "$bin/crane" && "$(cat "$bin/.crane.stamp" 2>/dev/null)" == "$stamp" ]]; then return; fi
+  echo "building crane, for the release image" >&2
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$bin/crane" github.com/google/go-containerregistry/cmd/crane)
+  echo "$stamp" > "$bin/.crane.stamp"
+}
+
 command -v go >/dev/null || { echo "go is required to build the local control plane (Go >= 1.26)" >&2; exit 1; }
 build_etcd
 build_k8s
 build_traefik
 build_helm
+build_crane
