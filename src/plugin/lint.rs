@@ -1,5 +1,8 @@
 //! `kubectl ramp lint`: offline validation with the controller's own rules.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -70,6 +73,17 @@ pub fn lint(text: &str) -> (Vec<Finding>, usize) {
             continue;
         }
         checked += 1;
+        // Fields the schema does not have: kubectl's strict validation
+        // refuses them and the API server would otherwise drop them.
+        findings.extend(
+            unknown_fields(&kind, &value)
+                .into_iter()
+                .map(|problem| Finding {
+                    document: number,
+                    object: object.clone(),
+                    problem,
+                }),
+        );
         let problems = match kind.as_str() {
             "Rollout" => typed::<Rollout>(&value).map(|r| {
                 let mut problems = validate_rollout(&r.spec);
@@ -107,6 +121,113 @@ pub fn lint(text: &str) -> (Vec<Finding>, usize) {
         }
     }
     (findings, checked)
+}
+
+/// Every field of `value` that the CRD schema of `kind` does not define,
+/// by path. Objects the schema leaves open (free-form maps, preserved
+/// unknown fields) are not looked into.
+fn unknown_fields(kind: &str, value: &Value) -> Vec<Problem> {
+    let Some(schema) = schemas().get(kind) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    // apiVersion, kind and metadata are the API server's, not in the schema.
+    for (key, child) in value.as_object().into_iter().flatten() {
+        if let Some(child_schema) = schema.properties.as_ref().and_then(|p| p.get(key)) {
+            walk_schema(child, child_schema, key, &mut found);
+        } else if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+            found.push(key.clone());
+        }
+    }
+    found
+        .into_iter()
+        .map(|field| Problem {
+            message: format!(
+                "unknown field: Ramp's {kind} has no such field; fix its name or remove it (kubectl refuses it, and the API server would drop it)"
+            ),
+            field,
+        })
+        .collect()
+}
+
+/// The CRD schemas by kind, generated once: a Rollout's embeds the whole
+/// pod template and takes far longer to build than a document to lint.
+fn schemas() -> &'static BTreeMap<String, JSONSchemaProps> {
+    static SCHEMAS: std::sync::OnceLock<BTreeMap<String, JSONSchemaProps>> =
+        std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        crate::api::crds()
+            .into_iter()
+            .filter_map(|crd| {
+                let schema = crd
+                    .spec
+                    .versions
+                    .into_iter()
+                    .next()?
+                    .schema?
+                    .open_api_v3_schema?;
+                Some((crd.spec.names.kind, schema))
+            })
+            .collect()
+    })
+}
+
+fn walk_schema(value: &Value, schema: &JSONSchemaProps, path: &str, found: &mut Vec<String>) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    };
+    // Nodes that keep unknown fields (canary steps, metric providers) do so
+    // on purpose: validation names Argo's steps and providers Ramp lacks.
+    // Their known fields are still looked into.
+    let keeps_unknown = schema.x_kubernetes_preserve_unknown_fields == Some(true);
+    // Properties may sit on the schema itself or on its alternatives.
+    let alternatives = std::iter::once(schema)
+        .chain(schema.all_of.iter().flatten())
+        .chain(schema.any_of.iter().flatten())
+        .chain(schema.one_of.iter().flatten());
+    match value {
+        Value::Object(map) => {
+            let mut properties: BTreeMap<&str, &JSONSchemaProps> = BTreeMap::new();
+            let mut open = None;
+            let mut closed = false;
+            for alternative in alternatives {
+                if let Some(props) = &alternative.properties {
+                    closed = true;
+                    properties.extend(props.iter().map(|(k, v)| (k.as_str(), v)));
+                }
+                match &alternative.additional_properties {
+                    Some(JSONSchemaPropsOrBool::Schema(values)) => {
+                        open = Some(Some(values.as_ref()))
+                    }
+                    Some(JSONSchemaPropsOrBool::Bool(true)) => open = Some(None),
+                    _ => {}
+                }
+            }
+            for (key, child) in map {
+                let at = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match (properties.get(key.as_str()), open) {
+                    (Some(child_schema), _) => walk_schema(child, child_schema, &at, found),
+                    (None, Some(Some(values))) => walk_schema(child, values, &at, found),
+                    (None, Some(None)) => {}
+                    (None, None) if closed && !keeps_unknown => found.push(at),
+                    // No properties at all: a free-form object.
+                    (None, None) => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(JSONSchemaPropsOrArray::Schema(item)) = &schema.items {
+                for (index, child) in items.iter().enumerate() {
+                    walk_schema(child, item, &format!("{path}[{index}]"), found);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A document's kind and its `Kind/name` label for findings.
@@ -240,6 +361,59 @@ metadata: {name: argo}
         assert!(
             shown[2].contains("change it to ramp.dev/v1alpha1"),
             "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_their_paths() {
+        let text = r#"
+apiVersion: ramp.dev/v1alpha1
+kind: Rollout
+metadata: {name: web, labels: {anything: goes}}
+spec:
+  replicaz: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}, annotations: {free: form}}
+    spec: {containers: [{name: app, image: web:1, imagePullPolicyy: Always}]}
+  strategy:
+    canary:
+      stepz: []
+      steps: [{setWeight: 20, pause: {durationn: 5}}]
+---
+apiVersion: ramp.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: checks}
+spec:
+  metrics:
+  - name: errors
+    provider: {prometheus: {address: "http://p:9090", query: up, querry: up}}
+    successCondition: "true"
+    intervall: 5s
+"#;
+        let (findings, _) = lint(text);
+        let unknown: Vec<String> = findings
+            .iter()
+            .filter(|f| f.problem.message.starts_with("unknown field"))
+            .map(|f| f.problem.field.clone())
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                "spec.replicaz",
+                "spec.strategy.canary.steps[0].pause.durationn",
+                "spec.strategy.canary.stepz",
+                "spec.template.spec.containers[0].imagePullPolicyy",
+                "spec.metrics[0].intervall",
+                "spec.metrics[0].provider.prometheus.querry",
+            ]
+        );
+        assert!(
+            findings[0]
+                .problem
+                .message
+                .contains("Ramp's Rollout has no such field"),
+            "{findings:?}"
         );
     }
 
