@@ -566,19 +566,7 @@ spec:
         receiver.url
     ))
     .await?;
-    let run = wait_until("the direct run to error", common::TIMEOUT, || async {
-        Ok(env
-            .analysis_runs()
-            .await?
-            .into_iter()
-            .find(|r| r.name_any() == "direct" && run_phase(r) == Some(AnalysisPhase::Error)))
-    })
-    .await?;
-    let message = run.status.as_ref().expect("status").metric_results[0]
-        .measurements
-        .last()
-        .and_then(|m| m.message.clone())
-        .unwrap_or_default();
+    let message = errored_run_message(&env, "direct").await?;
     assert!(message.contains("received HTTP 500"), "{message}");
 
     // Bad answers and a dead address: each an Error that says which.
@@ -618,23 +606,31 @@ spec:
         .await?;
     }
     for (name, _, expected) in cases {
-        let run = wait_until(&format!("run {name} to error"), common::TIMEOUT, || async {
-            Ok(env
-                .analysis_runs()
-                .await?
-                .into_iter()
-                .find(|r| r.name_any() == name && run_phase(r) == Some(AnalysisPhase::Error)))
-        })
-        .await?;
-        let message = run.status.as_ref().expect("status").metric_results[0]
-            .measurements
-            .last()
-            .and_then(|m| m.message.clone())
-            .unwrap_or_default();
+        let message = errored_run_message(&env, name).await?;
         assert!(message.contains(expected), "{name}: {message}");
     }
     env.cleanup().await;
     Ok(())
+}
+
+/// Waits until the AnalysisRun `name` is in Error; the message of its
+/// first metric's last measurement.
+async fn errored_run_message(env: &Env, name: &str) -> anyhow::Result<String> {
+    let run = wait_until(&format!("run {name} to error"), common::TIMEOUT, || async {
+        Ok(env
+            .analysis_runs()
+            .await?
+            .into_iter()
+            .find(|r| r.name_any() == name && run_phase(r) == Some(AnalysisPhase::Error)))
+    })
+    .await?;
+    Ok(run
+        .status
+        .as_ref()
+        .and_then(|s| s.metric_results.first())
+        .and_then(|m| m.measurements.last())
+        .and_then(|m| m.message.clone())
+        .unwrap_or_default())
 }
 
 /// Argo's e2e `sleep-job` template: the Job's pod sleeps, then exits with

@@ -104,21 +104,7 @@ subjects: [{{kind: ServiceAccount, name: ramp, namespace: {ns}}}]
                 "name: ramp\n  namespace",
             );
     env.apply(&lease_role).await?;
-    let token = kubectl_ok(&env, &["create", "token", "ramp", "--duration=1h"]).await?;
-    let admin = std::fs::read_to_string(kubeconfig_path())?;
-    let server = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .unwrap_or_default()
-        .to_string();
-    let restricted = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        restricted.path(),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: '{server}', insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: {}}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n",
-            token.trim()
-        ),
-    )?;
+    let restricted = env.service_account_kubeconfig("ramp").await?;
 
     let target = MetricsTarget::start().await?;
     target.set("app_errors_ratio{service=\"web\"}", 0.0);
@@ -232,18 +218,12 @@ spec:
     })
     .await?;
 
-    let metrics = controller.metrics().await?;
-    let failed: Vec<&str> = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("ramp_kube_requests_total")
-                && (l.contains("outcome=\"error\"") || l.contains("outcome=\"forbidden\""))
-        })
-        .collect();
+    let failed = controller.failed_requests().await?;
     assert!(
         failed.is_empty(),
         "requests failed under the deploy/ ClusterRole: {failed:?}"
     );
+    let metrics = controller.metrics().await?;
     for call in [
         "verb=\"evict\"",
         "kind=\"Secret\"",

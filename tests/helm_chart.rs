@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, ListParams};
@@ -304,36 +304,6 @@ impl Drop for Release {
     }
 }
 
-/// A kubeconfig that authenticates as `service_account` with a fresh token.
-async fn service_account_kubeconfig(
-    env: &Env,
-    service_account: &str,
-) -> anyhow::Result<tempfile::NamedTempFile> {
-    let output = env
-        .kubectl(&["create", "token", service_account, "--duration=1h"])
-        .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "kubectl create token: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    let admin = std::fs::read_to_string(kubeconfig_path())?;
-    let server = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .ok_or_else(|| anyhow!("no server in the admin kubeconfig"))?
-        .to_string();
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        file.path(),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: '{server}', insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: {token}}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n"
-        ),
-    )?;
-    Ok(file)
-}
-
 #[tokio::test]
 async fn chart_installs_runs_a_canary_upgrades_and_uninstalls_cleanly() -> anyhow::Result<()> {
     let mut env = Env::without_controller("helm").await?;
@@ -381,7 +351,7 @@ async fn chart_installs_runs_a_canary_upgrades_and_uninstalls_cleanly() -> anyho
     assert!(args.contains(&format!("--namespace={ns}")), "{args:?}");
     env.set_controller_env("POD_NAMESPACE", &ns);
     env.set_controller_env("POD_NAME", "ramp-controller-local");
-    let kubeconfig = service_account_kubeconfig(&env, "ramp-controller").await?;
+    let kubeconfig = env.service_account_kubeconfig("ramp-controller").await?;
     let controller =
         ControllerProcess::spawn_with_args(&env, kubeconfig.path(), "helm-controller", &args)
             .await?;
@@ -400,14 +370,7 @@ async fn chart_installs_runs_a_canary_upgrades_and_uninstalls_cleanly() -> anyho
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.wait_replicas("promoted", &[("web:2", 2), ("web:1", 0)])
         .await?;
-    let metrics = controller.metrics().await?;
-    let refused: Vec<&str> = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("ramp_kube_requests_total")
-                && (l.contains("outcome=\"error\"") || l.contains("outcome=\"forbidden\""))
-        })
-        .collect();
+    let refused = controller.failed_requests().await?;
     assert!(
         refused.is_empty(),
         "requests failed under the chart's RBAC: {refused:?}"

@@ -153,6 +153,36 @@ impl Env {
         Ok(child.wait_with_output().await?)
     }
 
+    /// A kubeconfig that authenticates as `service_account` with a fresh token.
+    pub async fn service_account_kubeconfig(
+        &self,
+        service_account: &str,
+    ) -> anyhow::Result<tempfile::NamedTempFile> {
+        let output = self
+            .kubectl(&["create", "token", service_account, "--duration=1h"])
+            .await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "kubectl create token: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let admin = std::fs::read_to_string(kubeconfig_path())?;
+        let server = admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .ok_or_else(|| anyhow!("no server in the admin kubeconfig"))?
+            .to_string();
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(
+            file.path(),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: '{server}', insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: {token}}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\ncurrent-context: c\n"
+            ),
+        )?;
+        Ok(file)
+    }
+
     pub fn rollouts(&self) -> Api<Rollout> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
@@ -731,6 +761,21 @@ impl ControllerProcess {
             }
         })
         .await
+    }
+
+    /// API requests this controller saw fail or be forbidden, as counted
+    /// in its /metrics (for running it under a restricted role).
+    pub async fn failed_requests(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .metrics()
+            .await?
+            .lines()
+            .filter(|l| {
+                l.starts_with("ramp_kube_requests_total")
+                    && (l.contains("outcome=\"error\"") || l.contains("outcome=\"forbidden\""))
+            })
+            .map(String::from)
+            .collect())
     }
 
     pub async fn metrics(&self) -> anyhow::Result<String> {
