@@ -1,11 +1,10 @@
 //! Carrying out a plan: every write names what it touched when it fails.
 
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{Context, Error, is_conflict, is_not_found};
 use crate::api::{
@@ -191,12 +190,6 @@ pub(super) async fn execute(
         relabel_pods(ctx, namespace, change).await?;
     }
 
-    // Events go out before the status write that records the transition:
-    // whoever sees the new status can already read its Events, and a status
-    // write that conflicts does not lose them. The re-planned pass emits the
-    // same Event again, which the Recorder folds into a series.
-    publish_events(ctx, rollout, &plan.events).await;
-
     if let Some(status) = &plan.status {
         let old = serde_json::to_value(&rollout.status).map_err(|source| Error::Serialize {
             what: "old status".into(),
@@ -218,11 +211,15 @@ pub(super) async fn execute(
         .await?;
         ctx.recent_rollouts.remember(written);
         // Only now is the transition on record, so it is never planned (or
-        // notified) again, not even after a restart.
+        // announced) again, not even after a restart; a write that failed
+        // leaves the next pass to plan, and announce, it again.
+        publish_events(ctx, rollout, &plan.events);
         notify_subscribers(ctx, rollout, namespace, &plan.events);
         for call in plan.webhooks.iter().filter(|c| !c.is_question()) {
             ctx.webhooks.tell(call.clone());
         }
+    } else {
+        publish_events(ctx, rollout, &plan.events);
     }
     // Off only once the record of routed-through routes is gone from status.
     if plan.finalizer == Some(false) {
@@ -432,38 +429,10 @@ pub(super) fn notify_subscribers<K: Resource<DynamicType = ()>>(
     }
 }
 
-pub(super) async fn publish_events<K: Resource<DynamicType = ()>>(
+pub(super) fn publish_events<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     object: &K,
     events: &[PlannedEvent],
 ) {
-    if events.is_empty() {
-        return;
-    }
-    let reference = object.object_ref(&());
-    for event in events {
-        ctx.metrics.event(event.reason);
-        let note: String = event.message.chars().take(1000).collect();
-        let published = ctx
-            .recorder
-            .publish(
-                &Event {
-                    type_: if event.warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: event.reason.into(),
-                    note: Some(note),
-                    action: event.reason.into(),
-                    secondary: None,
-                },
-                &reference,
-            )
-            .await;
-        ctx.metrics.request("create", "Event", &published);
-        if let Err(error) = published {
-            warn!(reason = event.reason, %error, "could not publish Event");
-        }
-    }
+    ctx.events.publish(&object.object_ref(&()), events);
 }

@@ -88,6 +88,7 @@ pub struct Metrics {
     analysis_runs: Family<PhaseLabels, Counter>,
     measurements: Family<PhaseLabels, Counter>,
     events: Family<ReasonLabels, Counter>,
+    events_dropped: Counter,
     notifications: Family<NotificationLabels, Counter>,
     webhooks: Family<WebhookLabels, Counter>,
     leader: Gauge,
@@ -112,6 +113,7 @@ impl Default for Metrics {
             analysis_runs: Family::default(),
             measurements: Family::default(),
             events: Family::default(),
+            events_dropped: Counter::default(),
             notifications: Family::default(),
             webhooks: Family::default(),
             leader: Gauge::default(),
@@ -158,6 +160,11 @@ impl Default for Metrics {
             "events",
             "Kubernetes Events emitted, by reason",
             metrics.events.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not published because the Event queue was full",
+            metrics.events_dropped.clone(),
         );
         registry.register(
             "notifications",
@@ -314,6 +321,10 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
     }
 
     pub fn http_request(&self, method: &str, watch: bool, resource: &str, code: &str) {

@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod client;
+pub mod events;
 pub mod http;
 pub mod index;
 pub mod metrics;
@@ -21,7 +22,6 @@ use futures::{FutureExt, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -183,7 +183,8 @@ pub struct Settings {
 /// Shared by both reconcilers.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Publishes Events off the reconcile path.
+    pub events: events::EventSink,
     pub metrics: Arc<Metrics>,
     pub rollouts: Store<Rollout>,
     pub replica_sets: Store<ReplicaSet>,
@@ -510,12 +511,13 @@ async fn start_controllers(
 
     let (route_caches, route_streams) = routes::RouteCaches::start(&client, namespace).await;
     info!(kinds = ?route_caches.served(), "route kinds served");
-    let recorder = Recorder::new(
+    let events = events::EventSink::start(
         events_client,
-        Reporter {
+        events::Reporter {
             controller: crate::api::FIELD_MANAGER.into(),
-            instance: Some(settings.identity.clone()),
+            instance: settings.identity.clone(),
         },
+        metrics.clone(),
     );
     // With an allow-list, a redirect could lead an allowed address to any
     // other host, so redirects are not followed then.
@@ -554,7 +556,7 @@ async fn start_controllers(
     };
     let context = Arc::new(Context {
         client: client.clone(),
-        recorder,
+        events,
         metrics,
         rollouts: rollouts.clone(),
         replica_sets: replica_sets.clone(),

@@ -126,7 +126,7 @@ async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, E
             reason,
             message,
         };
-        apply::publish_events(&ctx, run.as_ref(), std::slice::from_ref(&event)).await;
+        apply::publish_events(&ctx, run.as_ref(), std::slice::from_ref(&event));
         transition = Some(event);
     }
     if status != previous {

@@ -84,11 +84,13 @@ pub(crate) fn finish_status(ctx: &mut Ctx<'_>) {
     active_replica_set_counts(ctx);
 
     let new = ctx.new_set();
-    let others_down = ctx
-        .sets
-        .iter()
-        .enumerate()
-        .all(|(i, s)| i == ctx.new || s.current == 0 || s.desired_deadline.is_some());
+    // A set scaled to 0 by this very plan is down: its write goes out before
+    // the status, and calling the rollout Progressing for that one pass made
+    // a finished blue/green flap Healthy → Progressing → Healthy when its
+    // scale-down delay ran out (two more status writes and Events each).
+    let others_down = ctx.sets.iter().enumerate().all(|(i, s)| {
+        i == ctx.new || s.current == 0 || s.desired == 0 || s.desired_deadline.is_some()
+    });
     let complete =
         ctx.new_is_stable() && new.is_saturated(replicas) && others_down && !ctx.restarting;
     let user_paused = rollout.is_paused_by_user();

@@ -805,7 +805,9 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
         }
     }
     plan.replica_sets.extend(scale_ups);
-    for (service, hash) in std::mem::take(&mut ctx.services) {
+    // Cloned, not taken: the status computed below reads the planned
+    // selectors (a blue/green switch reports the new active set at once).
+    for (service, hash) in ctx.services.clone() {
         let current = ctx.snap.services.get(&service).and_then(|s| {
             s.spec
                 .as_ref()

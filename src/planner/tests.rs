@@ -964,6 +964,64 @@ fn blue_green_auto_promotion_after_seconds() {
     assert_eq!(world.selector("web-active"), Some(world.hash_for("web:2")));
 }
 
+/// Steps until nothing changes, recording the phase after every step.
+fn settle_recording(world: &mut World) -> Vec<RolloutPhase> {
+    let mut phases = Vec::new();
+    for _ in 0..50 {
+        if !world.step() {
+            return phases;
+        }
+        phases.push(world.phase());
+    }
+    panic!("planner did not settle; last plan: {:#?}", world.last_plan);
+}
+
+#[test]
+fn a_finished_blue_green_stays_healthy_while_its_old_set_is_scaled_down() {
+    let mut world = World::new(rollout(blue_green(json!({"scaleDownDelaySeconds": 5})), 2));
+    deployed(&mut world);
+    world.set_image("web:2");
+    let new = world.hash_for("web:2");
+    let mut switched = Vec::new();
+    while world.selector("web-active").as_deref() != Some(new.as_str()) {
+        assert!(world.step(), "the active Service switches to {new}");
+        switched.push(world.phase());
+    }
+    // The switch and the status describing the new active set are one write.
+    assert_eq!(
+        world.status().selector,
+        Some(format!("app=web,rollouts-pod-template-hash={new}"))
+    );
+    switched.extend(settle_recording(&mut world));
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(
+        world.replicas_of("web:1"),
+        2,
+        "the old set waits for its delay"
+    );
+    world.advance(5);
+    let scaled_down = settle_recording(&mut world);
+    assert_eq!(world.replicas_of("web:1"), 0);
+    let first_healthy = switched
+        .iter()
+        .position(|p| *p == RolloutPhase::Healthy)
+        .expect("the rollout became Healthy");
+    let after: Vec<_> = switched[first_healthy..]
+        .iter()
+        .chain(&scaled_down)
+        .collect();
+    assert!(
+        after.iter().all(|p| **p == RolloutPhase::Healthy),
+        "once Healthy, scaling the old set down keeps it Healthy: {switched:?} then {scaled_down:?}"
+    );
+    let completed = world
+        .events
+        .iter()
+        .filter(|e| e.reason == "RolloutCompleted")
+        .count();
+    assert_eq!(completed, 2, "one RolloutCompleted per deployment");
+}
+
 #[test]
 fn blue_green_preview_replica_count_scales_up_before_the_switch() {
     let mut world = World::new(rollout(
