@@ -41,6 +41,14 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    #[error("reading ReplicaSet {namespace}/{name} for its pod template: {source}")]
+    ReadReplicaSet {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("ReplicaSet {namespace}/{name} has no pod template even as read from the API server")]
+    NoTemplate { namespace: String, name: String },
     #[error("deleting ReplicaSet {namespace}/{name}: {source}")]
     DeleteReplicaSet {
         namespace: String,
@@ -135,7 +143,10 @@ impl Error {
     /// Bounded label for the reconcile error metric.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::ApplyReplicaSet { .. } | Error::DeleteReplicaSet { .. } => "replicaset",
+            Error::ApplyReplicaSet { .. }
+            | Error::DeleteReplicaSet { .. }
+            | Error::ReadReplicaSet { .. }
+            | Error::NoTemplate { .. } => "replicaset",
             Error::PatchService { .. } => "service",
             Error::PatchRoute { .. } => "route",
             Error::PatchFinalizer { .. } => "finalizer",
@@ -251,6 +262,14 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// ReplicaSets drained to 0 are cached without their pod template (a
+/// fingerprint stays): a Rollout keeps up to `revisionHistoryLimit` of them,
+/// and the template is most of each. Plans that must write one read it first.
+fn trim_replica_set(rs: &mut ReplicaSet) {
+    trim(rs);
+    crate::planner::hash::drop_drained_template(rs);
 }
 
 /// Services are cached (and remembered after our writes) with only their
@@ -420,7 +439,7 @@ async fn start_controllers(
     );
     let owned_replica_sets = Arc::new(index::OwnerIndex::<ReplicaSet>::default());
     let owned_runs = Arc::new(index::OwnerIndex::<AnalysisRun>::default());
-    let recent_replica_sets = Arc::new(recent::Recent::new(replica_sets.clone(), trim));
+    let recent_replica_sets = Arc::new(recent::Recent::new(replica_sets.clone(), trim_replica_set));
     let recent_services = Arc::new(recent::Recent::new(services.clone(), trim_service));
     let recent_runs = Arc::new(recent::Recent::new(analysis_runs.clone(), trim));
     // Only ReplicaSets carrying the hash label can belong to a Rollout.
@@ -434,7 +453,7 @@ async fn start_controllers(
                         scoped::<ReplicaSet>(&client, namespace),
                         watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
                     )
-                    .modify(trim),
+                    .modify(trim_replica_set),
                 )
                 .inspect_ok({
                     let (index, recent) = (owned_replica_sets.clone(), recent_replica_sets.clone());

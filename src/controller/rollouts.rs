@@ -189,7 +189,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         same_namespace(&meta.namespace) && owned_by(&meta.owner_references, &uid)
     };
     let rs_owned = |rs: &ReplicaSet| controlled(&rs.metadata);
-    let replica_sets: Vec<Arc<ReplicaSet>> = ctx.recent_replica_sets.overlay(
+    let mut replica_sets: Vec<Arc<ReplicaSet>> = ctx.recent_replica_sets.overlay(
         owned(
             &ctx.replica_sets,
             ctx.owned_replica_sets.owned_by(&uid),
@@ -238,25 +238,41 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         None => None,
     };
     let live_routes = super::routes::live_routes(&ctx, &rollout);
-    let snapshot = Snapshot {
-        rollout: &rollout,
-        replica_sets: replica_sets.iter().map(AsRef::as_ref).collect(),
-        services: services
-            .iter()
-            .map(|(name, svc)| (name.clone(), svc.as_ref()))
-            .collect::<BTreeMap<_, _>>(),
-        analysis_runs: runs.iter().map(AsRef::as_ref).collect(),
-        analysis_templates: templates
-            .iter()
-            .map(|(key, spec)| (key.clone(), spec))
-            .collect(),
-        cluster_templates_read_secrets: ctx.analysis_policy.cluster_templates_read_secrets,
-        pods,
-        routes: super::routes::as_live(&live_routes),
-        webhook_answers: ctx.webhooks.answers_for(&uid),
-        now,
+    let webhook_answers = ctx.webhooks.answers_for(&uid);
+    let plan_from = |replica_sets: &[Arc<ReplicaSet>]| {
+        planner::plan(&Snapshot {
+            rollout: &rollout,
+            replica_sets: replica_sets.iter().map(AsRef::as_ref).collect(),
+            services: services
+                .iter()
+                .map(|(name, svc)| (name.clone(), svc.as_ref()))
+                .collect::<BTreeMap<_, _>>(),
+            analysis_runs: runs.iter().map(AsRef::as_ref).collect(),
+            analysis_templates: templates
+                .iter()
+                .map(|(key, spec)| (key.clone(), spec))
+                .collect(),
+            cluster_templates_read_secrets: ctx.analysis_policy.cluster_templates_read_secrets,
+            pods: pods.clone(),
+            routes: super::routes::as_live(&live_routes),
+            webhook_answers: webhook_answers.clone(),
+            now,
+        })
     };
-    let plan = planner::plan(&snapshot);
+    let mut plan = plan_from(&replica_sets);
+    if !plan.needs_templates.is_empty() {
+        // Drained ReplicaSets are cached without their templates; this plan
+        // writes one (an abort scaling a drained stable back up), so read
+        // those in full and plan again, carrying out only the second plan.
+        read_templates(&ctx, &namespace, &plan.needs_templates, &mut replica_sets).await?;
+        plan = plan_from(&replica_sets);
+        if let Some(missing) = plan.needs_templates.first() {
+            return Err(Error::NoTemplate {
+                namespace,
+                name: missing.clone(),
+            });
+        }
+    }
     if let Some(status) = &plan.status
         && status.phase != rollout.status.as_ref().and_then(|s| s.phase)
     {
@@ -302,6 +318,33 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// Replaces the named ReplicaSets in `replica_sets` by copies read from the
+/// API server, templates included.
+async fn read_templates(
+    ctx: &Context,
+    namespace: &str,
+    names: &[String],
+    replica_sets: &mut [Arc<ReplicaSet>],
+) -> Result<(), Error> {
+    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), namespace);
+    for name in names {
+        let read = api.get(name).await;
+        ctx.metrics.request("get", "ReplicaSet", &read);
+        let read = read.map_err(|source| Error::ReadReplicaSet {
+            namespace: namespace.into(),
+            name: name.clone(),
+            source,
+        })?;
+        if let Some(slot) = replica_sets
+            .iter_mut()
+            .find(|rs| rs.metadata.name.as_ref() == Some(name))
+        {
+            *slot = Arc::new(read);
+        }
+    }
+    Ok(())
 }
 
 /// Retry delay after the `attempt`-th conflict in a row: doubling from

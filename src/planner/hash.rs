@@ -77,19 +77,72 @@ pub fn replica_set_source_template(rs: &ReplicaSet) -> Option<PodTemplateSpec> {
 /// Whether `rs` runs `template`, compared by content rather than by hash:
 /// after `undo` the Rollout carries the ReplicaSet's API-server-defaulted
 /// template, whose hash differs from the one the ReplicaSet was named after,
-/// yet it is the same revision (Argo's `PodTemplateEqualIgnoreHash`).
+/// yet it is the same revision (Argo's `PodTemplateEqualIgnoreHash`). A
+/// cached copy whose template was dropped (see `drop_drained_template`) is
+/// compared by the fingerprint it kept instead.
 pub fn replica_set_runs(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
-    let normalize = |t: &PodTemplateSpec| {
-        let mut t = t.clone();
-        if t.metadata
-            .as_ref()
-            .is_some_and(|m| *m == ObjectMeta::default())
-        {
-            t.metadata = None;
-        }
-        serde_json::to_value(t).ok()
+    match replica_set_source_template(rs) {
+        Some(own) => normalized(&own) == normalized(template),
+        None => kept_fingerprint(rs).is_some_and(|kept| *kept == fingerprint(template)),
+    }
+}
+
+fn normalized(template: &PodTemplateSpec) -> Vec<u8> {
+    let mut template = template.clone();
+    if template
+        .metadata
+        .as_ref()
+        .is_some_and(|m| *m == ObjectMeta::default())
+    {
+        template.metadata = None;
+    }
+    serde_json::to_vec(&template).unwrap_or_default()
+}
+
+fn fingerprint(template: &PodTemplateSpec) -> String {
+    format!("{:016x}", fnv1a64(&normalized(template)))
+}
+
+/// Where a cached ReplicaSet without its template keeps the fingerprint of
+/// the template it ran. Only ever on cached copies: plans build ReplicaSets
+/// from scratch, so it is never written to the API server.
+const KEPT_FINGERPRINT_ANNOTATION: &str = "cache.ramp.dev/template-fingerprint";
+
+fn kept_fingerprint(rs: &ReplicaSet) -> Option<&String> {
+    rs.metadata
+        .annotations
+        .as_ref()?
+        .get(KEPT_FINGERPRINT_ANNOTATION)
+}
+
+/// Whether a (cached) ReplicaSet still carries its pod template.
+pub fn has_template(rs: &ReplicaSet) -> bool {
+    rs.spec.as_ref().is_some_and(|s| s.template.is_some())
+}
+
+/// Drops the pod template of a ReplicaSet that is scaled to 0 and has no
+/// pods left, keeping a fingerprint of it; the controller's cache holds old
+/// ReplicaSets this way (the template is most of a ReplicaSet, and a Rollout
+/// keeps up to `revisionHistoryLimit` drained ones). A plan that must write
+/// such a ReplicaSet asks for it in full (`Plan::needs_templates`), except the
+/// Rollout's own revision, whose template the Rollout carries.
+pub fn drop_drained_template(rs: &mut ReplicaSet) {
+    let drained = rs.spec.as_ref().and_then(|s| s.replicas) == Some(0)
+        && rs.status.as_ref().is_none_or(|s| s.replicas == 0);
+    if !drained || !has_template(rs) {
+        return;
+    }
+    let Some(source) = replica_set_source_template(rs) else {
+        return;
     };
-    replica_set_source_template(rs).is_some_and(|own| normalize(&own) == normalize(template))
+    let kept = fingerprint(&source);
+    if let Some(spec) = rs.spec.as_mut() {
+        spec.template = None;
+    }
+    rs.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(KEPT_FINGERPRINT_ANNOTATION.to_string(), kept);
 }
 
 pub(crate) fn fnv1a32(bytes: &[u8]) -> u32 {
@@ -128,6 +181,53 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    fn replica_set(image: &str, replicas: i32, pods: i32) -> ReplicaSet {
+        let mut template = template(image);
+        template.metadata = Some(ObjectMeta {
+            labels: Some([(POD_TEMPLATE_HASH_LABEL.to_string(), "h1".to_string())].into()),
+            ..Default::default()
+        });
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some("web-h1".into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {
+                replicas: Some(replicas),
+                template: Some(template),
+                ..Default::default()
+            }),
+            status: Some(k8s_openapi::api::apps::v1::ReplicaSetStatus {
+                replicas: pods,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn only_drained_replica_sets_lose_their_template() {
+        for (replicas, pods) in [(1, 1), (0, 1), (1, 0)] {
+            let mut rs = replica_set("web:1", replicas, pods);
+            drop_drained_template(&mut rs);
+            assert!(has_template(&rs), "{replicas} replicas, {pods} pods");
+        }
+        let mut drained = replica_set("web:1", 0, 0);
+        drop_drained_template(&mut drained);
+        assert!(!has_template(&drained));
+    }
+
+    #[test]
+    fn a_drained_replica_set_still_matches_its_template_by_content() {
+        let mut drained = replica_set("web:1", 0, 0);
+        assert!(replica_set_runs(&drained, &template("web:1")));
+        drop_drained_template(&mut drained);
+        assert!(replica_set_runs(&drained, &template("web:1")));
+        assert!(!replica_set_runs(&drained, &template("web:2")));
+        // Dropping twice keeps the fingerprint of the real template.
+        drop_drained_template(&mut drained);
+        assert!(replica_set_runs(&drained, &template("web:1")));
     }
 
     #[test]

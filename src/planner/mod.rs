@@ -94,6 +94,10 @@ pub struct Plan {
     pub finalizer: Option<bool>,
     /// Webhooks to call: questions at once, the others after the status write.
     pub webhooks: Vec<webhooks::WebhookCall>,
+    /// ReplicaSets this plan must write whose snapshot copy lacks the pod
+    /// template (see `hash::drop_drained_template`). The plan is incomplete:
+    /// carry nothing out, plan again with these read in full.
+    pub needs_templates: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -793,7 +797,10 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
                 ),
             )),
         };
-        let desired = desired_replica_set(rollout, set, &ctx.hash);
+        let Some(desired) = desired_replica_set(rollout, set, &ctx.hash, index == ctx.new) else {
+            plan.needs_templates.push(set.name.clone());
+            continue;
+        };
         let change = ReplicaSetChange::Apply(Box::new(desired));
         if set.rs.is_some() && set.desired < set.current {
             plan.replica_sets.push(change);
@@ -877,8 +884,14 @@ fn cleanup_old_replica_sets(ctx: &mut Ctx<'_>, plan: &mut Plan) {
 
 /// The complete ReplicaSet the controller applies. The pod template is the
 /// Rollout's (new ReplicaSet) or the observed one (older ReplicaSets), so an
-/// apply never rewrites what pods run.
-fn desired_replica_set(rollout: &Rollout, set: &RsState<'_>, hash: &TemplateHash) -> ReplicaSet {
+/// apply never rewrites what pods run. None when an older ReplicaSet's
+/// template is not in the snapshot.
+fn desired_replica_set(
+    rollout: &Rollout,
+    set: &RsState<'_>,
+    hash: &TemplateHash,
+    is_new: bool,
+) -> Option<ReplicaSet> {
     let mut annotations = BTreeMap::new();
     annotations.insert(REVISION_ANNOTATION.to_string(), set.revision.to_string());
     if let Some(deadline) = set.desired_deadline {
@@ -887,6 +900,16 @@ fn desired_replica_set(rollout: &Rollout, set: &RsState<'_>, hash: &TemplateHash
             deadline.to_string(),
         );
     }
+    // The Rollout's template as this set's pods run it: with the hash label.
+    let from_rollout = || {
+        let mut template: PodTemplateSpec = rollout.spec.template.clone();
+        let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
+        metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
+        template
+    };
     let (template, selector, digest) = match set.rs {
         Some(rs) => {
             let spec = rs.spec.clone().unwrap_or_default();
@@ -896,21 +919,22 @@ fn desired_replica_set(rollout: &Rollout, set: &RsState<'_>, hash: &TemplateHash
                 .as_ref()
                 .and_then(|a| a.get(TEMPLATE_DIGEST_ANNOTATION))
                 .cloned();
-            (spec.template.unwrap_or_default(), spec.selector, digest)
+            let template = match spec.template {
+                Some(template) => template,
+                // The new set runs the Rollout's template (by hash, or by
+                // content after an undo): the snapshot needs no copy of it.
+                None if is_new => from_rollout(),
+                None => return None,
+            };
+            (template, spec.selector, digest)
         }
         None => {
-            let mut template: PodTemplateSpec = rollout.spec.template.clone();
-            let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
-            metadata
-                .labels
-                .get_or_insert_with(BTreeMap::new)
-                .insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
             let mut selector: LabelSelector = rollout.spec.selector.clone();
             selector
                 .match_labels
                 .get_or_insert_with(BTreeMap::new)
                 .insert(POD_TEMPLATE_HASH_LABEL.into(), set.hash.clone());
-            (template, selector, Some(hash.digest.clone()))
+            (from_rollout(), selector, Some(hash.digest.clone()))
         }
     };
     if let Some(digest) = digest {
@@ -950,7 +974,7 @@ fn desired_replica_set(rollout: &Rollout, set: &RsState<'_>, hash: &TemplateHash
             }
             labels
         });
-    ReplicaSet {
+    Some(ReplicaSet {
         metadata: ObjectMeta {
             name: Some(set.name.clone()),
             namespace: rollout.metadata.namespace.clone(),
@@ -966,7 +990,7 @@ fn desired_replica_set(rollout: &Rollout, set: &RsState<'_>, hash: &TemplateHash
             template: Some(template),
         }),
         status: None,
-    }
+    })
 }
 
 /// Controller owner reference to the Rollout, so garbage collection removes

@@ -115,10 +115,49 @@ impl World {
         }
     }
 
+    /// Plans as the controller does: from a cache in which drained
+    /// ReplicaSets have no template, reading in full those a plan needs.
     fn plan(&self) -> Plan {
+        let cached = self.cached_replica_sets();
+        let plan = self.plan_from(&cached);
+        if plan.needs_templates.is_empty() {
+            return plan;
+        }
+        let filled: Vec<ReplicaSet> = cached
+            .into_iter()
+            .map(|rs| {
+                let name = rs.metadata.name.clone().unwrap_or_default();
+                match plan.needs_templates.contains(&name) {
+                    true => self.replica_sets.get(&name).cloned().unwrap_or(rs),
+                    false => rs,
+                }
+            })
+            .collect();
+        let plan = self.plan_from(&filled);
+        assert!(
+            plan.needs_templates.is_empty(),
+            "a plan with every template it asked for asks again: {:?}",
+            plan.needs_templates
+        );
+        plan
+    }
+
+    /// The ReplicaSets as the controller's cache holds them.
+    fn cached_replica_sets(&self) -> Vec<ReplicaSet> {
+        self.replica_sets
+            .values()
+            .map(|rs| {
+                let mut rs = rs.clone();
+                crate::planner::hash::drop_drained_template(&mut rs);
+                rs
+            })
+            .collect()
+    }
+
+    fn plan_from(&self, replica_sets: &[ReplicaSet]) -> Plan {
         let snapshot = Snapshot {
             rollout: &self.rollout,
-            replica_sets: self.replica_sets.values().collect(),
+            replica_sets: replica_sets.iter().collect(),
             services: self.services.iter().map(|(k, v)| (k.clone(), v)).collect(),
             analysis_runs: self.runs.values().collect(),
             analysis_templates: self.templates.iter().map(|(k, v)| (k.clone(), v)).collect(),
@@ -1020,6 +1059,56 @@ fn a_finished_blue_green_stays_healthy_while_its_old_set_is_scaled_down() {
         .filter(|e| e.reason == "RolloutCompleted")
         .count();
     assert_eq!(completed, 2, "one RolloutCompleted per deployment");
+}
+
+#[test]
+fn a_drained_stable_is_read_in_full_before_an_abort_scales_it_back() {
+    let steps = json!([{"setWeight": 100}, {"pause": {}}]);
+    let mut world = World::new(rollout(canary(steps), 2));
+    deployed(&mut world);
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.replicas_of("web:1"), 0, "setWeight 100 drains stable");
+    let stable = format!("web-{}", world.hash_for("web:1"));
+    world.abort();
+    // From the cache, where the drained stable has no template, the plan
+    // cannot write it and says so.
+    let cached = world.cached_replica_sets();
+    let from_cache = world.plan_from(&cached);
+    assert_eq!(from_cache.needs_templates, vec![stable.clone()]);
+    world.settle();
+    assert_eq!(world.replicas_of("web:1"), 2);
+    let image = world.replica_sets[&stable]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.containers[0].image.clone());
+    assert_eq!(
+        image.as_deref(),
+        Some("web:1"),
+        "its template came back intact"
+    );
+}
+
+#[test]
+fn going_back_to_a_drained_revision_needs_no_copy_of_its_template() {
+    let mut world = World::new(rollout(canary(json!([])), 2));
+    deployed(&mut world);
+    world.set_image("web:2");
+    deployed(&mut world);
+    assert_eq!(world.replicas_of("web:1"), 0);
+    world.set_image("web:1");
+    let cached = world.cached_replica_sets();
+    let plan = world.plan_from(&cached);
+    assert!(
+        plan.needs_templates.is_empty(),
+        "{:?}",
+        plan.needs_templates
+    );
+    deployed(&mut world);
+    assert_eq!(world.replicas_of("web:1"), 2);
+    assert_eq!(world.replicas_of("web:2"), 0);
 }
 
 #[test]
