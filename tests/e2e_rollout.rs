@@ -136,6 +136,49 @@ async fn abort_returns_to_stable_and_retry_runs_the_steps_again() -> anyhow::Res
     Ok(())
 }
 
+/// The controller caches drained ReplicaSets without their pod template; an
+/// abort that scales a drained stable back up reads it in full first.
+#[tokio::test]
+async fn abort_brings_back_a_drained_stable_with_its_template() -> anyhow::Result<()> {
+    let env = Env::start("drained").await?;
+    env.deploy_canary("web", 2, "web:1", "[{setWeight: 100}, {pause: {}}]")
+        .await?;
+    env.set_image("web", "web:2").await?;
+    env.wait_phase("web", RolloutPhase::Paused).await?;
+    env.wait_replicas("setWeight 100 drains stable", &[("web:2", 2), ("web:1", 0)])
+        .await?;
+    // The Rollout's pod count comes from the controller's cache: at 2 the
+    // cache holds the stable set with no pods, so without its template.
+    env.wait_rollout("web", "only the 2 canary pods left", |r| {
+        r.status.as_ref().is_some_and(|s| s.replicas == 2)
+    })
+    .await?;
+
+    env.set_abort("web", true).await?;
+    env.wait_replicas("stable back", &[("web:1", 2), ("web:2", 0)])
+        .await?;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", env.metrics_port()))
+        .await?
+        .text()
+        .await?;
+    let reads: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("ramp_kube_requests_total")
+                && l.contains("verb=\"get\"")
+                && l.contains("kind=\"ReplicaSet\"")
+                && l.contains("outcome=\"success\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        reads >= 1,
+        "the drained stable was read in full: {reads} reads"
+    );
+    env.cleanup().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn pods_that_never_become_ready_exceed_the_progress_deadline() -> anyhow::Result<()> {
     let env = Env::start("deadline").await?;
