@@ -16,8 +16,12 @@
 //! layer (`ramp_http_requests_total` by method, resource and status code),
 //! memory and CPU from /proc.
 //!
+//! With `--shards K`, K controller processes split the Rollouts
+//! (`--shards K --shard-index i`); requests and CPU are summed over them,
+//! RSS is that of the largest shard (what one replica must be sized for).
+//!
 //! Usage:
-//!   ramp-bench --controller PATH --size N [--rate 100] [--idle 30]
+//!   ramp-bench --controller PATH --size N [--rate 100] [--idle 30] [--shards 1]
 //!              [--run-label 1] [--out target/bench] [-- controller flags…]
 //!   ramp-bench --report target/bench     (medians over every run-*.json)
 
@@ -50,6 +54,7 @@ struct Args {
     label: String,
     out: PathBuf,
     report: Option<PathBuf>,
+    shards: usize,
     controller_flags: Vec<String>,
 }
 
@@ -62,6 +67,7 @@ fn parse_args() -> anyhow::Result<Args> {
         label: "1".into(),
         out: PathBuf::from("target/bench"),
         report: None,
+        shards: 1,
         controller_flags: Vec::new(),
     };
     let mut iter = std::env::args().skip(1);
@@ -84,6 +90,14 @@ fn parse_args() -> anyhow::Result<Args> {
                 }
             }
             "--run-label" => args.label = value,
+            "--shards" => {
+                args.shards = value
+                    .parse()
+                    .context("--shards: a number of controller processes")?;
+                if args.shards == 0 {
+                    bail!("--shards must be 1 or more");
+                }
+            }
             "--out" => args.out = value.into(),
             "--report" => args.report = Some(value.into()),
             other => {
@@ -235,6 +249,63 @@ impl Controller {
             *counts.entry(key).or_default() += value;
         }
         Ok(counts)
+    }
+}
+
+/// Every controller process of a run: one per shard.
+struct Controllers(Vec<Controller>);
+
+impl Controllers {
+    async fn start(args: &Args, namespace: &str, n: usize) -> anyhow::Result<Controllers> {
+        let mut started = Vec::new();
+        for index in 0..args.shards {
+            let mut flags = args.controller_flags.clone();
+            if args.shards > 1 {
+                flags.extend([
+                    format!("--shards={}", args.shards),
+                    format!("--shard-index={index}"),
+                ]);
+            }
+            let log = args
+                .out
+                .join(format!("controller-{}-{index}.log", run_name(n, args)));
+            started.push(Controller::start(&args.controller, namespace, &flags, log).await?);
+        }
+        Ok(Controllers(started))
+    }
+
+    async fn requests(&self) -> anyhow::Result<Requests> {
+        let mut total = Requests::new();
+        for controller in &self.0 {
+            for (key, count) in controller.requests().await? {
+                *total.entry(key).or_default() += count;
+            }
+        }
+        Ok(total)
+    }
+
+    fn cpu_ticks(&self) -> u64 {
+        self.0.iter().map(Controller::cpu_ticks).sum()
+    }
+
+    /// The RSS samples of the shard whose peak was highest.
+    fn rss_between(&self, from: Instant, to: Instant) -> Vec<f64> {
+        self.0
+            .iter()
+            .map(|c| c.rss_between(from, to))
+            .max_by(|a, b| {
+                let peak = |samples: &Vec<f64>| samples.iter().copied().fold(0.0, f64::max);
+                peak(a).total_cmp(&peak(b))
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `1000-1` for one shard, `1000x2-1` for two.
+fn run_name(n: usize, args: &Args) -> String {
+    match args.shards {
+        1 => format!("{n}-{}", args.label),
+        shards => format!("{n}x{shards}-{}", args.label),
     }
 }
 
@@ -485,17 +556,11 @@ fn names(n: usize) -> Vec<String> {
 }
 
 async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
-    eprintln!("== N = {n} (run {})", args.label);
+    eprintln!("== N = {n}, {} shard(s) (run {})", args.shards, args.label);
     let namespace = TestNamespace::create(client, &format!("bench{n}")).await?;
     let ns = namespace.name.clone();
     std::fs::create_dir_all(&args.out)?;
-    let controller = Controller::start(
-        &args.controller,
-        &ns,
-        &args.controller_flags,
-        args.out.join(format!("controller-{n}-{}.log", args.label)),
-    )
-    .await?;
+    let controller = Controllers::start(args, &ns, n).await?;
     let world = Arc::new(Mutex::new(World::default()));
     let watches = watch_world(client, &ns, world.clone());
     let rollouts: Api<DynamicObject> =
@@ -615,6 +680,7 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
     namespace.cleanup().await;
     Ok(json!({
         "n": n,
+        "shards": args.shards,
         "run": args.label,
         "rate_updates_per_second": args.rate,
         "controller_flags": args.controller_flags,
@@ -655,24 +721,27 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
     if runs.is_empty() {
         bail!("no run-*.json in {}; run `make bench` first", dir.display());
     }
-    let mut by_size: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
+    let mut by_size: BTreeMap<(u64, u64), Vec<&Value>> = BTreeMap::new();
     for run in &runs {
         by_size
-            .entry(run["n"].as_u64().unwrap_or(0))
+            .entry((
+                run["n"].as_u64().unwrap_or(0),
+                run["shards"].as_u64().unwrap_or(1),
+            ))
             .or_default()
             .push(run);
     }
     let mut table = String::from(
         "Medians over runs, each on a fresh cluster. Update phase unless marked.\n\n\
-         | N | runs | create: settled s | create: peak RSS MiB | all settled after last patch s | patch→new RS p50 / p99 ms | patch→settled p50 / p99 ms | conflicts / status writes | writes per update (no Events) | requests per update | update CPU s | update peak RSS MiB | idle RSS MiB | idle CPU s | idle requests |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | N | shards | runs | create: settled s | create: peak RSS MiB | all settled after last patch s | patch→new RS p50 / p99 ms | patch→settled p50 / p99 ms | conflicts / status writes | writes per update (no Events) | requests per update | update CPU s | update peak RSS MiB | idle RSS MiB | idle CPU s | idle requests |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut summary = Vec::new();
-    for (n, runs) in &by_size {
+    for ((n, shards), runs) in &by_size {
         let m = |path: &[&str]| median_of(runs, path);
         let (conflicts, writes) = (m(&["update", "conflicts"]), m(&["update", "status_writes"]));
         table.push_str(&format!(
-            "| {n} | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} ({:.2} %) | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} |\n",
+            "| {n} | {shards} | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} ({:.2} %) | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} |\n",
             runs.len(),
             m(&["create", "seconds"]),
             m(&["create", "rss_peak_mib"]),
@@ -692,10 +761,10 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
             m(&["idle", "cpu_seconds"]),
             m(&["idle", "requests"]),
         ));
-        summary.push(json!({"n": n, "runs": runs.len()}));
+        summary.push(json!({"n": n, "shards": shards, "runs": runs.len()}));
     }
     table.push_str("\nRequests by verb and resource in the update phase (first run of each size; `WATCH` is a watch request):\n\n");
-    for (n, runs) in &by_size {
+    for ((n, shards), runs) in &by_size {
         let by_verb = &runs[0]["update"]["requests_by_verb_and_resource"];
         let codes = &runs[0]["update"]["non_2xx_by_code"];
         let list: Vec<String> = by_verb
@@ -705,7 +774,7 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
             .map(|(k, v)| format!("{k} {}", v.as_f64().unwrap_or(0.0)))
             .collect();
         table.push_str(&format!(
-            "- N = {n}: {}; non-2xx by code: {codes}\n",
+            "- N = {n}, {shards} shard(s): {}; non-2xx by code: {codes}\n",
             list.join(", ")
         ));
     }
@@ -730,7 +799,7 @@ async fn main() -> anyhow::Result<()> {
     let client = cluster_client().await?;
     let result = run(&client, &args, n).await?;
     std::fs::write(
-        args.out.join(format!("run-{n}-{}.json", args.label)),
+        args.out.join(format!("run-{}.json", run_name(n, &args))),
         serde_json::to_string_pretty(&result)?,
     )?;
     Ok(())
