@@ -55,18 +55,19 @@ pub struct RolloutSpec {
     /// Desired number of pods. Defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
-    /// Label selector for pods; must match the template's labels.
+    /// Label selector for pods; must match the template's labels. Required
+    /// unless `workloadRef` is set, which may take the workload's selector.
+    #[serde(default)]
     pub selector: LabelSelector,
-    /// Pod template; a change starts a new rollout. Required (Ramp does not
-    /// support `workloadRef` yet), but optional in the schema so a Rollout
-    /// written for workloadRef gets InvalidSpec naming what is missing.
+    /// Pod template; a change starts a new rollout. Required unless
+    /// `workloadRef` is set, and then it must be empty.
     #[serde(default)]
     pub template: PodTemplateSpec,
-    /// Argo's reference to a Deployment's template: not supported yet, kept
-    /// so validation can say so.
+    /// Take the pod template (and, when `selector` is empty, the selector)
+    /// from an existing Deployment, ReplicaSet or PodTemplate instead of
+    /// `template`. A change to the workload's template starts a new rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::api::traffic::free_form_object")]
-    pub workload_ref: Option<serde_json::Value>,
+    pub workload_ref: Option<WorkloadRef>,
     /// Seconds a new pod must be Ready before it counts as available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ready_seconds: Option<i32>,
@@ -97,6 +98,94 @@ pub struct RolloutSpec {
     /// rollout of a new revision (see `crate::api::webhook`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<super::webhook::RolloutWebhook>,
+}
+
+/// The workload a Rollout takes its pod template from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// `apps/v1` for a Deployment or ReplicaSet, `v1` for a PodTemplate.
+    #[serde(default)]
+    pub api_version: String,
+    /// `Deployment`, `ReplicaSet` or `PodTemplate`.
+    #[serde(default)]
+    pub kind: String,
+    /// The workload's name, in the Rollout's namespace.
+    #[serde(default)]
+    pub name: String,
+    /// What happens to a referenced Deployment's own pods: `never` (the
+    /// default) leaves it alone, `onsuccess` scales it to 0 once the Rollout
+    /// is Healthy, `progressively` scales it down as the Rollout's pods
+    /// become ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<String>,
+}
+
+/// The kinds of workload a Rollout can take its template from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    Deployment,
+    ReplicaSet,
+    PodTemplate,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 3] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::ReplicaSet,
+        WorkloadKind::PodTemplate,
+    ];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+            WorkloadKind::PodTemplate => "PodTemplate",
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment | WorkloadKind::ReplicaSet => "apps/v1",
+            WorkloadKind::PodTemplate => "v1",
+        }
+    }
+}
+
+/// What `workloadRef.scaleDown` asks for a referenced Deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadScaleDown {
+    Never,
+    OnSuccess,
+    Progressively,
+}
+
+impl WorkloadRef {
+    /// The referenced kind, if Ramp can read its template.
+    pub fn workload_kind(&self) -> Option<WorkloadKind> {
+        WorkloadKind::ALL
+            .into_iter()
+            .find(|k| k.kind() == self.kind && k.api_version() == self.api_version)
+    }
+
+    /// The scale-down mode; unset means `never`. Argo spells the values in
+    /// lower case; other casings are accepted as the same word.
+    pub fn scale_down_mode(&self) -> Result<WorkloadScaleDown, String> {
+        match self
+            .scale_down
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("") | Some("never") => Ok(WorkloadScaleDown::Never),
+            Some("onsuccess") => Ok(WorkloadScaleDown::OnSuccess),
+            Some("progressively") => Ok(WorkloadScaleDown::Progressively),
+            Some(_) => Err(format!(
+                "{:?} is not a scale-down mode; use never, onsuccess or progressively",
+                self.scale_down.as_deref().unwrap_or_default()
+            )),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -332,6 +421,10 @@ pub struct RolloutStatus {
     pub stable_rs: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collision_count: Option<i32>,
+    /// The `metadata.generation` of the `workloadRef` workload whose
+    /// template this status describes (a string, as in Argo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_observed_generation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<Time>,
     /// How many times this revision was retried after an abort; part of the

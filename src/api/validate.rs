@@ -9,7 +9,12 @@ use super::duration::{parse_int_or_duration, resolve_int_or_percent};
 use super::traffic::{
     DEFAULT_MAX_TRAFFIC_WEIGHT, GATEWAY_API_PLUGIN, GatewayRouteKind, StringMatch, TrafficRouting,
 };
-use super::{CanaryStep, CanaryStrategy, RolloutAnalysis, RolloutSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use super::{
+    CanaryStep, CanaryStrategy, RolloutAnalysis, RolloutSpec, WorkloadKind, WorkloadRef,
+    WorkloadScaleDown,
+};
 
 const STEP_KINDS: &str =
     "setWeight, pause, setCanaryScale, analysis, setHeaderRoute and setMirrorRoute";
@@ -42,9 +47,6 @@ impl Problems {
 /// implement yet, by path.
 fn not_supported_yet(spec: &RolloutSpec) -> Vec<String> {
     let mut found = Vec::new();
-    if spec.workload_ref.is_some() {
-        found.push("spec.workloadRef".to_string());
-    }
     if let Some(canary) = &spec.strategy.canary {
         let set = [
             ("antiAffinity", canary.anti_affinity.is_some()),
@@ -82,6 +84,56 @@ fn not_supported_yet(spec: &RolloutSpec) -> Vec<String> {
     found
 }
 
+fn validate_workload_ref(reference: &WorkloadRef, spec: &RolloutSpec, problems: &mut Problems) {
+    let kind = reference.workload_kind();
+    if kind.is_none() {
+        problems.add(
+            "spec.workloadRef",
+            format!(
+                "{} {:?} cannot be referenced; use a Deployment or ReplicaSet (apiVersion apps/v1) or a PodTemplate (apiVersion v1)",
+                reference.api_version, reference.kind
+            ),
+        );
+    }
+    if reference.name.is_empty() {
+        problems.add(
+            "spec.workloadRef.name",
+            "name the workload to take the pod template from",
+        );
+    }
+    match reference.scale_down_mode() {
+        Err(message) => problems.add("spec.workloadRef.scaleDown", message),
+        Ok(mode) => {
+            if mode != WorkloadScaleDown::Never
+                && kind.is_some_and(|k| k != WorkloadKind::Deployment)
+            {
+                problems.add(
+                    "spec.workloadRef.scaleDown",
+                    "only a referenced Deployment has pods of its own to scale down; remove scaleDown",
+                );
+            }
+        }
+    }
+    if !template_is_empty(&spec.template) {
+        problems.add(
+            "spec.template",
+            "template must be empty for workload reference rollout: the pod template comes from spec.workloadRef, so remove spec.template",
+        );
+    }
+}
+
+/// Whether a Rollout's own template is unset, as `workloadRef` requires.
+pub fn template_is_empty(template: &PodTemplateSpec) -> bool {
+    let metadata_empty = template.metadata.as_ref().is_none_or(|m| {
+        m.labels.as_ref().is_none_or(|l| l.is_empty())
+            && m.annotations.as_ref().is_none_or(|a| a.is_empty())
+    });
+    let spec_empty = template.spec.as_ref().is_none_or(|s| {
+        s.containers.is_empty() && s.init_containers.as_ref().is_none_or(|c| c.is_empty())
+    });
+    metadata_empty && spec_empty
+}
+
 /// All problems with a Rollout spec; empty means valid.
 pub fn validate_rollout(spec: &RolloutSpec) -> Vec<Problem> {
     let mut problems = Problems::default();
@@ -94,8 +146,10 @@ pub fn validate_rollout(spec: &RolloutSpec) -> Vec<Problem> {
         );
         problems.add(path, message);
     }
-    if spec.workload_ref.is_some() {
-        // Nothing else can be judged without the referenced template.
+    if let Some(reference) = &spec.workload_ref {
+        validate_workload_ref(reference, spec, &mut problems);
+        // The template and selector are judged once read from the workload
+        // (the planner validates the Rollout with them filled in).
         return problems.0;
     }
     validate_selector(&spec.selector, spec, &mut problems);

@@ -114,6 +114,11 @@ pub(super) async fn execute(
         }
     }
 
+    // The Deployment hands over after the Rollout's own ReplicaSets moved.
+    if let Some(change) = &plan.workload_scale {
+        super::workloads::scale(ctx, namespace, change).await?;
+    }
+
     let runs: Api<AnalysisRun> = ctx.api(namespace);
     for change in &plan.analysis_runs {
         match change {

@@ -34,6 +34,11 @@ pub enum Reference {
         namespace: String,
         name: String,
     },
+    Workload {
+        kind: crate::api::WorkloadKind,
+        namespace: String,
+        name: String,
+    },
 }
 
 /// Every Service and template the Rollout names.
@@ -53,6 +58,7 @@ pub fn references(rollout: &Rollout) -> HashSet<Reference> {
             name: route.name,
         });
     }
+    found.extend(super::workloads::reference(rollout));
     for (_, analysis, _) in planner::analysis::declared_analyses(rollout) {
         for template in &analysis.templates {
             found.insert(if template.cluster_scope.unwrap_or(false) {

@@ -13,6 +13,7 @@ mod routes;
 mod runs;
 pub mod shard;
 mod triggers;
+mod workloads;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,15 @@ pub enum Error {
         namespace: String,
         name: String,
         hash: String,
+        source: kube::Error,
+    },
+    #[error(
+        "scaling Deployment {namespace}/{name} to {replicas} (workloadRef.scaleDown): {source}"
+    )]
+    ScaleDeployment {
+        namespace: String,
+        name: String,
+        replicas: i32,
         source: kube::Error,
     },
     #[error("creating AnalysisRun {namespace}/{name}: {source}")]
@@ -148,6 +158,7 @@ impl Error {
             | Error::ReadReplicaSet { .. }
             | Error::NoTemplate { .. } => "replicaset",
             Error::PatchService { .. } => "service",
+            Error::ScaleDeployment { .. } => "deployment",
             Error::PatchRoute { .. } => "route",
             Error::PatchFinalizer { .. } => "finalizer",
             Error::ListPods { .. } | Error::EvictPod { .. } | Error::PatchPod { .. } => "pod",
@@ -205,6 +216,8 @@ pub struct Context {
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
     /// Gateway API and Istio objects that traffic routers read.
     pub routes: routes::RouteCaches,
+    /// The workloads `workloadRef` names, cached from first use.
+    pub workloads: workloads::WorkloadCaches,
     /// Which Rollouts name each Service and template.
     pub references: index::ReferenceIndex,
     /// ReplicaSets and AnalysisRuns by the uid of the Rollout that controls them.
@@ -530,6 +543,7 @@ async fn start_controllers(
 
     let (route_caches, route_streams) = routes::RouteCaches::start(&client, namespace).await;
     info!(kinds = ?route_caches.served(), "route kinds served");
+    let (workload_caches, workload_streams) = workloads::WorkloadCaches::new(&client, namespace);
     let events = events::EventSink::start(
         events_client,
         events::Reporter {
@@ -584,6 +598,7 @@ async fn start_controllers(
         templates: templates.clone(),
         cluster_templates: cluster_templates.clone(),
         routes: route_caches,
+        workloads: workload_caches,
         references: index::ReferenceIndex::default(),
         owned_replica_sets,
         owned_runs,
@@ -668,6 +683,7 @@ async fn start_controllers(
             templates: template_stream.boxed(),
             cluster_templates: cluster_template_stream.boxed(),
             routes: route_streams,
+            workloads: workload_streams,
             webhook_answers,
         },
         stop.clone(),

@@ -49,6 +49,7 @@ pub(super) struct Triggers {
     pub templates: Watched<AnalysisTemplate>,
     pub cluster_templates: Watched<ClusterAnalysisTemplate>,
     pub routes: super::routes::RouteEvents,
+    pub workloads: super::workloads::WorkloadEvents,
     /// Rollouts whose webhook just answered.
     pub webhook_answers: tokio::sync::mpsc::Receiver<crate::notify::hooks::Subject>,
 }
@@ -66,6 +67,7 @@ pub(super) async fn run(
         templates,
         cluster_templates,
         routes,
+        workloads,
         webhook_answers,
     } = triggers;
     let answered = futures::stream::unfold(webhook_answers, |mut answers| async move {
@@ -110,6 +112,8 @@ pub(super) async fn run(
         // A route's status (its gateway accepting a new weight) is what a
         // step waits for, so route changes plan the Rollouts naming them.
         .reconcile_on(super::routes::triggers(ctx.clone(), routes))
+        // A workload's template is the Rollout's template.
+        .reconcile_on(super::workloads::triggers(ctx.clone(), workloads))
         // A webhook's answer is what a gate waits for.
         .reconcile_on(answered)
         .graceful_shutdown_on(stop)
@@ -231,6 +235,22 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         }
     }
 
+    let workload = match &rollout.spec.workload_ref {
+        Some(reference) => match reference.workload_kind() {
+            Some(kind) => match ctx.workloads.lookup(kind, &namespace, &reference.name) {
+                // Planning now would call an existing workload missing.
+                super::workloads::Lookup::NotSynced => {
+                    return Ok(Action::requeue(Duration::from_millis(200)));
+                }
+                super::workloads::Lookup::Missing => None,
+                super::workloads::Lookup::Found(workload) => Some(*workload),
+            },
+            // The planner says what is wrong with the reference.
+            None => None,
+        },
+        None => None,
+    };
+
     let now = Timestamp::now();
     // Pods are not cached (that would dominate memory); they are listed only while a restart is due.
     let pods = match planner::restart::pending_restart(&rollout, now) {
@@ -256,6 +276,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
             pods: pods.clone(),
             routes: super::routes::as_live(&live_routes),
             webhook_answers: webhook_answers.clone(),
+            workload: workload.as_ref(),
             now,
         })
     };

@@ -14,6 +14,7 @@ pub mod restart;
 mod rollback;
 pub mod traffic;
 pub mod webhooks;
+pub mod workload;
 
 pub use canary::weight_at;
 pub use conditions::selector_string;
@@ -38,6 +39,7 @@ use conditions::Conditions;
 use hash::{TemplateHash, template_hash};
 
 /// Everything the planner may look at for one Rollout.
+#[derive(Clone)]
 pub struct Snapshot<'a> {
     pub rollout: &'a Rollout,
     /// ReplicaSets whose controller owner is this Rollout.
@@ -60,6 +62,9 @@ pub struct Snapshot<'a> {
     /// Answers the controller got from question webhooks and has not seen
     /// recorded in status yet (see `webhooks`).
     pub webhook_answers: Vec<webhooks::HookAnswer>,
+    /// The workload `spec.workloadRef` names, as cached; None when the
+    /// Rollout names none or it does not exist.
+    pub workload: Option<&'a workload::Workload>,
     pub now: Timestamp,
 }
 
@@ -98,6 +103,8 @@ pub struct Plan {
     /// template (see `hash::drop_drained_template`). The plan is incomplete:
     /// carry nothing out, plan again with these read in full.
     pub needs_templates: Vec<String>,
+    /// The `workloadRef` Deployment's own replica count (`scaleDown`).
+    pub workload_scale: Option<workload::WorkloadScale>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -298,19 +305,45 @@ impl<'a> Ctx<'a> {
 
 /// Decide what to do for one Rollout.
 pub fn plan(snap: &Snapshot<'_>) -> Plan {
-    let mut plan = plan_rollout(snap);
+    match workload::resolve(snap) {
+        workload::Resolved::NotReferenced => {
+            let mut plan = plan_with(snap, Vec::new());
+            workload::forget_generation(snap.rollout, &mut plan);
+            plan
+        }
+        workload::Resolved::Invalid(problems) => plan_with(snap, problems),
+        workload::Resolved::Found(resolved) => {
+            let (effective, found) = *resolved;
+            let resolved = Snapshot {
+                rollout: &effective,
+                ..snap.clone()
+            };
+            let mut plan = plan_with(&resolved, Vec::new());
+            workload::finish(snap.rollout, &found, &mut plan);
+            plan
+        }
+    }
+}
+
+/// Plans the Rollout in `snap`; `found` are problems already known about it
+/// (a workload reference that cannot be resolved).
+fn plan_with(snap: &Snapshot<'_>, found: Vec<crate::api::validate::Problem>) -> Plan {
+    let mut plan = plan_rollout(snap, found);
     traffic::release::finish_plan(snap, &mut plan);
     plan
 }
 
-fn plan_rollout(snap: &Snapshot<'_>) -> Plan {
+fn plan_rollout(snap: &Snapshot<'_>, found: Vec<crate::api::validate::Problem>) -> Plan {
     let rollout = snap.rollout;
     let prev = rollout.status.clone().unwrap_or_default();
     let mut status = prev.clone();
     status.observed_generation = rollout.metadata.generation;
     let mut conditions = Conditions::new(std::mem::take(&mut status.conditions), snap.now);
 
-    let mut problems = validate_rollout(&rollout.spec);
+    let mut problems = found;
+    if problems.is_empty() {
+        problems = validate_rollout(&rollout.spec);
+    }
     let missing_services = problems.is_empty() && add_missing_services(snap, &mut problems);
     let route_problems = problems.is_empty() && add_route_problems(snap, &mut problems);
     let template_problems = problems

@@ -83,6 +83,10 @@ struct World {
     /// Questions asked, in order, and hooks told (only after a status write, as the controller does).
     asked: Vec<crate::planner::webhooks::WebhookCall>,
     told: Vec<crate::planner::webhooks::WebhookCall>,
+    /// The workload `workloadRef` names, if it exists; the planner's scale
+    /// changes to a Deployment are applied to it and recorded in order.
+    workload: Option<crate::planner::workload::Workload>,
+    workload_scales: Vec<i32>,
 }
 
 impl World {
@@ -112,6 +116,8 @@ impl World {
             webhook_answers: Vec::new(),
             asked: Vec::new(),
             told: Vec::new(),
+            workload: None,
+            workload_scales: Vec::new(),
         }
     }
 
@@ -165,6 +171,7 @@ impl World {
             pods: self.pods.clone(),
             routes: self.routes.iter().map(|(k, v)| (k.clone(), v)).collect(),
             webhook_answers: self.webhook_answers.clone(),
+            workload: self.workload.as_ref(),
             now: self.now,
         };
         plan(&snapshot)
@@ -186,7 +193,18 @@ impl World {
             || !plan.services.is_empty()
             || !plan.analysis_runs.is_empty()
             || !plan.routes.is_empty()
+            || plan.workload_scale.is_some()
             || plan.status.is_some();
+        if let (Some(change), Some(workload)) = (&plan.workload_scale, self.workload.as_mut()) {
+            assert_eq!(
+                change.name, workload.name,
+                "only the referenced Deployment is scaled"
+            );
+            workload.replicas = Some(change.replicas);
+            // A change of spec.replicas is a new generation of a Deployment.
+            workload.generation += 1;
+            self.workload_scales.push(change.replicas);
+        }
         for change in &plan.routes {
             self.patch_route(change);
         }
@@ -925,14 +943,19 @@ fn validation_messages_name_the_field_and_the_fix() {
         let text = summarize(&problems);
         assert!(text.contains(expected), "expected {expected:?} in {text:?}");
     }
-    // A Rollout written for workloadRef has no template: only that is said.
+    // A Rollout written for workloadRef has no template to judge yet: only
+    // its reference is looked at.
     let mut referencing = rollout(canary(json!([])), 3);
     referencing.spec.template = Default::default();
-    referencing.spec.workload_ref =
-        Some(json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}));
+    referencing.spec.selector = Default::default();
+    referencing.spec.workload_ref = Some(crate::api::WorkloadRef {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: "web".into(),
+        scale_down: None,
+    });
     let problems = crate::api::validate::validate_rollout(&referencing.spec);
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(summarize(&problems).contains("spec.workloadRef: not supported yet"));
+    assert!(problems.is_empty(), "{problems:?}");
     let mut bad_selector = rollout(canary(json!([])), 3);
     bad_selector.spec.selector.match_labels =
         Some(BTreeMap::from([("app".to_string(), "other".to_string())]));
@@ -2385,6 +2408,7 @@ mod argo_e2e;
 mod properties;
 mod traffic;
 mod webhooks;
+mod workload_ref;
 
 /// What a gateway does once it has programmed a route: it reports each
 /// parent Accepted and ResolvedRefs for the route's generation.

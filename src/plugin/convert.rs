@@ -124,12 +124,6 @@ fn unsupported(value: &Value, kind: &str, report: &mut impl FnMut(&str, String))
     let spec = &value["spec"];
     if kind == "Rollout" {
         let canary = &spec["strategy"]["canary"];
-        if !spec["workloadRef"].is_null() {
-            report(
-                "spec.workloadRef",
-                "workloadRef is not supported yet; copy the Deployment's pod template into spec.template".into(),
-            );
-        }
         if !canary["antiAffinity"].is_null() {
             report(
                 "spec.strategy.canary.antiAffinity",

@@ -21,6 +21,15 @@ rendered rules equal those files'). "ramp.rules" are namespaced resources;
 - apiGroups: [apps]
   resources: [replicasets]
   verbs: [get, list, watch, create, patch, delete]
+# workloadRef: the named Deployment, ReplicaSet or PodTemplate is cached
+# (a kind is watched only once a Rollout names it); of a Deployment only
+# spec.replicas is patched, under workloadRef.scaleDown.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, patch]
+- apiGroups: [""]
+  resources: [podtemplates]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, patch]

@@ -1,0 +1,317 @@
+//! `workloadRef`: the template (and selector) come from a Deployment,
+//! ReplicaSet or PodTemplate; `scaleDown` hands a Deployment's pods over.
+//! Scenarios follow Argo's TestWorkloadRef, TestWorkloadRefTemplate and
+//! TestScaleDown* (test/e2e/functional_test.go), restated.
+
+use super::*;
+use crate::api::{WorkloadKind, WorkloadRef};
+use crate::planner::workload::Workload;
+
+fn deployment(replicas: i32) -> Workload {
+    Workload {
+        kind: WorkloadKind::Deployment,
+        name: "web".into(),
+        generation: 1,
+        template: serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "web:1"}]}
+        }))
+        .expect("fixture template"),
+        selector: Some(
+            serde_json::from_value(json!({"matchLabels": {"app": "web"}})).expect("selector"),
+        ),
+        replicas: Some(replicas),
+    }
+}
+
+/// A Rollout of `replicas` with no template or selector of its own,
+/// naming Deployment "web".
+fn referencing(strategy: Value, replicas: i32, scale_down: Option<&str>) -> World {
+    let mut rollout = rollout(strategy, replicas);
+    rollout.spec.template = Default::default();
+    rollout.spec.selector = Default::default();
+    rollout.spec.workload_ref = Some(WorkloadRef {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: "web".into(),
+        scale_down: scale_down.map(String::from),
+    });
+    World::new(rollout)
+}
+
+fn set_workload_image(world: &mut World, image: &str) {
+    world.mark();
+    let workload = world.workload.as_mut().expect("the workload exists");
+    if let Some(spec) = workload.template.spec.as_mut() {
+        spec.containers[0].image = Some(image.into());
+    }
+    workload.generation += 1;
+}
+
+/// Pods the ReplicaSets running `image` are asked for.
+fn running(world: &World, image: &str) -> i32 {
+    world
+        .replica_sets
+        .values()
+        .filter(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(|t| t.spec.as_ref())
+                .and_then(|p| p.containers.first())
+                .and_then(|c| c.image.as_deref())
+                == Some(image)
+        })
+        .filter_map(|rs| rs.spec.as_ref()?.replicas)
+        .sum()
+}
+
+fn workload_hash(world: &World) -> String {
+    let workload = world.workload.as_ref().expect("the workload exists");
+    hash::template_hash(&workload.template, None).short
+}
+
+/// `count` pods of the ReplicaSet of `hash` become ready and available.
+fn pods_ready(world: &mut World, hash: &str, count: i32) {
+    world.mark();
+    world.broken.retain(|h| h != hash);
+    for rs in world.replica_sets.values_mut() {
+        let labels = rs.metadata.labels.as_ref();
+        if labels
+            .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+            .map(String::as_str)
+            == Some(hash)
+            && let Some(status) = rs.status.as_mut()
+        {
+            status.ready_replicas = Some(count);
+            status.available_replicas = Some(count);
+        }
+    }
+}
+
+fn deployment_replicas(world: &World) -> Option<i32> {
+    world.workload.as_ref().and_then(|w| w.replicas)
+}
+
+#[test]
+fn the_template_and_selector_come_from_the_deployment() {
+    let steps = json!([{"setWeight": 50}, {"pause": {}}]);
+    let mut world = referencing(canary(steps), 4, None);
+    world.workload = Some(deployment(0));
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(running(&world, "web:1"), 4);
+    let status = world.status();
+    assert_eq!(status.workload_observed_generation.as_deref(), Some("1"));
+    assert!(
+        status
+            .selector
+            .as_deref()
+            .is_some_and(|s| s.contains("app=web")),
+        "{:?}",
+        status.selector
+    );
+    // The Rollout's own spec stays as written: nothing resolved is stored.
+    assert!(world.rollout.spec.template.spec.is_none());
+
+    // A new template in the Deployment is a new revision, walked through
+    // the steps like any other.
+    set_workload_image(&mut world, "web:2");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert_eq!((running(&world, "web:2"), running(&world, "web:1")), (2, 2));
+    assert_eq!(
+        world.status().workload_observed_generation.as_deref(),
+        Some("2")
+    );
+    world.promote();
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!((running(&world, "web:2"), running(&world, "web:1")), (4, 0));
+    // `never` (the default) leaves the Deployment alone.
+    assert!(world.workload_scales.is_empty());
+}
+
+#[test]
+fn a_missing_workload_is_an_invalid_spec_until_it_appears() {
+    let mut world = referencing(blue_green(json!({})), 2, None);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    let message = world.status().message.unwrap_or_default();
+    assert!(
+        message.contains("spec.workloadRef") && message.contains("Deployment \"web\" not found"),
+        "{message}"
+    );
+    assert!(world.replica_sets.is_empty());
+    assert!(world.has_warning("InvalidSpec"));
+    // The Services are left pointing where they pointed.
+    assert_eq!(world.selector("web-active"), None);
+
+    world.mark();
+    world.workload = Some(deployment(0));
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(world.selector("web-active"), Some(workload_hash(&world)));
+}
+
+#[test]
+fn a_template_beside_the_reference_is_an_invalid_spec() {
+    let mut world = referencing(blue_green(json!({})), 1, None);
+    world.rollout.spec.template = serde_json::from_value(json!({
+        "metadata": {"labels": {"app": "web"}}
+    }))
+    .expect("template");
+    world.workload = Some(deployment(0));
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    let message = world.status().message.unwrap_or_default();
+    assert!(
+        message.contains("template must be empty for workload reference rollout"),
+        "{message}"
+    );
+    assert!(world.replica_sets.is_empty());
+}
+
+#[test]
+fn a_malformed_reference_says_what_to_fix() {
+    let cases = [
+        (("apps/v1", "StatefulSet", None), "cannot be referenced"),
+        (("v1", "Deployment", None), "cannot be referenced"),
+        (
+            ("apps/v1", "Deployment", Some("sometimes")),
+            "not a scale-down mode",
+        ),
+        (
+            ("v1", "PodTemplate", Some("onsuccess")),
+            "only a referenced Deployment",
+        ),
+    ];
+    for ((api_version, kind, scale_down), expected) in cases {
+        let mut world = referencing(canary(json!([])), 1, scale_down);
+        if let Some(reference) = world.rollout.spec.workload_ref.as_mut() {
+            reference.api_version = api_version.into();
+            reference.kind = kind.into();
+        }
+        world.workload = Some(deployment(0));
+        world.settle();
+        let message = world.status().message.unwrap_or_default();
+        assert_eq!(world.phase(), RolloutPhase::Degraded, "{message}");
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in {message:?}"
+        );
+    }
+}
+
+#[test]
+fn a_pod_template_without_a_selector_needs_the_rollouts_own() {
+    let mut world = referencing(canary(json!([])), 2, None);
+    if let Some(reference) = world.rollout.spec.workload_ref.as_mut() {
+        reference.api_version = "v1".into();
+        reference.kind = "PodTemplate".into();
+    }
+    let mut template = deployment(0);
+    template.kind = WorkloadKind::PodTemplate;
+    template.selector = None;
+    template.replicas = None;
+    world.workload = Some(template);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Degraded);
+    assert!(
+        world
+            .status()
+            .message
+            .unwrap_or_default()
+            .contains("set spec.selector")
+    );
+    world.mark();
+    world.rollout.spec.selector =
+        serde_json::from_value(json!({"matchLabels": {"app": "web"}})).expect("selector");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(running(&world, "web:1"), 2);
+}
+
+/// Argo: TestScaleDownProgressively and TestScaleDownProgressivelyCompleted.
+#[test]
+fn progressively_hands_the_deployments_pods_over_and_keeps_it_drained() {
+    let mut world = referencing(canary(json!([])), 4, Some("progressively"));
+    world.workload = Some(deployment(4));
+    let first = workload_hash(&world);
+    world.broken.push(first.clone());
+    world.settle();
+    // None of the Rollout's pods is ready: the Deployment keeps all of its own.
+    assert_eq!(world.phase(), RolloutPhase::Progressing);
+    assert_eq!(deployment_replicas(&world), Some(4));
+    assert!(world.workload_scales.is_empty());
+
+    // Pod by pod, the Deployment gives up one of its own.
+    for ready in 1..=4 {
+        pods_ready(&mut world, &first, ready);
+        world.settle();
+        assert_eq!(
+            deployment_replicas(&world),
+            Some(4 - ready),
+            "{ready} ready"
+        );
+    }
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert!(world.has_event("ScalingDeployment"));
+    let scales = world.workload_scales.clone();
+    assert_eq!(scales, [3, 2, 1, 0]);
+    // The scale changed the Deployment's generation, and status says so.
+    assert_eq!(
+        world.status().workload_observed_generation,
+        world.workload.as_ref().map(|w| w.generation.to_string())
+    );
+
+    // A later revision does not bring the Deployment back.
+    set_workload_image(&mut world, "web:2");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(running(&world, "web:2"), 4);
+    assert_eq!(deployment_replicas(&world), Some(0));
+    assert_eq!(world.workload_scales, scales);
+}
+
+/// Argo: TestScaleDownOnSuccess.
+#[test]
+fn onsuccess_drains_the_deployment_once_the_rollout_is_healthy() {
+    let mut world = referencing(blue_green(json!({})), 2, Some("onsuccess"));
+    world.workload = Some(deployment(2));
+    let first = workload_hash(&world);
+    world.broken.push(first.clone());
+    world.settle();
+    assert_ne!(world.phase(), RolloutPhase::Healthy);
+    pods_ready(&mut world, &first, 1);
+    world.settle();
+    assert_ne!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(deployment_replicas(&world), Some(2));
+
+    pods_ready(&mut world, &first, 2);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(world.workload_scales, [0]);
+}
+
+/// Argo: TestWorkloadRef's last step.
+#[test]
+fn an_inline_template_in_place_of_the_reference_forgets_the_workload_generation() {
+    let mut world = referencing(canary(json!([])), 2, None);
+    world.workload = Some(deployment(0));
+    world.settle();
+    assert_eq!(
+        world.status().workload_observed_generation.as_deref(),
+        Some("1")
+    );
+    world.mark();
+    let inline = rollout(canary(json!([])), 2);
+    world.rollout.spec.workload_ref = None;
+    world.rollout.spec.template = inline.spec.template;
+    world.rollout.spec.selector = inline.spec.selector;
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(world.status().workload_observed_generation, None);
+    // Same template as the Deployment's: no new revision, no pod replaced.
+    assert_eq!(world.replica_sets.len(), 1);
+}
