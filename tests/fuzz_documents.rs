@@ -196,6 +196,7 @@ proptest! {
                 pods: None,
                 routes: BTreeMap::new(),
                 webhook_answers: Vec::new(),
+                orphans: Vec::new(),
                 workload: None,
                 now: "2026-01-01T00:00:00Z".parse().map_err(|e: jiff::Error| TestCaseError::fail(e.to_string()))?,
             };

@@ -202,15 +202,27 @@ impl<K: Resource<DynamicType = ()>> Default for OwnerIndex<K> {
     }
 }
 
+/// The key an object is filed under: its controller's uid, or for an
+/// object without a controller, its namespace's orphan key.
 fn controller_uid<K: Resource>(object: &K) -> HashSet<String> {
-    object
+    let owners: HashSet<String> = object
         .meta()
         .owner_references
         .iter()
         .flatten()
         .filter(|r| r.controller == Some(true))
         .map(|r| r.uid.clone())
-        .collect()
+        .collect();
+    if owners.is_empty() {
+        let namespace = object.meta().namespace.as_deref().unwrap_or_default();
+        return HashSet::from([orphan_key(namespace)]);
+    }
+    owners
+}
+
+/// No uid contains a slash, so this never names a real owner.
+fn orphan_key(namespace: &str) -> String {
+    format!("orphan/{namespace}")
 }
 
 impl<K: Resource<DynamicType = ()>> OwnerIndex<K> {
@@ -244,6 +256,11 @@ impl<K: Resource<DynamicType = ()>> OwnerIndex<K> {
             .unwrap_or_else(PoisonError::into_inner)
             .live
             .get(&uid.to_string())
+    }
+
+    /// The objects in `namespace` that have no controller.
+    pub fn orphans_in(&self, namespace: &str) -> Vec<ObjectRef<K>> {
+        self.owned_by(&orphan_key(namespace))
     }
 }
 

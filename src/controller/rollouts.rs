@@ -201,6 +201,22 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         ),
         rs_owned,
     );
+    // ReplicaSets without a controller, for the planner to adopt those the
+    // Rollout's selector selects (a workload deleted with --cascade=orphan).
+    let orphaned = |rs: &ReplicaSet| {
+        same_namespace(&rs.metadata.namespace)
+            && rs
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .all(|r| r.controller != Some(true))
+    };
+    let orphans: Vec<Arc<ReplicaSet>> = owned(
+        &ctx.replica_sets,
+        ctx.owned_replica_sets.orphans_in(&namespace),
+        orphaned,
+    );
     let run_owned = |run: &AnalysisRun| controlled(&run.metadata);
     let runs: Vec<Arc<AnalysisRun>> = ctx.recent_runs.overlay(
         owned(&ctx.analysis_runs, ctx.owned_runs.owned_by(&uid), run_owned),
@@ -254,7 +270,11 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
     let now = Timestamp::now();
     // Pods are not cached (that would dominate memory); they are listed only while a restart is due.
     let pods = match planner::restart::pending_restart(&rollout, now) {
-        Some(_) => Some(list_pods(&ctx, &rollout, &namespace).await?),
+        Some(_) => {
+            let selector = planner::workload::effective_selector(&rollout, workload.as_ref())
+                .unwrap_or_default();
+            Some(list_pods(&ctx, &selector, &namespace).await?)
+        }
         None => None,
     };
     let live_routes = super::routes::live_routes(&ctx, &rollout);
@@ -276,6 +296,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
             pods: pods.clone(),
             routes: super::routes::as_live(&live_routes),
             webhook_answers: webhook_answers.clone(),
+            orphans: orphans.iter().map(AsRef::as_ref).collect(),
             workload: workload.as_ref(),
             now,
         })
@@ -406,10 +427,10 @@ fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Acti
 
 async fn list_pods(
     ctx: &Context,
-    rollout: &Rollout,
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
     namespace: &str,
 ) -> Result<Vec<PodInfo>, Error> {
-    let selector = crate::planner::selector_string(rollout);
+    let selector = crate::planner::label_selector_string(selector);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let listed = api
         .list_metadata(&ListParams::default().labels(&selector))

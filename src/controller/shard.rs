@@ -75,7 +75,17 @@ impl Shard {
             .flatten()
             .find(|r| r.controller == Some(true) && r.kind == "Rollout")
             .map(|r| r.name.as_str());
-        let name = rollout.unwrap_or_else(|| meta.name.as_deref().unwrap_or_default());
+        let own_name = meta.name.as_deref().unwrap_or_default();
+        // A ReplicaSet without a controller, named `<rollout>-<hash>` as
+        // Rollouts name theirs, goes to the shard of the Rollout that would
+        // adopt it.
+        let orphan_of = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::api::POD_TEMPLATE_HASH_LABEL))
+            .and_then(|hash| own_name.strip_suffix(hash.as_str()))
+            .and_then(|prefix| prefix.strip_suffix('-'));
+        let name = rollout.or(orphan_of).unwrap_or(own_name);
         self.owns_rollout(namespace, name)
     }
 
@@ -138,7 +148,11 @@ mod tests {
     fn owned_objects_follow_their_rollout() {
         let name = (0..100)
             .map(|i| format!("web-{i}"))
-            .find(|n| Shard::of(2, "shop", n) == 1)
+            // Its orphan's own name must hash elsewhere, so the test below
+            // tells the orphan's adopter from its own name.
+            .find(|n| {
+                Shard::of(2, "shop", n) == 1 && Shard::of(2, "shop", &format!("{n}-7c9d8e")) == 0
+            })
             .expect("some name hashes to shard 1");
         let run = |owner: Option<&str>| -> AnalysisRun {
             let mut value = json!({
@@ -161,6 +175,14 @@ mod tests {
         let orphan = run(None);
         assert!(zero.owns(&orphan) != one.owns(&orphan));
         assert!(Shard::default().owns(&run(Some(&name))));
+
+        // An orphaned ReplicaSet `<rollout>-<hash>` goes where its adopter is.
+        let orphan: k8s_openapi::api::apps::v1::ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": format!("{name}-7c9d8e"), "namespace": "shop",
+                "labels": {crate::api::POD_TEMPLATE_HASH_LABEL: "7c9d8e"}}
+        }))
+        .expect("fixture");
+        assert!(one.owns(&orphan) && !zero.owns(&orphan));
     }
 
     #[test]

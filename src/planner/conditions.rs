@@ -344,7 +344,7 @@ pub fn selector_string(rollout: &crate::api::Rollout) -> String {
     label_selector_string(&rollout.spec.selector)
 }
 
-fn label_selector_string(
+pub fn label_selector_string(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
 ) -> String {
     let mut parts: Vec<String> = selector

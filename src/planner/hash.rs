@@ -80,10 +80,108 @@ pub fn replica_set_source_template(rs: &ReplicaSet) -> Option<PodTemplateSpec> {
 /// yet it is the same revision (Argo's `PodTemplateEqualIgnoreHash`). A
 /// cached copy whose template was dropped (see `drop_drained_template`) is
 /// compared by the fingerprint it kept instead.
+///
+/// A ReplicaSet's template is as the API server stored it, with defaults
+/// filled in; a Rollout's usually is not. So a template also matches when
+/// it equals the ReplicaSet's once the common API defaults are added (see
+/// [`with_api_defaults`]), which is how a ReplicaSet left behind by Argo
+/// Rollouts is recognised as running the Rollout's template.
 pub fn replica_set_runs(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
+    let defaulted = with_api_defaults(template);
     match replica_set_source_template(rs) {
-        Some(own) => normalized(&own) == normalized(template),
-        None => kept_fingerprint(rs).is_some_and(|kept| *kept == fingerprint(template)),
+        Some(own) => {
+            let own = normalized(&own);
+            own == normalized(template) || own == normalized(&defaulted)
+        }
+        None => kept_fingerprint(rs)
+            .is_some_and(|kept| *kept == fingerprint(template) || *kept == fingerprint(&defaulted)),
+    }
+}
+
+/// `template` with the defaults the API server fills into a pod template
+/// (core/v1 `SetDefaults_PodSpec`, `SetDefaults_Container`, probes, ports,
+/// field references, ConfigMap and Secret volume modes) wherever it leaves
+/// them unset. Defaults this does not know only cost a match: the template
+/// is then taken for a different one, never the other way round.
+pub fn with_api_defaults(template: &PodTemplateSpec) -> PodTemplateSpec {
+    use k8s_openapi::api::core::v1::{PodSecurityContext, Probe, ResourceRequirements};
+    let mut template = template.clone();
+    let Some(pod) = template.spec.as_mut() else {
+        return template;
+    };
+    pod.restart_policy.get_or_insert_with(|| "Always".into());
+    pod.termination_grace_period_seconds.get_or_insert(30);
+    pod.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    pod.security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    pod.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    let probe_defaults = |probe: &mut Option<Probe>| {
+        if let Some(probe) = probe.as_mut() {
+            probe.timeout_seconds.get_or_insert(1);
+            probe.period_seconds.get_or_insert(10);
+            probe.success_threshold.get_or_insert(1);
+            probe.failure_threshold.get_or_insert(3);
+            if let Some(get) = probe.http_get.as_mut() {
+                get.scheme.get_or_insert_with(|| "HTTP".into());
+            }
+        }
+    };
+    let containers = pod
+        .containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().flatten());
+    for container in containers {
+        container
+            .termination_message_path
+            .get_or_insert_with(|| "/dev/termination-log".into());
+        container
+            .termination_message_policy
+            .get_or_insert_with(|| "File".into());
+        let image = container.image.clone().unwrap_or_default();
+        container
+            .image_pull_policy
+            .get_or_insert_with(|| default_pull_policy(&image).into());
+        container
+            .resources
+            .get_or_insert_with(ResourceRequirements::default);
+        for port in container.ports.iter_mut().flatten() {
+            port.protocol.get_or_insert_with(|| "TCP".into());
+        }
+        for variable in container.env.iter_mut().flatten() {
+            if let Some(field) = variable
+                .value_from
+                .as_mut()
+                .and_then(|from| from.field_ref.as_mut())
+            {
+                field.api_version.get_or_insert_with(|| "v1".into());
+            }
+        }
+        probe_defaults(&mut container.liveness_probe);
+        probe_defaults(&mut container.readiness_probe);
+        probe_defaults(&mut container.startup_probe);
+    }
+    for volume in pod.volumes.iter_mut().flatten() {
+        if let Some(config_map) = volume.config_map.as_mut() {
+            config_map.default_mode.get_or_insert(0o644);
+        }
+        if let Some(secret) = volume.secret.as_mut() {
+            secret.default_mode.get_or_insert(0o644);
+        }
+    }
+    template
+}
+
+/// `Always` for an image without a tag or tagged `latest`, else
+/// `IfNotPresent`; a digest counts as a tag.
+fn default_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let last_part = image.rsplit('/').next().unwrap_or(image);
+    match last_part.split_once(':') {
+        Some((_, tag)) if tag != "latest" => "IfNotPresent",
+        _ => "Always",
     }
 }
 
@@ -181,6 +279,53 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    /// A ReplicaSet's template as the API server stores it, defaults and
+    /// all, next to the Rollout template it was created from.
+    #[test]
+    fn a_template_matches_its_api_server_defaulted_copy() {
+        let stored: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "web", POD_TEMPLATE_HASH_LABEL: "h1"}},
+            "spec": {
+                "containers": [{
+                    "name": "app", "image": "web:1", "imagePullPolicy": "IfNotPresent",
+                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080, "scheme": "HTTP"},
+                        "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3},
+                    "resources": {},
+                    "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"
+                }],
+                "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
+                "schedulerName": "default-scheduler", "securityContext": {},
+                "terminationGracePeriodSeconds": 30
+            }
+        }))
+        .expect("fixture");
+        let written: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{
+                "name": "app", "image": "web:1",
+                "ports": [{"containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": 8080}}
+            }]}
+        }))
+        .expect("fixture");
+        let mut rs = replica_set("web:1", 1, 1);
+        if let Some(spec) = rs.spec.as_mut() {
+            spec.template = Some(stored);
+        }
+        assert!(replica_set_runs(&rs, &written));
+        // A field the user set differently is a different template.
+        let mut other = written.clone();
+        if let Some(pod) = other.spec.as_mut() {
+            pod.termination_grace_period_seconds = Some(5);
+        }
+        assert!(!replica_set_runs(&rs, &other));
+        assert_eq!(default_pull_policy("registry:5000/web"), "Always");
+        assert_eq!(default_pull_policy("web:latest"), "Always");
+        assert_eq!(default_pull_policy("registry:5000/web:2"), "IfNotPresent");
+        assert_eq!(default_pull_policy("web@sha256:ab"), "IfNotPresent");
     }
 
     fn replica_set(image: &str, replicas: i32, pods: i32) -> ReplicaSet {

@@ -3,6 +3,7 @@
 //! wake-up time comes out. No I/O happens here, so every decision the
 //! controller makes can be tested with plain fixtures.
 
+pub mod adopt;
 pub mod analysis;
 mod bluegreen;
 mod canary;
@@ -17,7 +18,7 @@ pub mod webhooks;
 pub mod workload;
 
 pub use canary::weight_at;
-pub use conditions::selector_string;
+pub use conditions::{label_selector_string, selector_string};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -62,6 +63,10 @@ pub struct Snapshot<'a> {
     /// Answers the controller got from question webhooks and has not seen
     /// recorded in status yet (see `webhooks`).
     pub webhook_answers: Vec<webhooks::HookAnswer>,
+    /// ReplicaSets in the Rollout's namespace with the pod-template-hash
+    /// label and no controller: the planner adopts those its selector
+    /// selects (see `adopt`).
+    pub orphans: Vec<&'a ReplicaSet>,
     /// The workload `spec.workloadRef` names, as cached; None when the
     /// Rollout names none or it does not exist.
     pub workload: Option<&'a workload::Workload>,
@@ -328,8 +333,46 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
 /// Plans the Rollout in `snap`; `found` are problems already known about it
 /// (a workload reference that cannot be resolved).
 fn plan_with(snap: &Snapshot<'_>, found: Vec<crate::api::validate::Problem>) -> Plan {
-    let mut plan = plan_rollout(snap, found);
-    traffic::release::finish_plan(snap, &mut plan);
+    let mut adopted = adopt::adoptable(snap.rollout, &snap.orphans);
+    // A cache that has yet to show our adoption still lists the orphan,
+    // while our own write of it is already among the Rollout's.
+    adopted.retain(|orphan| {
+        !snap
+            .replica_sets
+            .iter()
+            .any(|rs| rs.metadata.name == orphan.metadata.name)
+    });
+    if adopted.is_empty() || !found.is_empty() {
+        let mut plan = plan_rollout(snap, found);
+        traffic::release::finish_plan(snap, &mut plan);
+        return plan;
+    }
+    // Orphans are planned as the Rollout's own; the plan's write of each
+    // puts the Rollout's controller reference on it.
+    let mut replica_sets = snap.replica_sets.clone();
+    replica_sets.extend(adopted.iter().copied());
+    let with_orphans = Snapshot {
+        replica_sets,
+        orphans: Vec::new(),
+        ..snap.clone()
+    };
+    let mut plan = plan_rollout(&with_orphans, found);
+    traffic::release::finish_plan(&with_orphans, &mut plan);
+    for orphan in adopted {
+        let name = orphan.metadata.name.clone().unwrap_or_default();
+        let written = plan.replica_sets.iter().any(
+            |change| matches!(change, ReplicaSetChange::Apply(rs) if rs.metadata.name.as_ref() == Some(&name)),
+        );
+        if written {
+            plan.events.push(PlannedEvent {
+                warning: false,
+                reason: "ReplicaSetAdopted",
+                message: format!(
+                    "Adopted ReplicaSet {name}, which had no controller; its pods keep running"
+                ),
+            });
+        }
+    }
     plan
 }
 
@@ -557,12 +600,14 @@ fn match_existing_replica_set(snap: &Snapshot<'_>, computed: TemplateHash) -> Te
         .find_map(|rs| {
             Some(TemplateHash {
                 short: hash_of(rs)?,
+                // An adopted ReplicaSet (see `adopt`) has no digest of ours.
                 digest: rs
                     .metadata
                     .annotations
-                    .as_ref()?
-                    .get(TEMPLATE_DIGEST_ANNOTATION)?
-                    .clone(),
+                    .as_ref()
+                    .and_then(|a| a.get(TEMPLATE_DIGEST_ANNOTATION))
+                    .cloned()
+                    .unwrap_or_else(|| computed.digest.clone()),
             })
         })
         .unwrap_or(computed)

@@ -87,6 +87,8 @@ struct World {
     /// changes to a Deployment are applied to it and recorded in order.
     workload: Option<crate::planner::workload::Workload>,
     workload_scales: Vec<i32>,
+    /// ReplicaSets with no controller in the namespace (adoption).
+    orphans: Vec<ReplicaSet>,
 }
 
 impl World {
@@ -118,6 +120,7 @@ impl World {
             told: Vec::new(),
             workload: None,
             workload_scales: Vec::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -171,6 +174,7 @@ impl World {
             pods: self.pods.clone(),
             routes: self.routes.iter().map(|(k, v)| (k.clone(), v)).collect(),
             webhook_answers: self.webhook_answers.clone(),
+            orphans: self.orphans.iter().collect(),
             workload: self.workload.as_ref(),
             now: self.now,
         };
@@ -238,6 +242,9 @@ impl World {
                         available_replicas: Some(available),
                         ..Default::default()
                     });
+                    // An adopted orphan is the Rollout's from now on.
+                    self.orphans
+                        .retain(|o| o.metadata.name.as_ref() != Some(&name));
                     self.replica_sets.insert(name, rs);
                 }
                 ReplicaSetChange::Delete { name } => {

@@ -105,34 +105,36 @@ pub(super) fn resolve(snap: &Snapshot<'_>) -> Resolved {
             ),
         }]);
     };
+    let Some(selector) = effective_selector(rollout, Some(workload)) else {
+        return Resolved::Invalid(vec![Problem {
+            field: "spec.selector".into(),
+            message: format!(
+                "{} {:?} has no selector to take; set spec.selector",
+                workload.kind.kind(),
+                workload.name
+            ),
+        }]);
+    };
     let mut effective = rollout.clone();
     effective.spec.workload_ref = None;
     effective.spec.template = workload.template.clone();
-    let own_selector = &rollout.spec.selector;
-    let has_own_selector = own_selector
-        .match_labels
-        .as_ref()
-        .is_some_and(|l| !l.is_empty())
-        || own_selector
+    effective.spec.selector = selector;
+    Resolved::Found(Box::new((effective, workload.clone())))
+}
+
+/// The selector the Rollout's pods are found by: its own, or when it has
+/// none, that of the workload it references. None when neither has one.
+pub fn effective_selector(rollout: &Rollout, workload: Option<&Workload>) -> Option<LabelSelector> {
+    let own = &rollout.spec.selector;
+    let has_own = own.match_labels.as_ref().is_some_and(|l| !l.is_empty())
+        || own
             .match_expressions
             .as_ref()
             .is_some_and(|e| !e.is_empty());
-    if !has_own_selector {
-        match &workload.selector {
-            Some(selector) => effective.spec.selector = selector.clone(),
-            None => {
-                return Resolved::Invalid(vec![Problem {
-                    field: "spec.selector".into(),
-                    message: format!(
-                        "{} {:?} has no selector to take; set spec.selector",
-                        workload.kind.kind(),
-                        workload.name
-                    ),
-                }]);
-            }
-        }
+    match workload {
+        Some(workload) if !has_own => workload.selector.clone(),
+        _ => Some(own.clone()),
     }
-    Resolved::Found(Box::new((effective, workload.clone())))
 }
 
 /// Records which generation of the workload the status describes and

@@ -315,3 +315,108 @@ fn an_inline_template_in_place_of_the_reference_forgets_the_workload_generation(
     // Same template as the Deployment's: no new revision, no pod replaced.
     assert_eq!(world.replica_sets.len(), 1);
 }
+
+/// A ReplicaSet as Argo Rollouts leaves it when its Rollout is deleted with
+/// `--cascade=orphan`: named and labelled with Argo's hash, the template as
+/// the API server stored it (defaults filled in), no owner.
+fn argo_orphan(app: &str, hash: &str, replicas: i32) -> ReplicaSet {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("web-{hash}"), "namespace": "shop",
+            "labels": {"app": app, POD_TEMPLATE_HASH_LABEL: hash},
+            "annotations": {"rollout.argoproj.io/revision": "3"}
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": app, POD_TEMPLATE_HASH_LABEL: hash}},
+            "template": {
+                "metadata": {"labels": {"app": app, POD_TEMPLATE_HASH_LABEL: hash}},
+                "spec": {
+                    "containers": [{
+                        "name": "web", "image": "web:1", "imagePullPolicy": "IfNotPresent",
+                        "resources": {}, "terminationMessagePath": "/dev/termination-log",
+                        "terminationMessagePolicy": "File"
+                    }],
+                    "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
+                    "schedulerName": "default-scheduler", "securityContext": {},
+                    "terminationGracePeriodSeconds": 30
+                }
+            }
+        },
+        "status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}
+    }))
+    .expect("fixture orphan")
+}
+
+fn point_services_at(world: &mut World, hash: &str) {
+    for service in world.services.values_mut() {
+        if let Some(selector) = service.spec.as_mut().and_then(|s| s.selector.as_mut()) {
+            selector.insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+        }
+    }
+}
+
+#[test]
+fn an_orphan_running_the_template_is_adopted_without_replacing_a_pod() {
+    let steps = json!([{"setWeight": 50}, {"pause": {}}]);
+    let mut world = World::new(rollout(canary(steps), 4));
+    world.orphans.push(argo_orphan("web", "argo5d8f", 4));
+    point_services_at(&mut world, "argo5d8f");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    let names: Vec<&String> = world.replica_sets.keys().collect();
+    assert_eq!(names, ["web-argo5d8f"], "no ReplicaSet of our own hash");
+    let adopted = &world.replica_sets["web-argo5d8f"];
+    let owner = adopted
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.first());
+    assert_eq!(owner.map(|o| o.uid.as_str()), Some("uid-web"));
+    assert_eq!(running(&world, "web:1"), 4);
+    assert!(world.has_event("ReplicaSetAdopted"));
+    assert!(!world.has_event("NewReplicaSetCreated"));
+    // The Services kept selecting the pods that were already serving.
+    assert_eq!(world.selector("web-stable").as_deref(), Some("argo5d8f"));
+    assert_eq!(world.status().stable_rs.as_deref(), Some("argo5d8f"));
+
+    // From there on it is the stable revision of an ordinary canary.
+    world.set_image("web:2");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Paused);
+    assert_eq!((running(&world, "web:2"), running(&world, "web:1")), (2, 2));
+    assert_eq!(world.selector("web-stable").as_deref(), Some("argo5d8f"));
+}
+
+#[test]
+fn orphans_the_selector_does_not_select_stay_orphans() {
+    let mut world = World::new(rollout(canary(json!([])), 2));
+    world.orphans.push(argo_orphan("other", "argo5d8f", 2));
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(world.orphans.len(), 1);
+    assert!(!world.replica_sets.contains_key("web-argo5d8f"));
+    assert!(!world.has_event("ReplicaSetAdopted"));
+}
+
+/// An orphan running another template is adopted as an older revision and
+/// scaled down once the Rollout's own pods are up.
+#[test]
+fn an_orphan_running_another_template_is_replaced() {
+    let mut world = World::new(rollout(canary(json!([])), 2));
+    let mut orphan = argo_orphan("web", "argo5d8f", 2);
+    if let Some(container) = orphan
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.as_mut())
+        .and_then(|t| t.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    {
+        container.image = Some("web:0".into());
+    }
+    world.orphans.push(orphan);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!((running(&world, "web:1"), running(&world, "web:0")), (2, 0));
+    assert!(world.has_event("ReplicaSetAdopted"));
+}
