@@ -311,6 +311,20 @@ pub fn undo(
 
 /// A merge patch that makes `spec.template` exactly `template`.
 fn template_patch(rollout: &Rollout, template: &PodTemplateSpec) -> Result<Value, Refusal> {
+    if let Some(reference) = &rollout.spec.workload_ref {
+        // The template lives in the workload; one written into the Rollout
+        // beside the reference would only make the spec invalid.
+        return Err(Refusal(format!(
+            "rollout '{}' takes its pod template from {} {} (spec.workloadRef); change the template there, for example with `kubectl set image {}/{} ...` or `kubectl rollout undo {}/{}`",
+            name(rollout),
+            reference.kind,
+            reference.name,
+            reference.kind.to_ascii_lowercase(),
+            reference.name,
+            reference.kind.to_ascii_lowercase(),
+            reference.name,
+        )));
+    }
     let serialize = |t: &PodTemplateSpec| {
         serde_json::to_value(t).map_err(|e| Refusal(format!("cannot serialize the template: {e}")))
     };
@@ -484,6 +498,26 @@ mod tests {
                 .unwrap_err()
                 .0
                 .contains("nothing changed")
+        );
+    }
+
+    #[test]
+    fn template_changes_to_a_workload_ref_rollout_are_refused_with_directions() {
+        let mut ro = rollout(json!({}), false);
+        ro.spec.template = Default::default();
+        ro.spec.workload_ref = Some(crate::api::WorkloadRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "web".into(),
+            scale_down: None,
+        });
+        let refusal = template_patch(&ro, &PodTemplateSpec::default())
+            .expect_err("no template beside a workloadRef");
+        assert!(
+            refusal.0.contains("Deployment web")
+                && refusal.0.contains("kubectl set image deployment/web"),
+            "{}",
+            refusal.0
         );
     }
 
