@@ -218,6 +218,44 @@ spec:
     })
     .await?;
 
+    // workloadRef: the Deployment cache (list and watch) and the scale-down
+    // (patch) under the same rules.
+    env.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec: {containers: [{name: app, image: "api:1"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api-active}
+spec: {selector: {app: api}, ports: [{port: 80}]}
+---
+apiVersion: ramp.dev/v1alpha1
+kind: Rollout
+metadata: {name: api}
+spec:
+  replicas: 1
+  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: api, scaleDown: onsuccess}
+  strategy: {blueGreen: {activeService: api-active}}
+"#,
+    )
+    .await?;
+    env.wait_phase("api", RolloutPhase::Healthy).await?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    wait_until("Deployment api scaled to 0", common::TIMEOUT, || async {
+        let spec = deployments.get("api").await?.spec;
+        Ok((spec.and_then(|s| s.replicas) == Some(0)).then_some(()))
+    })
+    .await?;
+
     let failed = controller.failed_requests().await?;
     assert!(
         failed.is_empty(),
@@ -230,6 +268,7 @@ spec:
         "kind=\"AnalysisRun\"",
         "kind=\"Service\"",
         "kind=\"Event\"",
+        "kind=\"Deployment\"",
     ] {
         assert!(
             metrics
