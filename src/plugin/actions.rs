@@ -242,11 +242,11 @@ pub fn set_image(rollout: &Rollout, pairs: &[(String, String)]) -> Result<Change
 }
 
 /// `undo`: put back the pod template of an earlier revision (0 = the previous one).
-pub fn undo(
+pub fn undo_target(
     rollout: &Rollout,
     replica_sets: &[ReplicaSet],
     to_revision: i64,
-) -> Result<Change, Refusal> {
+) -> Result<Undo, Refusal> {
     let who = name(rollout);
     let current = rollout
         .status
@@ -301,12 +301,60 @@ pub fn undo(
     // gets back exactly the template that ReplicaSet runs.
     let template: PodTemplateSpec =
         crate::planner::hash::replica_set_source_template(rs).unwrap_or_default();
-    let patch = template_patch(rollout, &template)?;
+    Ok(Undo {
+        revision: *revision,
+        template,
+    })
+}
+
+/// The revision `undo` goes back to and the pod template it runs.
+pub struct Undo {
+    pub revision: i64,
+    pub template: PodTemplateSpec,
+}
+
+pub fn undo(
+    rollout: &Rollout,
+    replica_sets: &[ReplicaSet],
+    to_revision: i64,
+) -> Result<Change, Refusal> {
+    let target = undo_target(rollout, replica_sets, to_revision)?;
+    let patch = template_patch(rollout, &target.template)?;
     Ok(Change {
         spec: Some(patch),
         status: None,
-        summary: format!("rollout '{who}' rolled back to revision {revision}"),
+        summary: format!(
+            "rollout '{}' rolled back to revision {}",
+            name(rollout),
+            target.revision
+        ),
     })
+}
+
+/// For a workloadRef Rollout, `undo` writes the template into the workload:
+/// a merge patch of `current` (the workload's object) that makes its
+/// template `template`, preconditioned on the workload's resourceVersion.
+pub fn workload_template_patch(
+    current: &Value,
+    template: &PodTemplateSpec,
+) -> Result<Value, Refusal> {
+    // A PodTemplate keeps it at the top level, the others under spec.
+    let in_spec = current["kind"] != "PodTemplate";
+    let old = if in_spec {
+        &current["spec"]["template"]
+    } else {
+        &current["template"]
+    };
+    let new = serde_json::to_value(template)
+        .map_err(|e| Refusal(format!("cannot serialize the template: {e}")))?;
+    let diff = merge_diff(old, &new);
+    let mut patch = if in_spec {
+        json!({"spec": {"template": diff}})
+    } else {
+        json!({"template": diff})
+    };
+    patch["metadata"] = json!({"resourceVersion": current["metadata"]["resourceVersion"]});
+    Ok(patch)
 }
 
 /// A merge patch that makes `spec.template` exactly `template`.
@@ -315,11 +363,9 @@ fn template_patch(rollout: &Rollout, template: &PodTemplateSpec) -> Result<Value
         // The template lives in the workload; one written into the Rollout
         // beside the reference would only make the spec invalid.
         return Err(Refusal(format!(
-            "rollout '{}' takes its pod template from {} {} (spec.workloadRef); change the template there, for example with `kubectl set image {}/{} ...` or `kubectl rollout undo {}/{}`",
+            "rollout '{}' takes its pod template from {} {} (spec.workloadRef); change the template there, for example with `kubectl set image {}/{} ...`",
             name(rollout),
             reference.kind,
-            reference.name,
-            reference.kind.to_ascii_lowercase(),
             reference.name,
             reference.kind.to_ascii_lowercase(),
             reference.name,
@@ -519,6 +565,34 @@ mod tests {
             "{}",
             refusal.0
         );
+    }
+
+    #[test]
+    fn undo_of_a_workload_ref_rollout_patches_the_workloads_template() {
+        let template: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app", "image": "web:0"}]}
+        }))
+        .expect("fixture");
+        let deployment = json!({
+            "kind": "Deployment", "metadata": {"name": "web", "resourceVersion": "7"},
+            "spec": {"replicas": 0, "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "web:1"}]}}}
+        });
+        let patch = workload_template_patch(&deployment, &template).expect("patch");
+        assert_eq!(
+            patch,
+            json!({"metadata": {"resourceVersion": "7"},
+                "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "web:0"}]}}}})
+        );
+        let pod_template = json!({"kind": "PodTemplate", "metadata": {"resourceVersion": "3"},
+            "template": {"spec": {"containers": [{"name": "app", "image": "web:1"}]}}});
+        let patch = workload_template_patch(&pod_template, &template).expect("patch");
+        assert_eq!(
+            patch["template"]["metadata"],
+            json!({"labels": {"app": "web"}})
+        );
+        assert!(patch.get("spec").is_none());
     }
 
     #[test]

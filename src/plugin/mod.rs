@@ -352,6 +352,17 @@ async fn run(cli: Cli) -> Result<(), PluginError> {
         Command::Undo { name, to_revision } => {
             let rollout = fetch(name.clone()).await?;
             let sets = owned_replica_sets(&client, &namespace, &rollout).await?;
+            if let Some(reference) = rollout.spec.workload_ref.clone() {
+                return undo_workload(
+                    &client,
+                    &namespace,
+                    &rollout,
+                    &reference,
+                    &sets,
+                    to_revision,
+                )
+                .await;
+            }
             act(&rollouts, &namespace, &name, |r| {
                 actions::undo(r, &sets, to_revision)
             })
@@ -522,6 +533,54 @@ async fn act(
             outcome => return outcome,
         }
     }
+}
+
+/// `undo` of a workloadRef Rollout: the chosen revision's template goes
+/// into the referenced workload, whose change the controller then rolls out.
+async fn undo_workload(
+    client: &Client,
+    namespace: &str,
+    rollout: &Rollout,
+    reference: &crate::api::WorkloadRef,
+    sets: &[ReplicaSet],
+    to_revision: i64,
+) -> Result<(), PluginError> {
+    let kind = reference.workload_kind().ok_or_else(|| {
+        PluginError::Refused(Refusal(format!(
+            "spec.workloadRef names {} {:?}, which Ramp cannot read a template from",
+            reference.api_version, reference.kind
+        )))
+    })?;
+    let target = actions::undo_target(rollout, sets, to_revision)?;
+    let (group, version) = match kind.api_version().split_once('/') {
+        Some((group, version)) => (group, version),
+        None => ("", kind.api_version()),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind.kind());
+    let resource = kube::api::ApiResource::from_gvk(&gvk);
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &resource);
+    let what = format!("{} {}", kind.kind(), reference.name);
+    let current = api
+        .get(&reference.name)
+        .await
+        .map_err(|e| api_error(&format!("reading {what}"), e))?;
+    let current = serde_json::to_value(&current)
+        .map_err(|e| PluginError::Io(format!("reading {what}: {e}")))?;
+    let patch = actions::workload_template_patch(&current, &target.template)?;
+    let params = PatchParams {
+        field_manager: Some(PLUGIN_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(&reference.name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| api_error(&format!("updating {what}"), e))?;
+    println!(
+        "rollout '{}' rolled back to revision {} ({what} updated)",
+        rollout.metadata.name.clone().unwrap_or_default(),
+        target.revision
+    );
+    Ok(())
 }
 
 async fn write_change(api: &Api<Rollout>, name: &str, change: &Change) -> Result<(), PluginError> {
