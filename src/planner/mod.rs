@@ -404,7 +404,11 @@ fn plan_rollout(snap: &Snapshot<'_>, found: Vec<crate::api::validate::Problem>) 
                 message: message.clone(),
             });
         }
-        conditions.set("Healthy", false, "InvalidSpec", &message);
+        // A Rollout that was Healthy is not any more; one that never ran
+        // gets no Healthy condition, only InvalidSpec, as under Argo.
+        if conditions.get("Healthy").is_some() {
+            conditions.set("Healthy", false, "InvalidSpec", &message);
+        }
         status.conditions = conditions.into_vec();
         status.phase = Some(RolloutPhase::Degraded);
         status.message = Some(message);

@@ -169,6 +169,10 @@ fn a_template_beside_the_reference_is_an_invalid_spec() {
         message.contains("template must be empty for workload reference rollout"),
         "{message}"
     );
+    // Argo's TestWorkloadRefTemplate: that one condition, nothing else.
+    let conditions = world.status().conditions;
+    assert_eq!(conditions.len(), 1, "{conditions:?}");
+    assert_eq!(conditions[0].type_, "InvalidSpec");
     assert!(world.replica_sets.is_empty());
 }
 
