@@ -307,3 +307,52 @@ async fn replica_sets_an_argo_rollout_left_behind_are_adopted_with_their_pods() 
     env.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_workload_ref_example_hands_over_and_rolls_out_a_deployment_change()
+-> anyhow::Result<()> {
+    let env = Env::start("workload-example").await?;
+    let example =
+        std::fs::read_to_string(ramp_test_support::repo_root().join("examples/workload-ref.yaml"))?;
+    env.apply(&example).await?;
+    env.wait_phase("cart", RolloutPhase::Healthy).await?;
+    env.wait_replicas("the Rollout's 3 pods", &[("ghcr.io/example/cart:1.0.0", 3)])
+        .await?;
+    wait_until("the Deployment drained", common::TIMEOUT, || async {
+        Ok((deployment_replicas(&env, "cart").await?.0 == 0).then_some(()))
+    })
+    .await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    deployments
+        .patch(
+            "cart",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "cart", "image": "ghcr.io/example/cart:1.1.0"}]}}}})),
+        )
+        .await?;
+    env.wait_replicas(
+        "the change rolled out",
+        &[
+            ("ghcr.io/example/cart:1.1.0", 3),
+            ("ghcr.io/example/cart:1.0.0", 0),
+        ],
+    )
+    .await?;
+    let done = env
+        .wait_rollout("cart", "the new revision to be stable", |r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.phase == Some(RolloutPhase::Healthy) && s.stable_rs == s.current_pod_hash
+            })
+        })
+        .await?;
+    assert!(done.status.is_some());
+    // It went through the steps (the first deploy skips them): the timed
+    // pause was entered and left.
+    env.wait_events(&["RolloutPaused", "RolloutStepCompleted"])
+        .await?;
+    assert_eq!(deployment_replicas(&env, "cart").await?.0, 0);
+    env.cleanup().await;
+    Ok(())
+}
