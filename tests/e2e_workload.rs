@@ -88,18 +88,40 @@ async fn deployment_pods(env: &Env, app: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Pod uid by name, of the ready pods with label `app`.
+async fn ready_app_pods(
+    env: &Env,
+    app: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    ready_pods_by(env, &format!("app={app}")).await
+}
+
 #[tokio::test]
-async fn a_rollout_takes_over_a_running_deployment_progressively() -> anyhow::Result<()> {
+async fn a_rollout_takes_a_running_deployments_pods_over_without_replacing_them()
+-> anyhow::Result<()> {
     let env = Env::start("workload").await?;
     env.apply(&deployment_yaml("shop", 2, "shop:1")).await?;
-    wait_until("the Deployment's 2 pods", common::TIMEOUT, || async {
-        Ok((deployment_pods(&env, "shop").await?.len() == 2).then_some(()))
+    let before = wait_until("the Deployment's 2 pods ready", common::TIMEOUT, || async {
+        let pods = ready_app_pods(&env, "shop").await?;
+        Ok((pods.len() == 2).then_some(pods))
     })
     .await?;
 
     env.apply(&referencing_yaml("shop", 2, "shop", "progressively"))
         .await?;
     let healthy = env.wait_phase("shop", RolloutPhase::Healthy).await?;
+    // The very pods the Deployment ran, now the Rollout's first revision.
+    assert_eq!(ready_app_pods(&env, "shop").await?, before);
+    assert_eq!(
+        env.replica_set_count().await?,
+        1,
+        "no ReplicaSet of Ramp's own"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    let paused = deployments.get("shop").await?.spec.and_then(|s| s.paused);
+    assert_eq!(paused, Some(true), "paused so it makes no new ReplicaSet");
+    env.wait_events(&["PausingDeployment", "ReplicaSetAdopted"])
+        .await?;
     // The Rollout's pods run the Deployment's template.
     env.wait_replicas("the Rollout's 2 pods of shop:1", &[("shop:1", 2)])
         .await?;
@@ -151,6 +173,26 @@ async fn a_rollout_takes_over_a_running_deployment_progressively() -> anyhow::Re
         .await?;
     assert_eq!(deployment_replicas(&env, "shop").await?.0, 0);
     assert!(deployment_pods(&env, "shop").await?.is_empty());
+
+    // `undo` writes the first revision's template back into the Deployment,
+    // and the Rollout returns to that revision's ReplicaSet.
+    env.ramp_ok(&["undo", "shop"]).await?;
+    wait_until("the Deployment back on shop:1", common::TIMEOUT, || async {
+        let deployment = api.get("shop").await?;
+        let image = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.first().and_then(|c| c.image.clone()));
+        Ok((image.as_deref() == Some("shop:1")).then_some(()))
+    })
+    .await?;
+    env.wait_selector("shop-active", &stable).await?;
+    env.wait_replicas("shop:1 back", &[("shop:1", 2)]).await?;
+    assert_eq!(
+        env.replica_set_count().await?,
+        2,
+        "the first revision's ReplicaSet came back, no third one"
+    );
     env.cleanup().await;
     Ok(())
 }
@@ -234,10 +276,15 @@ async fn ready_pods(
     env: &Env,
     hash: &str,
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    ready_pods_by(env, &format!("{POD_TEMPLATE_HASH_LABEL}={hash}")).await
+}
+
+async fn ready_pods_by(
+    env: &Env,
+    selector: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
-    let listed = pods
-        .list(&ListParams::default().labels(&format!("{POD_TEMPLATE_HASH_LABEL}={hash}")))
-        .await?;
+    let listed = pods.list(&ListParams::default().labels(selector)).await?;
     Ok(listed
         .items
         .into_iter()

@@ -197,6 +197,7 @@ proptest! {
                 routes: BTreeMap::new(),
                 webhook_answers: Vec::new(),
                 orphans: Vec::new(),
+                workload_replica_sets: Vec::new(),
                 workload: None,
                 now: "2026-01-01T00:00:00Z".parse().map_err(|e: jiff::Error| TestCaseError::fail(e.to_string()))?,
             };

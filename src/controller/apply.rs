@@ -35,6 +35,12 @@ pub(super) async fn execute(
     for call in plan.webhooks.iter().filter(|c| c.is_question()) {
         ctx.webhooks.ask(subject.clone(), call.clone());
     }
+    if let Some(deployment) = &plan.workload_pause {
+        super::workloads::pause(ctx, namespace, deployment).await?;
+    }
+    if let Some(handover) = &plan.handover {
+        take_over(ctx, namespace, handover).await?;
+    }
     // The finalizer goes on before any route is written, so a deletion from
     // here on waits for the routes to be handed back. Its patch moves the
     // resourceVersion on, which the status write below is preconditioned on.
@@ -235,6 +241,69 @@ pub(super) async fn execute(
 
 /// Puts a ReplicaSet's role labels and annotations on its live pods (new
 /// pods get them from the pod template). Pods already carrying them are skipped.
+/// Takes a Deployment's ReplicaSet over: its pods get the Rollout's hash
+/// label first, so that a Service moved to that hash afterwards finds every
+/// one of them; then the ReplicaSet changes controller.
+async fn take_over(
+    ctx: &Context,
+    namespace: &str,
+    handover: &crate::planner::workload::Handover,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = ctx.api(namespace);
+    let listed = pods
+        .list_metadata(&kube::api::ListParams::default().labels(&handover.pods))
+        .await;
+    ctx.metrics.request("list", "Pod", &listed);
+    let listed = listed.map_err(|source| Error::ListPods {
+        namespace: namespace.into(),
+        source,
+    })?;
+    let label = json!({"metadata": {"labels": {POD_TEMPLATE_HASH_LABEL: handover.hash}}});
+    for pod in listed.items {
+        let labelled = pod.labels().get(POD_TEMPLATE_HASH_LABEL) == Some(&handover.hash);
+        if labelled || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let pod_name = pod.name_any();
+        let result = pods
+            .patch(&pod_name, &PatchParams::default(), &Patch::Merge(&label))
+            .await;
+        ctx.metrics.request("patch", "Pod", &result);
+        match result {
+            Ok(_) => {}
+            // Gone meanwhile: its ReplicaSet replaces it with the label.
+            Err(source) if is_not_found(&source) => {}
+            Err(source) => {
+                return Err(Error::PatchPod {
+                    namespace: namespace.into(),
+                    name: pod_name,
+                    source,
+                });
+            }
+        }
+    }
+    let replica_sets: Api<ReplicaSet> = ctx.api(namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let result = replica_sets
+        .patch(
+            &handover.replica_set,
+            &params,
+            &Patch::Merge(&handover.patch),
+        )
+        .await;
+    ctx.metrics.request("patch", "ReplicaSet", &result);
+    let taken = result.map_err(|source| Error::TakeReplicaSet {
+        namespace: namespace.into(),
+        name: handover.replica_set.clone(),
+        source,
+    })?;
+    ctx.recent_replica_sets.remember(taken);
+    Ok(())
+}
+
 async fn relabel_pods(
     ctx: &Context,
     namespace: &str,

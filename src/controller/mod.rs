@@ -48,6 +48,23 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
+    #[error("listing the workloadRef Deployment's ReplicaSets in {namespace}: {source}")]
+    ListReplicaSets {
+        namespace: String,
+        source: kube::Error,
+    },
+    #[error("pausing Deployment {namespace}/{name} to take its ReplicaSet over: {source}")]
+    PauseDeployment {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("taking ReplicaSet {namespace}/{name} over from its Deployment: {source}")]
+    TakeReplicaSet {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("ReplicaSet {namespace}/{name} has no pod template even as read from the API server")]
     NoTemplate { namespace: String, name: String },
     #[error("deleting ReplicaSet {namespace}/{name}: {source}")]
@@ -156,7 +173,10 @@ impl Error {
             Error::ApplyReplicaSet { .. }
             | Error::DeleteReplicaSet { .. }
             | Error::ReadReplicaSet { .. }
-            | Error::NoTemplate { .. } => "replicaset",
+            | Error::NoTemplate { .. }
+            | Error::ListReplicaSets { .. }
+            | Error::TakeReplicaSet { .. } => "replicaset",
+            Error::PauseDeployment { .. } => "deployment",
             Error::PatchService { .. } => "service",
             Error::ScaleDeployment { .. } => "deployment",
             Error::PatchRoute { .. } => "route",

@@ -267,6 +267,17 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         None => None,
     };
 
+    // A Deployment's ReplicaSets are not cached; they are listed only while
+    // the Rollout may take them over.
+    let workload_replica_sets = match &workload {
+        Some(found)
+            if planner::workload::handover_pending(&rollout, replica_sets.len(), Some(found)) =>
+        {
+            list_workload_replica_sets(&ctx, &namespace, found).await?
+        }
+        _ => Vec::new(),
+    };
+
     let now = Timestamp::now();
     // Pods are not cached (that would dominate memory); they are listed only while a restart is due.
     let pods = match planner::restart::pending_restart(&rollout, now) {
@@ -297,6 +308,7 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
             routes: super::routes::as_live(&live_routes),
             webhook_answers: webhook_answers.clone(),
             orphans: orphans.iter().map(AsRef::as_ref).collect(),
+            workload_replica_sets: workload_replica_sets.iter().collect(),
             workload: workload.as_ref(),
             now,
         })
@@ -360,6 +372,31 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// The ReplicaSets a Deployment controls, listed by its selector.
+async fn list_workload_replica_sets(
+    ctx: &Context,
+    namespace: &str,
+    workload: &planner::workload::Workload,
+) -> Result<Vec<ReplicaSet>, Error> {
+    let Some(selector) = &workload.selector else {
+        return Ok(Vec::new());
+    };
+    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = api
+        .list(&ListParams::default().labels(&planner::label_selector_string(selector)))
+        .await;
+    ctx.metrics.request("list", "ReplicaSet", &listed);
+    let listed = listed.map_err(|source| Error::ListReplicaSets {
+        namespace: namespace.into(),
+        source,
+    })?;
+    Ok(listed
+        .items
+        .into_iter()
+        .filter(|rs| owned_by(&rs.metadata.owner_references, &workload.uid))
+        .collect())
 }
 
 /// Replaces the named ReplicaSets in `replica_sets` by copies read from the

@@ -165,12 +165,23 @@ impl WorkloadCaches {
     }
 }
 
-/// Only the template, selector and replica count of a Deployment are read.
+/// Only the template, selector, replica count, pause and the generation
+/// its controller has seen are read of a Deployment.
 fn trim_deployment(deployment: &mut Deployment) {
     trim(deployment);
     deployment.metadata.labels = None;
     deployment.metadata.annotations = None;
-    deployment.status = None;
+    let observed = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation);
+    deployment.status =
+        observed.map(
+            |observed_generation| k8s_openapi::api::apps::v1::DeploymentStatus {
+                observed_generation: Some(observed_generation),
+                ..Default::default()
+            },
+        );
 }
 
 fn trim_replica_set(replica_set: &mut ReplicaSet) {
@@ -215,6 +226,31 @@ pub async fn scale(ctx: &Context, namespace: &str, change: &WorkloadScale) -> Re
         namespace: namespace.into(),
         name: change.name.clone(),
         replicas: change.replicas,
+        source,
+    })?;
+    ctx.workloads.recent_deployments.remember(patched);
+    Ok(())
+}
+
+/// Pauses the referenced Deployment (`spec.paused` only), so that it
+/// creates no ReplicaSet when the Rollout takes its own over.
+pub async fn pause(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = serde_json::json!({"spec": {"paused": true}});
+    let result = api
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&body),
+        )
+        .await;
+    ctx.metrics.request("patch", "Deployment", &result);
+    let patched = result.map_err(|source| Error::PauseDeployment {
+        namespace: namespace.into(),
+        name: name.into(),
         source,
     })?;
     ctx.workloads.recent_deployments.remember(patched);

@@ -51,7 +51,13 @@ pub fn replica_set_source_template(rs: &ReplicaSet) -> Option<PodTemplateSpec> {
     let injected = super::ephemeral::injected(rs.metadata.annotations.as_ref());
     if let Some(metadata) = template.metadata.as_mut() {
         if let Some(labels) = metadata.labels.as_mut() {
-            labels.remove(POD_TEMPLATE_HASH_LABEL);
+            // A ReplicaSet taken over from a Deployment also carries the
+            // Deployment's hash label, with the same value.
+            let hash = labels.remove(POD_TEMPLATE_HASH_LABEL);
+            let deployment_hash = crate::planner::workload::DEPLOYMENT_HASH_LABEL;
+            if hash.is_some() && labels.get(deployment_hash) == hash.as_ref() {
+                labels.remove(deployment_hash);
+            }
             for key in injected.labels.keys() {
                 labels.remove(key);
             }
@@ -96,6 +102,21 @@ pub fn replica_set_runs(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
         None => kept_fingerprint(rs)
             .is_some_and(|kept| *kept == fingerprint(template) || *kept == fingerprint(&defaulted)),
     }
+}
+
+/// Whether a Deployment's ReplicaSet runs `template` (the Deployment's own,
+/// as stored): its template is the Deployment's plus the Deployment's hash
+/// label.
+pub fn deployment_set_runs(rs: &ReplicaSet, template: &PodTemplateSpec) -> bool {
+    let Some(mut own) = rs.spec.as_ref().and_then(|s| s.template.clone()) else {
+        return false;
+    };
+    if let Some(metadata) = own.metadata.as_mut()
+        && let Some(labels) = metadata.labels.as_mut()
+    {
+        labels.remove(crate::planner::workload::DEPLOYMENT_HASH_LABEL);
+    }
+    normalized(&own) == normalized(template)
 }
 
 /// `template` with the defaults the API server fills into a pod template

@@ -67,6 +67,9 @@ pub struct Snapshot<'a> {
     /// label and no controller: the planner adopts those its selector
     /// selects (see `adopt`).
     pub orphans: Vec<&'a ReplicaSet>,
+    /// The ReplicaSets of the `workloadRef` Deployment, listed only while
+    /// `workload::handover_pending`.
+    pub workload_replica_sets: Vec<&'a ReplicaSet>,
     /// The workload `spec.workloadRef` names, as cached; None when the
     /// Rollout names none or it does not exist.
     pub workload: Option<&'a workload::Workload>,
@@ -110,6 +113,11 @@ pub struct Plan {
     pub needs_templates: Vec<String>,
     /// The `workloadRef` Deployment's own replica count (`scaleDown`).
     pub workload_scale: Option<workload::WorkloadScale>,
+    /// Pause the `workloadRef` Deployment of this name (before its
+    /// ReplicaSet is taken over; see `workload::handover`).
+    pub workload_pause: Option<String>,
+    /// Take the Deployment's running ReplicaSet over.
+    pub handover: Option<workload::Handover>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -323,6 +331,9 @@ pub fn plan(snap: &Snapshot<'_>) -> Plan {
                 rollout: &effective,
                 ..snap.clone()
             };
+            if let Some(plan) = workload::handover(&resolved, snap.rollout, &found) {
+                return plan;
+            }
             let mut plan = plan_with(&resolved, Vec::new());
             workload::finish(snap.rollout, &found, &mut plan);
             plan

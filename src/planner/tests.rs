@@ -89,6 +89,8 @@ struct World {
     workload_scales: Vec<i32>,
     /// ReplicaSets with no controller in the namespace (adoption).
     orphans: Vec<ReplicaSet>,
+    /// The `workloadRef` Deployment's own ReplicaSets.
+    deployment_sets: Vec<ReplicaSet>,
 }
 
 impl World {
@@ -121,6 +123,7 @@ impl World {
             workload: None,
             workload_scales: Vec::new(),
             orphans: Vec::new(),
+            deployment_sets: Vec::new(),
         }
     }
 
@@ -175,6 +178,15 @@ impl World {
             routes: self.routes.iter().map(|(k, v)| (k.clone(), v)).collect(),
             webhook_answers: self.webhook_answers.clone(),
             orphans: self.orphans.iter().collect(),
+            // Listed only while a takeover is possible, as the controller does.
+            workload_replica_sets: match crate::planner::workload::handover_pending(
+                &self.rollout,
+                replica_sets.len(),
+                self.workload.as_ref(),
+            ) {
+                true => self.deployment_sets.iter().collect(),
+                false => Vec::new(),
+            },
             workload: self.workload.as_ref(),
             now: self.now,
         };
@@ -198,7 +210,28 @@ impl World {
             || !plan.analysis_runs.is_empty()
             || !plan.routes.is_empty()
             || plan.workload_scale.is_some()
+            || plan.workload_pause.is_some()
+            || plan.handover.is_some()
             || plan.status.is_some();
+        if let (Some(_), Some(workload)) = (&plan.workload_pause, self.workload.as_mut()) {
+            workload.paused = true;
+            workload.generation += 1;
+            // Its controller has yet to see the pause; a test says when.
+            workload.observed = false;
+        }
+        if let Some(handover) = &plan.handover {
+            let index = self
+                .deployment_sets
+                .iter()
+                .position(|rs| rs.metadata.name.as_ref() == Some(&handover.replica_set))
+                .expect("the taken ReplicaSet is the Deployment's");
+            let rs = self.deployment_sets.remove(index);
+            let mut document = serde_json::to_value(&rs).expect("serializes");
+            json_patch::merge(&mut document, &handover.patch);
+            let taken: ReplicaSet = serde_json::from_value(document).expect("deserializes");
+            self.replica_sets
+                .insert(handover.replica_set.clone(), taken);
+        }
         if let (Some(change), Some(workload)) = (&plan.workload_scale, self.workload.as_mut()) {
             assert_eq!(
                 change.name, workload.name,

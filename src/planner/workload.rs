@@ -10,14 +10,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{Plan, PlannedEvent, Snapshot};
 use crate::api::validate::Problem;
-use crate::api::{Rollout, RolloutPhase, RolloutStatus, WorkloadKind, WorkloadScaleDown};
+use crate::api::{
+    POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus, WorkloadKind, WorkloadScaleDown,
+};
 
 /// The referenced workload as the controller's cache holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
     pub kind: WorkloadKind,
     pub name: String,
+    pub uid: String,
     pub generation: i64,
+    /// A Deployment's `spec.paused`.
+    pub paused: bool,
+    /// Whether the workload's own controller has acted on its latest
+    /// generation (`status.observedGeneration`); always true for kinds
+    /// without one.
+    pub observed: bool,
     pub template: PodTemplateSpec,
     /// A PodTemplate has none.
     pub selector: Option<LabelSelector>,
@@ -28,10 +37,19 @@ pub struct Workload {
 impl Workload {
     pub fn from_deployment(deployment: &Deployment) -> Self {
         let spec = deployment.spec.clone().unwrap_or_default();
+        let generation = deployment.metadata.generation.unwrap_or_default();
+        let observed = deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .is_some_and(|seen| seen >= generation);
         Workload {
             kind: WorkloadKind::Deployment,
             name: deployment.metadata.name.clone().unwrap_or_default(),
-            generation: deployment.metadata.generation.unwrap_or_default(),
+            uid: deployment.metadata.uid.clone().unwrap_or_default(),
+            generation,
+            paused: spec.paused.unwrap_or(false),
+            observed,
             template: spec.template,
             selector: Some(spec.selector),
             // The API server defaults an unset count to 1.
@@ -44,7 +62,10 @@ impl Workload {
         Workload {
             kind: WorkloadKind::ReplicaSet,
             name: replica_set.metadata.name.clone().unwrap_or_default(),
+            uid: replica_set.metadata.uid.clone().unwrap_or_default(),
             generation: replica_set.metadata.generation.unwrap_or_default(),
+            paused: false,
+            observed: true,
             template: spec.template.unwrap_or_default(),
             selector: Some(spec.selector),
             replicas: Some(spec.replicas.unwrap_or(1)),
@@ -55,6 +76,9 @@ impl Workload {
         Workload {
             kind: WorkloadKind::PodTemplate,
             name: pod_template.metadata.name.clone().unwrap_or_default(),
+            uid: pod_template.metadata.uid.clone().unwrap_or_default(),
+            paused: false,
+            observed: true,
             // PodTemplates carry no generation; every change is a new
             // resourceVersion, and the template hash tells revisions apart.
             generation: pod_template.metadata.generation.unwrap_or_default(),
@@ -213,6 +237,142 @@ fn deployment_target(
             Some(lacking.min(current))
         }
     }
+}
+
+/// The label the Deployment controller puts on its ReplicaSets and pods.
+pub const DEPLOYMENT_HASH_LABEL: &str = "pod-template-hash";
+
+/// Taking a running Deployment's ReplicaSet over as the Rollout's first
+/// revision, so that adopting a Deployment replaces no pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handover {
+    pub replica_set: String,
+    /// Pods to label with the Rollout's hash before the ReplicaSet changes
+    /// hands (label selector).
+    pub pods: String,
+    pub hash: String,
+    /// Merge patch for the ReplicaSet: the Rollout as its controller, the
+    /// hash label on it and its template, preconditioned on its version.
+    pub patch: serde_json::Value,
+}
+
+/// Whether the Rollout may take the pods of its Deployment over: a
+/// Deployment with `scaleDown` other than `never` (a Rollout told to leave
+/// the Deployment alone does not take its ReplicaSet either) and a Rollout
+/// that has no ReplicaSet and no stable revision yet. The controller then
+/// lists the Deployment's ReplicaSets into `Snapshot::workload_replica_sets`.
+pub fn handover_pending(rollout: &Rollout, owned: usize, workload: Option<&Workload>) -> bool {
+    let Some(workload) = workload else {
+        return false;
+    };
+    let mode = rollout
+        .spec
+        .workload_ref
+        .as_ref()
+        .and_then(|r| r.scale_down_mode().ok())
+        .unwrap_or(WorkloadScaleDown::Never);
+    workload.kind == WorkloadKind::Deployment
+        && mode != WorkloadScaleDown::Never
+        && owned == 0
+        && rollout
+            .status
+            .as_ref()
+            .is_none_or(|s| s.stable_rs.is_none())
+}
+
+/// The plan that hands the Deployment's running ReplicaSet over, or None
+/// when there is nothing to take (the Rollout then starts its own pods and
+/// `scaleDown` drains the Deployment).
+///
+/// Two passes. First the Deployment is paused: a Deployment that loses its
+/// ReplicaSet would otherwise create a new one at once. Once its controller
+/// has seen the pause, the ReplicaSet's pods get the Rollout's hash label
+/// (the ReplicaSet's own `pod-template-hash`), and then the ReplicaSet
+/// itself gets the Rollout as its controller (never passing through having
+/// none, which the Deployment controller would re-adopt) and the label.
+/// From the next pass it is the Rollout's first revision, by content.
+/// `snap` holds the resolved Rollout; `rollout` is the Rollout as stored
+/// (its `workloadRef` says the scale-down mode).
+pub(super) fn handover(
+    snap: &Snapshot<'_>,
+    rollout: &Rollout,
+    workload: &Workload,
+) -> Option<Plan> {
+    if !handover_pending(rollout, snap.replica_sets.len(), Some(workload)) {
+        return None;
+    }
+    let running = snap.workload_replica_sets.iter().find(|rs| {
+        let controlled = rs
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == workload.uid);
+        let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        controlled && replicas > 0 && super::hash::deployment_set_runs(rs, &workload.template)
+    })?;
+    let hash = running
+        .metadata
+        .labels
+        .as_ref()?
+        .get(DEPLOYMENT_HASH_LABEL)?
+        .clone();
+    let name = running.metadata.name.clone()?;
+    if !workload.paused {
+        return Some(Plan {
+            workload_pause: Some(workload.name.clone()),
+            events: vec![PlannedEvent {
+                warning: false,
+                reason: "PausingDeployment",
+                message: format!(
+                    "Paused Deployment {} to take its ReplicaSet {name} over with its pods",
+                    workload.name
+                ),
+            }],
+            // The Deployment's watch brings the pause back; this covers a
+            // missed event.
+            requeue_after: Some(std::time::Duration::from_secs(2)),
+            ..Plan::default()
+        });
+    }
+    if !workload.observed {
+        // Its controller may still act on the unpaused spec.
+        return Some(Plan {
+            requeue_after: Some(std::time::Duration::from_secs(1)),
+            ..Plan::default()
+        });
+    }
+    let selector = running
+        .spec
+        .as_ref()
+        .map(|s| super::label_selector_string(&s.selector))
+        .unwrap_or_default();
+    let owner = super::owner_reference(rollout)?;
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": running.metadata.resource_version,
+            "ownerReferences": [owner],
+            "labels": {POD_TEMPLATE_HASH_LABEL: hash},
+        },
+        "spec": {"template": {"metadata": {"labels": {POD_TEMPLATE_HASH_LABEL: hash}}}},
+    });
+    Some(Plan {
+        handover: Some(Handover {
+            replica_set: name.clone(),
+            pods: selector,
+            hash: hash.clone(),
+            patch,
+        }),
+        events: vec![PlannedEvent {
+            warning: false,
+            reason: "ReplicaSetAdopted",
+            message: format!(
+                "Took ReplicaSet {name} over from Deployment {}; its pods keep running",
+                workload.name
+            ),
+        }],
+        ..Plan::default()
+    })
 }
 
 /// A Rollout that no longer references a workload drops the generation it

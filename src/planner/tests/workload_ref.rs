@@ -11,7 +11,10 @@ fn deployment(replicas: i32) -> Workload {
     Workload {
         kind: WorkloadKind::Deployment,
         name: "web".into(),
+        uid: String::new(),
         generation: 1,
+        paused: false,
+        observed: true,
         template: serde_json::from_value(json!({
             "metadata": {"labels": {"app": "web"}},
             "spec": {"containers": [{"name": "web", "image": "web:1"}]}
@@ -423,4 +426,100 @@ fn an_orphan_running_another_template_is_replaced() {
     assert_eq!(world.phase(), RolloutPhase::Healthy);
     assert_eq!((running(&world, "web:1"), running(&world, "web:0")), (2, 0));
     assert!(world.has_event("ReplicaSetAdopted"));
+}
+
+/// The Deployment controller's ReplicaSet of `workload`'s template.
+fn deployment_set(workload: &Workload, hash: &str, replicas: i32) -> ReplicaSet {
+    let mut template = workload.template.clone();
+    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.insert("pod-template-hash".into(), hash.into());
+    }
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("web-{hash}"), "namespace": "shop", "resourceVersion": "41",
+            "labels": {"app": "web", "pod-template-hash": hash},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                "uid": workload.uid, "controller": true}]
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web", "pod-template-hash": hash}},
+            "template": template
+        },
+        "status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}
+    }))
+    .expect("fixture")
+}
+
+#[test]
+fn a_running_deployments_replica_set_is_taken_over_with_its_pods() {
+    let mut world = referencing(blue_green(json!({})), 3, Some("progressively"));
+    let mut deployment = deployment(3);
+    deployment.uid = "uid-deploy".into();
+    world
+        .deployment_sets
+        .push(deployment_set(&deployment, "6f7d", 3));
+    world.workload = Some(deployment);
+
+    // First the Deployment is paused, and nothing else happens until its
+    // controller has seen that.
+    assert!(world.step());
+    assert!(world.last_plan.workload_pause.is_some());
+    assert!(world.has_event("PausingDeployment"));
+    world.step();
+    assert!(
+        world.last_plan.handover.is_none() && world.last_plan.replica_sets.is_empty(),
+        "nothing is taken or created before the pause is seen"
+    );
+    assert!(world.replica_sets.is_empty());
+    if let Some(workload) = world.workload.as_mut() {
+        workload.observed = true;
+    }
+    world.settle();
+
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    let names: Vec<&String> = world.replica_sets.keys().collect();
+    assert_eq!(
+        names,
+        ["web-6f7d"],
+        "the Deployment's ReplicaSet, no new one"
+    );
+    let taken = &world.replica_sets["web-6f7d"];
+    let owner = taken
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.first());
+    assert_eq!(owner.map(|o| o.uid.as_str()), Some("uid-web"));
+    assert_eq!(running(&world, "web:1"), 3);
+    assert!(world.has_event("ReplicaSetAdopted"));
+    assert!(!world.has_event("NewReplicaSetCreated"));
+    assert_eq!(world.selector("web-active").as_deref(), Some("6f7d"));
+    // The paused Deployment, now without a ReplicaSet, is drained too.
+    assert_eq!(deployment_replicas(&world), Some(0));
+
+    // Its template's next change is an ordinary new revision.
+    set_workload_image(&mut world, "web:2");
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    // The taken-over ReplicaSet goes like any old one, after the delay.
+    world.advance(31);
+    world.settle();
+    assert_eq!((running(&world, "web:2"), running(&world, "web:1")), (3, 0));
+}
+
+#[test]
+fn never_leaves_the_deployments_replica_set_alone() {
+    let mut world = referencing(blue_green(json!({})), 2, None);
+    let mut deployment = deployment(2);
+    deployment.uid = "uid-deploy".into();
+    world
+        .deployment_sets
+        .push(deployment_set(&deployment, "6f7d", 2));
+    world.workload = Some(deployment);
+    world.settle();
+    assert_eq!(world.phase(), RolloutPhase::Healthy);
+    assert_eq!(world.deployment_sets.len(), 1);
+    assert!(!world.replica_sets.contains_key("web-6f7d"));
+    assert!(world.workload.as_ref().is_some_and(|w| !w.paused));
 }
