@@ -43,9 +43,16 @@ pub struct Reporter {
     pub instance: String,
 }
 
-struct Queued {
-    regarding: ObjectReference,
-    event: PlannedEvent,
+// Nearly every message is an Event; boxing it to shrink the rare Flush
+// would cost an allocation per Event.
+#[allow(clippy::large_enum_variant)]
+enum Queued {
+    Event {
+        regarding: ObjectReference,
+        event: PlannedEvent,
+    },
+    /// Answered once everything queued before it is published.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The sending side; cheap to share.
@@ -82,7 +89,7 @@ impl EventSink {
         let worker = &self.workers[worker_for(regarding, self.workers.len())];
         for event in events {
             self.metrics.event(event.reason);
-            let queued = Queued {
+            let queued = Queued::Event {
                 regarding: regarding.clone(),
                 event: event.clone(),
             };
@@ -94,6 +101,30 @@ impl EventSink {
                     "Event queue full; dropping the Event"
                 );
             }
+        }
+    }
+}
+
+impl EventSink {
+    /// Waits, at most `deadline`, until every Event queued so far is
+    /// published: on shutdown, the transitions of the last reconciles are
+    /// still announced. Returns whether all workers got there in time.
+    pub async fn flush(&self, deadline: Duration) -> bool {
+        let mut answers = Vec::with_capacity(self.workers.len());
+        for worker in self.workers.iter() {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            // Waits for room in a full queue, within the deadline below.
+            let sent = tokio::time::timeout(deadline, worker.send(Queued::Flush(done))).await;
+            if matches!(sent, Ok(Ok(()))) {
+                answers.push(answer);
+            }
+        }
+        let all = futures::future::join_all(answers);
+        match tokio::time::timeout(deadline, all).await {
+            Ok(answered) => {
+                answered.iter().all(Result::is_ok) && answered.len() == self.workers.len()
+            }
+            Err(_) => false,
         }
     }
 }
@@ -127,7 +158,14 @@ async fn publish_loop(
     let keys = std::collections::hash_map::RandomState::new();
     let mut published: HashMap<u64, Published> = HashMap::new();
     let mut last_prune = Instant::now();
-    while let Some(Queued { regarding, event }) = queue.recv().await {
+    while let Some(queued) = queue.recv().await {
+        let (regarding, event) = match queued {
+            Queued::Event { regarding, event } => (regarding, event),
+            Queued::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let now = Instant::now();
         if now.duration_since(last_prune) > Duration::from_secs(30) {
             published.retain(|_, p| now.duration_since(p.last) < SERIES_WINDOW);
@@ -239,6 +277,56 @@ mod tests {
             uid: Some(format!("uid-{name}")),
             ..ObjectReference::default()
         }
+    }
+
+    /// A client whose API server answers every request with the Event it
+    /// was sent, after `delay`, recording each request's method and path.
+    fn recording_client(delay: Duration) -> (Client, Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let recorded = recorded.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                let line = format!("{} {}", request.method(), request.uri().path());
+                recorded.lock().expect("not poisoned").push(line);
+                let body = request.into_body().collect_bytes().await?;
+                let mut event: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or_else(|_| json!({}));
+                event["apiVersion"] = json!("events.k8s.io/v1");
+                event["kind"] = json!("Event");
+                let answer = http::Response::builder()
+                    .status(201)
+                    .body(kube::client::Body::from(serde_json::to_vec(&event)?))?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(answer)
+            }
+        });
+        (Client::new(service, "default"), seen)
+    }
+
+    #[tokio::test]
+    async fn flush_returns_once_every_queued_event_is_published() {
+        let (client, seen) = recording_client(Duration::from_millis(20));
+        let reporter = Reporter {
+            controller: "ramp-controller".into(),
+            instance: "test".into(),
+        };
+        let sink = EventSink::start(client, reporter, Arc::new(Metrics::default()));
+        for i in 0..6 {
+            let event = PlannedEvent {
+                warning: false,
+                reason: "ScalingReplicaSet",
+                message: format!("step {i}"),
+            };
+            sink.publish(&reference(&format!("rollout-{i}")), &[event]);
+        }
+        assert!(sink.flush(Duration::from_secs(30)).await, "flushed in time");
+        let seen = seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen.len(), 6, "{seen:?}");
+        assert!(
+            seen.iter()
+                .all(|line| line == "POST /apis/events.k8s.io/v1/namespaces/shop/events")
+        );
     }
 
     #[test]

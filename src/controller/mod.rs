@@ -714,8 +714,15 @@ async fn start_controllers(
         stop.clone(),
     );
     tokio::join!(rollout_controller, run_controller);
+    // The last reconciles' transitions are announced before the process
+    // goes, within a bound a pod's termination grace period allows.
+    if !context.events.flush(EVENT_FLUSH_DEADLINE).await {
+        warn!("some Events were still queued at shutdown and are lost");
+    }
     Ok(())
 }
+
+const EVENT_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Reconciler failures are logged by the error policy; anything else the
 /// controller stream reports (watch errors, queue errors) is logged here.
