@@ -249,38 +249,13 @@ async fn take_over(
     namespace: &str,
     handover: &crate::planner::workload::Handover,
 ) -> Result<(), Error> {
-    let pods: Api<Pod> = ctx.api(namespace);
-    let listed = pods
-        .list_metadata(&kube::api::ListParams::default().labels(&handover.pods))
-        .await;
-    ctx.metrics.request("list", "Pod", &listed);
-    let listed = listed.map_err(|source| Error::ListPods {
-        namespace: namespace.into(),
-        source,
-    })?;
     let label = json!({"metadata": {"labels": {POD_TEMPLATE_HASH_LABEL: handover.hash}}});
-    for pod in listed.items {
+    for pod in list_pod_metadata(ctx, namespace, &handover.pods).await? {
         let labelled = pod.labels().get(POD_TEMPLATE_HASH_LABEL) == Some(&handover.hash);
         if labelled || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let pod_name = pod.name_any();
-        let result = pods
-            .patch(&pod_name, &PatchParams::default(), &Patch::Merge(&label))
-            .await;
-        ctx.metrics.request("patch", "Pod", &result);
-        match result {
-            Ok(_) => {}
-            // Gone meanwhile: its ReplicaSet replaces it with the label.
-            Err(source) if is_not_found(&source) => {}
-            Err(source) => {
-                return Err(Error::PatchPod {
-                    namespace: namespace.into(),
-                    name: pod_name,
-                    source,
-                });
-            }
-        }
+        patch_pod(ctx, namespace, &pod.name_any(), &label).await?;
     }
     let replica_sets: Api<ReplicaSet> = ctx.api(namespace);
     let params = PatchParams {
@@ -309,16 +284,8 @@ async fn relabel_pods(
     namespace: &str,
     change: &crate::planner::PodMetadataChange,
 ) -> Result<(), Error> {
-    let pods: Api<Pod> = ctx.api(namespace);
     let selector = format!("{POD_TEMPLATE_HASH_LABEL}={}", change.hash);
-    let listed = pods
-        .list_metadata(&kube::api::ListParams::default().labels(&selector))
-        .await;
-    ctx.metrics.request("list", "Pod", &listed);
-    let listed = listed.map_err(|source| Error::ListPods {
-        namespace: namespace.into(),
-        source,
-    })?;
+    let listed = list_pod_metadata(ctx, namespace, &selector).await?;
     let wanted = &change.metadata;
     let mut labels = serde_json::Map::new();
     let mut annotations = serde_json::Map::new();
@@ -335,7 +302,7 @@ async fn relabel_pods(
         annotations.insert(key.clone(), Value::Null);
     }
     let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
-    for pod in listed.items {
+    for pod in listed {
         let current_labels = pod.metadata.labels.clone().unwrap_or_default();
         let current_annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let done = wanted
@@ -359,24 +326,47 @@ async fn relabel_pods(
         if done || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let result = pods
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
-        ctx.metrics.request("patch", "Pod", &result);
-        match result {
-            Ok(_) => {}
-            Err(source) if is_not_found(&source) => {}
-            Err(source) => {
-                return Err(Error::PatchPod {
-                    namespace: namespace.into(),
-                    name,
-                    source,
-                });
-            }
-        }
+        patch_pod(ctx, namespace, &pod.name_any(), &patch).await?;
     }
     Ok(())
+}
+
+/// The metadata of the pods `selector` selects.
+async fn list_pod_metadata(
+    ctx: &Context,
+    namespace: &str,
+    selector: &str,
+) -> Result<Vec<kube::api::PartialObjectMeta<Pod>>, Error> {
+    let pods: Api<Pod> = ctx.api(namespace);
+    let listed = pods
+        .list_metadata(&kube::api::ListParams::default().labels(selector))
+        .await;
+    ctx.metrics.request("list", "Pod", &listed);
+    listed
+        .map(|list| list.items)
+        .map_err(|source| Error::ListPods {
+            namespace: namespace.into(),
+            source,
+        })
+}
+
+/// Merge-patches a pod's metadata; a pod gone meanwhile is no error (its
+/// ReplicaSet replaces it from a template that already says the same).
+async fn patch_pod(ctx: &Context, namespace: &str, name: &str, patch: &Value) -> Result<(), Error> {
+    let pods: Api<Pod> = ctx.api(namespace);
+    let result = pods
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await;
+    ctx.metrics.request("patch", "Pod", &result);
+    match result {
+        Ok(_) => Ok(()),
+        Err(source) if is_not_found(&source) => Ok(()),
+        Err(source) => Err(Error::PatchPod {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        }),
+    }
 }
 
 /// Adds or removes Ramp's traffic-routing finalizer and nothing else. The

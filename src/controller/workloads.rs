@@ -209,51 +209,46 @@ pub fn triggers(
 
 /// Sets the referenced Deployment's `spec.replicas`, and nothing else of it.
 pub async fn scale(ctx: &Context, namespace: &str, change: &WorkloadScale) -> Result<(), Error> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let body = serde_json::json!({"spec": {"replicas": change.replicas}});
-    let result = api
-        .patch(
-            &change.name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&body),
-        )
-        .await;
-    ctx.metrics.request("patch", "Deployment", &result);
-    let patched = result.map_err(|source| Error::ScaleDeployment {
-        namespace: namespace.into(),
-        name: change.name.clone(),
-        replicas: change.replicas,
-        source,
-    })?;
-    ctx.workloads.recent_deployments.remember(patched);
-    Ok(())
+    patch_deployment(ctx, namespace, &change.name, &body)
+        .await
+        .map_err(|source| Error::ScaleDeployment {
+            namespace: namespace.into(),
+            name: change.name.clone(),
+            replicas: change.replicas,
+            source,
+        })
 }
 
 /// Pauses the referenced Deployment (`spec.paused` only), so that it
 /// creates no ReplicaSet when the Rollout takes its own over.
 pub async fn pause(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let body = serde_json::json!({"spec": {"paused": true}});
-    let result = api
-        .patch(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&body),
-        )
-        .await;
+    patch_deployment(ctx, namespace, name, &body)
+        .await
+        .map_err(|source| Error::PauseDeployment {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })
+}
+
+/// Merge-patches the fields in `body` of a Deployment we do not own, and
+/// remembers the result until the cache shows it.
+async fn patch_deployment(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    body: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let result = api.patch(name, &params, &Patch::Merge(body)).await;
     ctx.metrics.request("patch", "Deployment", &result);
-    let patched = result.map_err(|source| Error::PauseDeployment {
-        namespace: namespace.into(),
-        name: name.into(),
-        source,
-    })?;
-    ctx.workloads.recent_deployments.remember(patched);
+    ctx.workloads.recent_deployments.remember(result?);
     Ok(())
 }
 
