@@ -18,6 +18,15 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
+/// Parameters of every merge or JSON patch the controller sends: named, so
+/// managedFields tell its writes from others' (an HPA's, a user's).
+pub(super) fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
 pub(super) async fn execute(
     ctx: &Context,
     rollout: &Rollout,
@@ -144,7 +153,7 @@ pub(super) async fn execute(
             AnalysisRunChange::Terminate { name: run_name } => {
                 let patch = json!({"spec": {"terminate": true}});
                 let result = runs
-                    .patch(run_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(run_name, &patch_params(), &Patch::Merge(&patch))
                     .await;
                 ctx.metrics.request("patch", "AnalysisRun", &result);
                 match result {
@@ -258,10 +267,7 @@ async fn take_over(
         patch_pod(ctx, namespace, &pod.name_any(), &label).await?;
     }
     let replica_sets: Api<ReplicaSet> = ctx.api(namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
+    let params = patch_params();
     let result = replica_sets
         .patch(
             &handover.replica_set,
@@ -355,7 +361,7 @@ async fn list_pod_metadata(
 async fn patch_pod(ctx: &Context, namespace: &str, name: &str, patch: &Value) -> Result<(), Error> {
     let pods: Api<Pod> = ctx.api(namespace);
     let result = pods
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .patch(name, &patch_params(), &Patch::Merge(patch))
         .await;
     ctx.metrics.request("patch", "Pod", &result);
     match result {
@@ -405,14 +411,7 @@ pub(super) async fn set_finalizer(
         })?;
     let api: Api<Rollout> = ctx.api(namespace);
     let result = api
-        .patch(
-            &name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Json::<()>(patch),
-        )
+        .patch(&name, &patch_params(), &Patch::Json::<()>(patch))
         .await;
     ctx.metrics.request("patch", "Rollout", &result);
     match result {
@@ -454,7 +453,7 @@ where
     let api: Api<K> = ctx.api(namespace);
     let body = json!({"metadata": {"resourceVersion": resource_version}, "status": crate::api::merge::merge_diff(old, new)});
     let result = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .patch_status(name, &patch_params(), &Patch::Merge(&body))
         .await;
     ctx.metrics.request("patch_status", kind, &result);
     match result {

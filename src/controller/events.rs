@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PostParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -192,7 +192,7 @@ async fn publish_loop(
                 let result = api
                     .patch(
                         &previous.name,
-                        &PatchParams::default(),
+                        &super::apply::patch_params(),
                         &Patch::Merge(&patch),
                     )
                     .await

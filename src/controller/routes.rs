@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use super::index::Reference;
 use super::{Context, Error, lock, trim};
-use crate::api::{FIELD_MANAGER, Rollout};
+use crate::api::Rollout;
 use crate::planner::traffic::{LiveRoutes, RouteKind, RoutePatch, RouteRef};
 
 /// The route caches, and what this controller last wrote to each route
@@ -226,10 +226,7 @@ pub async fn execute(ctx: &Context, patches: &[RoutePatch]) -> Result<(), Error>
         let result = api
             .patch(
                 &target.name,
-                &PatchParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PatchParams::default()
-                },
+                &super::apply::patch_params(),
                 &Patch::Json::<()>(patch),
             )
             .await;

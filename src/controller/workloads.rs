@@ -13,7 +13,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplate;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -22,7 +22,7 @@ use tracing::info;
 
 use super::index::Reference;
 use super::{Context, Error, recent::Recent, scoped, trim};
-use crate::api::{FIELD_MANAGER, Rollout, WorkloadKind};
+use crate::api::{Rollout, WorkloadKind};
 use crate::planner::workload::{Workload, WorkloadScale};
 
 /// A workload object that changed, for triggering the Rollouts naming it.
@@ -242,11 +242,9 @@ async fn patch_deployment(
     body: &serde_json::Value,
 ) -> Result<(), kube::Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    let result = api.patch(name, &params, &Patch::Merge(body)).await;
+    let result = api
+        .patch(name, &super::apply::patch_params(), &Patch::Merge(body))
+        .await;
     ctx.metrics.request("patch", "Deployment", &result);
     ctx.workloads.recent_deployments.remember(result?);
     Ok(())

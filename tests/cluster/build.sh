@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, Traefik (the Gateway
-# API data plane), Helm (for the chart's tests) and crane (OCI images without
-# a Docker engine) from the upstream Go modules pinned in
-# tests/cluster/{etcd,k8s,traefik,helm,crane}/go.mod. Output goes to
+# Builds etcd, kube-apiserver, kube-controller-manager, metrics-server (the
+# resource metrics API the HPA controller reads), Traefik (the Gateway API
+# data plane), Helm (for the chart's tests) and crane (OCI images without a
+# Docker engine) from the upstream Go modules pinned in
+# tests/cluster/{etcd,k8s,metrics-server,traefik,helm,crane}/go.mod. Output goes to
 # target/cluster/bin; a stamp of the go.mod/go.sum contents means a second run
 # with unchanged modules does nothing.
 set -euo pipefail
@@ -39,6 +40,15 @@ build_k8s() {
   echo "$stamp" > "$bin/.k8s.stamp"
 }
 
+build_metrics_server() {
+  local dir="$root/tests/cluster/metrics-server" stamp
+  stamp="$(stamp_of "$dir")"
+  if [[ -x "$bin/metrics-server" && "$(cat "$bin/.metrics-server.stamp" 2>/dev/null)" == "$stamp" ]]; then return; fi
+  echo "building metrics-server, for the HPA test (first build takes a few minutes)" >&2
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$bin/metrics-server" sigs.k8s.io/metrics-server/cmd/metrics-server)
+  echo "$stamp" > "$bin/.metrics-server.stamp"
+}
+
 build_traefik() {
   local dir="$root/tests/cluster/traefik" stamp
   stamp="$(stamp_of "$dir")"
@@ -72,6 +82,7 @@ build_crane() {
 command -v go >/dev/null || { echo "go is required to build the local control plane (Go >= 1.26)" >&2; exit 1; }
 build_etcd
 build_k8s
+build_metrics_server
 build_traefik
 build_helm
 build_crane

@@ -4,7 +4,7 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 run="$root/target/cluster/run"
 [[ -d "$run" ]] || exit 0
-for name in traefik test-kubelet kube-controller-manager kube-apiserver etcd; do
+for name in traefik metrics-server test-kubelet kube-controller-manager kube-apiserver etcd; do
   pidfile="$run/$name.pid"
   [[ -f "$pidfile" ]] || continue
   pid="$(cat "$pidfile")"

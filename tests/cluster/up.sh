@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a local Kubernetes control plane on loopback: etcd, kube-apiserver,
 # kube-controller-manager, the test kubelet (which makes pods Ready and serves
-# HTTP on their loopback addresses) and Traefik as the Gateway API data plane.
+# HTTP on their loopback addresses), metrics-server (the resource metrics API
+# behind the HPA controller) and Traefik as the Gateway API data plane.
 # Writes target/cluster/kubeconfig, and target/cluster/gateway.json with the
 # Gateway's address and Traefik's metrics endpoint. If a cluster from this checkout is already
 # running it is reused.
@@ -14,7 +15,7 @@ mkdir -p "$state"
 
 alive() { [[ -f "$run/$1.pid" ]] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
 
-if alive etcd && alive kube-apiserver && alive kube-controller-manager && alive test-kubelet && alive traefik; then
+if alive etcd && alive kube-apiserver && alive kube-controller-manager && alive test-kubelet && alive metrics-server && alive traefik; then
   echo "cluster already running; reusing it (kubeconfig: $state/kubeconfig). Run 'make cluster-down' to stop it." >&2
   exit 0
 fi
@@ -47,6 +48,22 @@ etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
 token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 openssl genrsa -out "$run/pki/sa.key" 2048 2>/dev/null
+# The aggregation layer: the API server proxies metrics.k8s.io to
+# metrics-server, proving itself with a client certificate from this CA, and
+# metrics-server trusts the user it names in X-Remote-User.
+openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=ramp-front-proxy-ca \
+  -keyout "$run/pki/front-proxy-ca.key" -out "$run/pki/front-proxy-ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=front-proxy-client \
+  -keyout "$run/pki/front-proxy-client.key" -out "$run/pki/front-proxy-client.csr" 2>/dev/null
+# Clients authenticate by token; the client CA exists because aggregated API
+# servers read it from kube-system/extension-apiserver-authentication and
+# log an error every few seconds while it is missing. Nothing holds a
+# certificate it signed.
+openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=ramp-client-ca \
+  -keyout "$run/pki/client-ca.key" -out "$run/pki/client-ca.crt" 2>/dev/null
+openssl x509 -req -days 365 -in "$run/pki/front-proxy-client.csr" \
+  -CA "$run/pki/front-proxy-ca.crt" -CAkey "$run/pki/front-proxy-ca.key" -CAcreateserial \
+  -extfile <(printf 'extendedKeyUsage=clientAuth') -out "$run/pki/front-proxy-client.crt" 2>/dev/null
 printf '%s,admin,admin-uid,"system:masters"\n' "$token" > "$run/pki/tokens.csv"
 
 start() { # name, then the command
@@ -69,6 +86,12 @@ start kube-apiserver "$bin/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc \
   --service-account-key-file="$run/pki/sa.key" --service-account-signing-key-file="$run/pki/sa.key" \
   --token-auth-file="$run/pki/tokens.csv" --authorization-mode=RBAC --allow-privileged=true \
+  --client-ca-file="$run/pki/client-ca.crt" \
+  --requestheader-client-ca-file="$run/pki/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$run/pki/front-proxy-client.crt" --proxy-client-key-file="$run/pki/front-proxy-client.key" \
+  --enable-aggregator-routing=true \
   --profiling=false
 
 cat > "$state/kubeconfig" <<KC
@@ -102,7 +125,8 @@ wait_ready kube-apiserver
 
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$state/kubeconfig" --leader-elect=false --secure-port=0 \
-  --controllers=replicaset-controller,job-controller,garbage-collector-controller,serviceaccount-controller,namespace-controller,deployment-controller,pod-garbage-collector-controller,endpointslice-controller,endpointslice-mirroring-controller \
+  --controllers=replicaset-controller,job-controller,garbage-collector-controller,serviceaccount-controller,namespace-controller,deployment-controller,pod-garbage-collector-controller,endpointslice-controller,endpointslice-mirroring-controller,horizontal-pod-autoscaler-controller \
+  --horizontal-pod-autoscaler-sync-period=2s \
   --service-account-private-key-file="$run/pki/sa.key" --use-service-account-credentials=false \
   --concurrent-replicaset-syncs=10 --kube-api-qps=200 --kube-api-burst=400
 
@@ -116,6 +140,49 @@ for _ in $(seq 1 300); do
   done
   sleep 0.1
 done
+
+# metrics-server scrapes the test kubelet's /metrics/resource (plain HTTP on
+# 127.0.0.1, at the port the Node reports) and serves metrics.k8s.io. The API
+# server reaches it through an EndpointSlice (--enable-aggregator-routing; no
+# kube-proxy here), and EndpointSlices refuse loopback addresses, so it
+# listens on 10.244.0.2, in the pod network on lo but below the pods' range.
+metrics_address=10.244.0.2
+metrics_server_port="$(python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1]); s.close()' "$metrics_address")"
+start metrics-server "$bin/metrics-server" \
+  --kubeconfig="$state/kubeconfig" --authentication-kubeconfig="$state/kubeconfig" \
+  --authorization-kubeconfig="$state/kubeconfig" \
+  --bind-address="$metrics_address" --secure-port="$metrics_server_port" --cert-dir="$run/metrics-server" \
+  --deprecated-kubelet-completely-insecure --kubelet-use-node-status-port \
+  --kubelet-preferred-address-types=InternalIP --metric-resolution=10s --kubelet-request-timeout=5s
+kubectl --kubeconfig "$state/kubeconfig" apply --server-side -f - >/dev/null <<MS
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec:
+  ports: [{name: https, port: 443, targetPort: $metrics_server_port}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: metrics-server
+  namespace: kube-system
+  labels: {kubernetes.io/service-name: metrics-server, endpointslice.kubernetes.io/managed-by: ramp-test-cluster}
+addressType: IPv4
+ports: [{name: https, port: $metrics_server_port, protocol: TCP}]
+endpoints: [{addresses: ["$metrics_address"], conditions: {ready: true}}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+MS
+
 # Traffic routers' CRDs (Gateway API, Istio), from their upstream Go modules.
 "$root/tests/cluster/install-routing-crds.sh" "$state/kubeconfig"
 
@@ -157,6 +224,16 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 if [[ "$programmed" != True ]]; then echo "Gateway ramp-gateway/ramp not Programmed by Traefik after 60 s; see $run/logs/traefik.log" >&2; exit 1; fi
+# While metrics.k8s.io is registered but unavailable, namespace deletion and
+# garbage collection stall on discovery; no test may start before it serves.
+for _ in $(seq 1 600); do
+  available="$(kubectl --kubeconfig "$state/kubeconfig" get apiservice v1beta1.metrics.k8s.io \
+    -o jsonpath='{.status.conditions[?(@.type=="Available")].status}' 2>/dev/null || true)"
+  [[ "$available" == True ]] && break
+  if ! alive metrics-server; then echo "metrics-server exited during startup; log follows:" >&2; tail -30 "$run/logs/metrics-server.log" >&2; exit 1; fi
+  sleep 0.1
+done
+if [[ "$available" != True ]]; then echo "APIService v1beta1.metrics.k8s.io not Available after 60 s; see $run/logs/metrics-server.log" >&2; exit 1; fi
 cat > "$state/gateway.json" <<JSON
 {"url": "http://127.0.0.1:$gateway_port", "namespace": "ramp-gateway", "name": "ramp", "metrics": "127.0.0.1:$metrics_port"}
 JSON

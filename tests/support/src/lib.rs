@@ -130,6 +130,136 @@ fn sleep_seconds(word: &str) -> std::time::Duration {
 /// Pods with this annotation set to "true" never become Ready.
 pub const NEVER_READY_ANNOTATION: &str = "test.ramp.dev/never-ready";
 
+/// The CPU each container of a pod uses, in millicores, as the test
+/// kubelet reports it on its resource metrics endpoint (which metrics-server
+/// scrapes for the HPA controller). Tests set it on running pods to load
+/// them; without it a container uses [`IDLE_MILLICORES`].
+pub const CPU_MILLICORES_ANNOTATION: &str = "test.ramp.dev/cpu-millicores";
+
+/// What an unloaded container uses. Not zero: metrics-server drops
+/// containers that report no CPU at all, and the HPA would then see no pods.
+pub const IDLE_MILLICORES: u64 = 1;
+
+/// Memory every container reports; the HPA tests scale on CPU only.
+pub const CONTAINER_MEMORY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The resource usage the test kubelet accounts for its pods. CPU is a
+/// cumulative counter, as a real kubelet's is: metrics-server turns two
+/// scrapes into a rate, so the counter must grow continuously across changes
+/// of the load, never jump or restart.
+#[derive(Default)]
+pub struct ResourceUsage {
+    pods: std::collections::BTreeMap<String, PodUsage>,
+}
+
+struct PodUsage {
+    namespace: String,
+    name: String,
+    containers: Vec<String>,
+    /// Unix seconds at which the kubelet started the containers.
+    started: f64,
+    millicores: u64,
+    /// CPU seconds used up to `counted_at` (unix seconds).
+    cpu_seconds: f64,
+    counted_at: f64,
+}
+
+impl ResourceUsage {
+    /// Starts accounting for a running pod, or changes its load; `now` is
+    /// in unix seconds.
+    pub fn track(
+        &mut self,
+        uid: &str,
+        namespace: &str,
+        name: &str,
+        containers: Vec<String>,
+        millicores: u64,
+        now: f64,
+    ) {
+        match self.pods.get_mut(uid) {
+            Some(usage) => {
+                usage.advance(now);
+                usage.millicores = millicores;
+            }
+            None => {
+                self.pods.insert(
+                    uid.to_string(),
+                    PodUsage {
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                        containers,
+                        started: now,
+                        millicores,
+                        cpu_seconds: 0.0,
+                        counted_at: now,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn forget(&mut self, uid: &str) {
+        self.pods.remove(uid);
+    }
+
+    /// The kubelet's `/metrics/resource` page at `now` (unix seconds), in the
+    /// Prometheus text format with the metric names and labels that
+    /// metrics-server reads.
+    pub fn exposition(&mut self, now: f64) -> String {
+        let millis = (now * 1000.0) as i64;
+        let mut containers = String::new();
+        let mut node_cpu = 0.0;
+        let mut node_memory = 0;
+        let mut cpu = String::from("# TYPE container_cpu_usage_seconds_total counter\n");
+        let mut memory = String::from("# TYPE container_memory_working_set_bytes gauge\n");
+        let mut start = String::from("# TYPE container_start_time_seconds gauge\n");
+        for usage in self.pods.values_mut() {
+            usage.advance(now);
+            for container in &usage.containers {
+                let labels = format!(
+                    "container=\"{container}\",namespace=\"{}\",pod=\"{}\"",
+                    usage.namespace, usage.name
+                );
+                cpu.push_str(&format!(
+                    "container_cpu_usage_seconds_total{{{labels}}} {} {millis}\n",
+                    usage.cpu_seconds
+                ));
+                memory.push_str(&format!(
+                    "container_memory_working_set_bytes{{{labels}}} {CONTAINER_MEMORY_BYTES} {millis}\n"
+                ));
+                start.push_str(&format!(
+                    "container_start_time_seconds{{{labels}}} {} {millis}\n",
+                    usage.started
+                ));
+                node_cpu += usage.cpu_seconds;
+                node_memory += CONTAINER_MEMORY_BYTES;
+            }
+        }
+        containers.push_str(&cpu);
+        containers.push_str(&memory);
+        containers.push_str(&start);
+        // The node's own usage must not be zero either, or metrics-server
+        // drops the node's point and logs it on every scrape.
+        format!(
+            "# TYPE node_cpu_usage_seconds_total counter\n\
+             node_cpu_usage_seconds_total {} {millis}\n\
+             # TYPE node_memory_working_set_bytes gauge\n\
+             node_memory_working_set_bytes {} {millis}\n{containers}",
+            node_cpu + 1.0,
+            node_memory + 1024 * 1024 * 1024,
+        )
+    }
+}
+
+impl PodUsage {
+    fn advance(&mut self, now: f64) {
+        if now > self.counted_at {
+            self.cpu_seconds += self.millicores as f64 / 1000.0 * (now - self.counted_at);
+            self.counted_at = now;
+        }
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -630,8 +760,41 @@ pub async fn pod_requests_served(address: &str, port: u16) -> anyhow::Result<u64
 
 #[cfg(test)]
 mod tests {
-    use super::{Completion, completion_of, image_version};
+    use super::{Completion, ResourceUsage, completion_of, image_version};
     use std::time::Duration;
+
+    /// The value of one series on a `/metrics/resource` page.
+    fn series(page: &str, prefix: &str) -> f64 {
+        let line = page
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {page}"));
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn cpu_counters_grow_continuously_across_load_changes() {
+        let mut usage = ResourceUsage::default();
+        usage.track("u1", "ns", "web-1", vec!["app".into()], 1, 1000.0);
+        let web =
+            r#"container_cpu_usage_seconds_total{container="app",namespace="ns",pod="web-1"}"#;
+        // 10 s idle at 1m, then 10 s at 500m: 0.01 + 5 CPU seconds.
+        usage.exposition(1010.0);
+        usage.track("u1", "ns", "web-1", vec!["app".into()], 500, 1010.0);
+        let page = usage.exposition(1020.0);
+        assert!((series(&page, web) - 5.01).abs() < 1e-9, "{page}");
+        assert!(page.contains(&format!("{web} 5.01 1020000")), "{page}");
+        let start = r#"container_start_time_seconds{container="app",namespace="ns",pod="web-1"}"#;
+        assert_eq!(series(&page, start), 1000.0);
+        // Re-tracking with the same load (a later pod event) changes nothing.
+        usage.track("u1", "ns", "web-1", vec!["app".into()], 500, 1020.0);
+        let page = usage.exposition(1030.0);
+        assert!((series(&page, web) - 10.01).abs() < 1e-9, "{page}");
+        assert!(series(&page, "node_cpu_usage_seconds_total") > 10.0);
+        assert!(series(&page, "node_memory_working_set_bytes") > 0.0);
+        usage.forget("u1");
+        assert!(!usage.exposition(1040.0).contains("web-1"));
+    }
 
     fn pod(
         restart: &str,

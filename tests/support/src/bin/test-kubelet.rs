@@ -17,6 +17,15 @@
 //! that cannot progress. A container image tagged `http-500` answers every
 //! request with status 500.
 //!
+//! The kubelet also serves `/metrics/resource` on 127.0.0.1, at the port
+//! its Node reports as `status.daemonEndpoints.kubeletEndpoint`, the way a
+//! real kubelet does, so the real metrics-server can scrape it for the HPA
+//! controller. Each container uses the CPU its pod's annotation
+//! `test.ramp.dev/cpu-millicores` says (see `ramp_test_support::ResourceUsage`).
+//! It serves plain HTTP: metrics-server is started with
+//! `--deprecated-kubelet-completely-insecure`, since TLS between two local
+//! processes would test nothing of Ramp's.
+//!
 //! Pods that run to completion (restartPolicy Never or OnFailure, as Job
 //! pods are) end as their command says: see `ramp_test_support::Completion`.
 //! They are Running and Ready until then, and then Succeeded or Failed with
@@ -25,8 +34,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -40,8 +49,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use ramp_test_support::{
-    Completion, NEVER_READY_ANNOTATION, POD_REQUESTS_PATH, PodAnswer, TEST_NODE_NAME,
-    completion_of, image_version,
+    CPU_MILLICORES_ANNOTATION, Completion, IDLE_MILLICORES, NEVER_READY_ANNOTATION,
+    POD_REQUESTS_PATH, PodAnswer, ResourceUsage, TEST_NODE_NAME, completion_of, image_version,
 };
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -57,10 +66,14 @@ async fn main() -> anyhow::Result<()> {
         )
     })?;
     let client = Client::try_default().await?;
-    register_node(&client).await?;
+    let usage = Arc::new(Mutex::new(ResourceUsage::default()));
+    let metrics_port = serve_resource_metrics(usage.clone()).await?;
+    register_node(&client, metrics_port).await?;
     let pods: Api<Pod> = Api::all(client.clone());
-    eprintln!("test-kubelet: node {TEST_NODE_NAME} registered; watching pods");
-    let mut kubelet = Kubelet::new(client);
+    eprintln!(
+        "test-kubelet: node {TEST_NODE_NAME} registered (resource metrics on 127.0.0.1:{metrics_port}); watching pods"
+    );
+    let mut kubelet = Kubelet::new(client, usage);
     let stream = watcher(pods, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     // A watch error (the API server restarting, say) is reported and the
@@ -81,9 +94,35 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `/metrics/resource` on a free loopback port, which it returns.
+async fn serve_resource_metrics(usage: Arc<Mutex<ResourceUsage>>) -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let port = listener.local_addr()?.port();
+    let app = Router::new()
+        .route("/metrics/resource", get(resource_metrics))
+        .with_state(usage);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            eprintln!("test-kubelet: serving resource metrics failed: {error}");
+        }
+    });
+    Ok(port)
+}
+
+async fn resource_metrics(State(usage): State<Arc<Mutex<ResourceUsage>>>) -> impl IntoResponse {
+    let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
+    match usage.lock() {
+        Ok(mut usage) => (StatusCode::OK, usage.exposition(now)),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "resource usage lock poisoned".to_string(),
+        ),
+    }
+}
+
 /// The one Node every pod runs on. The EndpointSlice controller leaves out
 /// pods whose node it cannot find, so the node must exist and be Ready.
-async fn register_node(client: &Client) -> Result<(), kube::Error> {
+async fn register_node(client: &Client, metrics_port: u16) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -102,6 +141,7 @@ async fn register_node(client: &Client) -> Result<(), kube::Error> {
                         "lastHeartbeatTime": now, "lastTransitionTime": now}],
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                       {"type": "Hostname", "address": TEST_NODE_NAME}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": metrics_port}},
     }});
     nodes
         .patch_status(
@@ -125,6 +165,8 @@ struct Kubelet {
     finishers: HashMap<String, JoinHandle<()>>,
     /// UIDs seen since the watch (re)started.
     seen: HashSet<String>,
+    /// The running pods' CPU and memory, for `/metrics/resource`.
+    usage: Arc<Mutex<ResourceUsage>>,
 }
 
 /// Pods get addresses from 10.244.1.1 upwards; 10.244.0.1 is the address
@@ -133,7 +175,7 @@ const FIRST_POD_ADDRESS: u32 = u32::from_be_bytes([10, 244, 1, 1]);
 const LAST_POD_ADDRESS: u32 = u32::from_be_bytes([10, 244, 255, 254]);
 
 impl Kubelet {
-    fn new(client: Client) -> Self {
+    fn new(client: Client, usage: Arc<Mutex<ResourceUsage>>) -> Self {
         Kubelet {
             client,
             addresses: HashMap::new(),
@@ -142,6 +184,7 @@ impl Kubelet {
             servers: HashMap::new(),
             finishers: HashMap::new(),
             seen: HashSet::new(),
+            usage,
         }
     }
 
@@ -217,12 +260,17 @@ impl Kubelet {
         let phase = status.and_then(|s| s.phase.as_deref());
         let completion = pod.spec.as_ref().and_then(completion_of);
         if completion.is_some() && matches!(phase, Some("Succeeded" | "Failed")) {
+            // Its containers have exited: they use nothing any more.
+            if let Ok(mut usage) = self.usage.lock() {
+                usage.forget(uid);
+            }
             return Ok(());
         }
         if completion == Some(Completion::ImagePullFails) {
             return report_pull_failure(&api, pod).await;
         }
         self.report_running(&api, pod, address).await?;
+        self.account(pod, uid);
         if let Some(Completion::After { delay, exit_code }) = completion
             && !self.finishers.contains_key(uid)
         {
@@ -320,7 +368,40 @@ impl Kubelet {
         }
     }
 
+    /// Starts or updates the pod's resource usage from its annotation.
+    fn account(&self, pod: &Pod, uid: &str) {
+        let millicores = match pod.annotations().get(CPU_MILLICORES_ANNOTATION) {
+            None => IDLE_MILLICORES,
+            Some(value) => value.parse().unwrap_or_else(|_| {
+                eprintln!(
+                    "test-kubelet: {}: {CPU_MILLICORES_ANNOTATION}: {value:?} is not a whole number of millicores; reporting it idle",
+                    pod.name_any()
+                );
+                IDLE_MILLICORES
+            }),
+        };
+        let containers = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+            .collect();
+        let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
+        if let Ok(mut usage) = self.usage.lock() {
+            usage.track(
+                uid,
+                &pod.namespace().unwrap_or_default(),
+                &pod.name_any(),
+                containers,
+                millicores,
+                now,
+            );
+        }
+    }
+
     fn forget(&mut self, uid: &str) {
+        if let Ok(mut usage) = self.usage.lock() {
+            usage.forget(uid);
+        }
         for server in self.servers.remove(uid).unwrap_or_default() {
             server.abort();
         }
