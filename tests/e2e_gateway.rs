@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use ramp::api::{AnalysisPhase, Rollout, RolloutPhase};
-use ramp_test_support::{Gateway, Split, repo_root, wait_until};
+use ramp_test_support::{Gateway, Split, wait_until};
 use serde_json::Value;
 
 /// Requests per measurement, and how far the observed canary share may be
@@ -196,13 +196,6 @@ fn verified_at(rollout: &Rollout, weight: i32) -> bool {
     })
 }
 
-fn write_report(name: &str, text: &str) {
-    let dir = repo_root().join("target/e2e");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join(name), text);
-    println!("{text}");
-}
-
 #[tokio::test]
 async fn gateway_api_canary_split_matches_every_step_in_real_requests() -> anyhow::Result<()> {
     let gateway = Gateway::local()?;
@@ -298,7 +291,7 @@ async fn gateway_api_canary_split_matches_every_step_in_real_requests() -> anyho
         verify_times[verify_times.len() - 1],
         verify_times.len()
     );
-    write_report("gateway-split.md", &report);
+    common::write_report("gateway-split.md", &report);
     env.cleanup().await;
     Ok(())
 }

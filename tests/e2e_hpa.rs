@@ -143,6 +143,7 @@ spec:
 
     // 400m per pod against a 100m target wants 8 pods; the HPA stops at 4.
     let loaded = load_pods(&env, "web", 400).await?;
+    let load_started = std::time::Instant::now();
     assert_eq!(loaded.len(), 2, "pods loaded: {loaded:?}");
     env.wait_rollout_for(
         "web",
@@ -151,6 +152,7 @@ spec:
         |r| spec_replicas(r) == Some(4),
     )
     .await?;
+    let scaled_after = load_started.elapsed();
     // The step's split scales with it: 50% of 4 on each side, still paused.
     env.wait_replicas(
         "50% of 4: two canary pods, two stable pods",
@@ -179,6 +181,22 @@ spec:
             Some("scale".to_string())
         )],
         "managers of spec.replicas"
+    );
+
+    let metric = hpa_status
+        .and_then(|s| s.current_metrics.as_ref())
+        .and_then(|m| m.first())
+        .and_then(|m| m.resource.as_ref())
+        .and_then(|r| r.current.average_value.as_ref())
+        .map_or_else(|| "?".to_string(), |q| q.0.clone());
+    common::write_report(
+        "hpa.md",
+        &format!(
+            "| moment | Rollout spec.replicas | web:1 (stable) | web:2 (canary) | HPA average CPU (target 100m) |\n\
+             |---|---|---|---|---|\n\
+             | paused at 50%, pods idle | 2 | 1 | 1 | about 1m |\n\
+             | pods loaded to 400m | 4, the HPA's max, {scaled_after:.1?} after the load | 2 | 2 | {metric} |\n"
+        ),
     );
 
     // Promotion finishes at the HPA's size, not the manifest's 2.

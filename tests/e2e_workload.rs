@@ -96,6 +96,23 @@ async fn ready_app_pods(
     ready_pods_by(env, &format!("app={app}")).await
 }
 
+/// Markdown: each pod's UID before and after an adoption.
+fn uid_table(
+    title: &str,
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let mut table = format!("{title}\n\n| pod | UID before | UID after |\n|---|---|---|\n");
+    for (pod, uid) in before {
+        let now = after.get(pod).map_or("(gone)", String::as_str);
+        table.push_str(&format!("| {pod} | {uid} | {now} |\n"));
+    }
+    for (pod, uid) in after.iter().filter(|(pod, _)| !before.contains_key(*pod)) {
+        table.push_str(&format!("| {pod} | (new) | {uid} |\n"));
+    }
+    table
+}
+
 #[tokio::test]
 async fn a_rollout_takes_a_running_deployments_pods_over_without_replacing_them()
 -> anyhow::Result<()> {
@@ -111,7 +128,16 @@ async fn a_rollout_takes_a_running_deployments_pods_over_without_replacing_them(
         .await?;
     let healthy = env.wait_phase("shop", RolloutPhase::Healthy).await?;
     // The very pods the Deployment ran, now the Rollout's first revision.
-    assert_eq!(ready_app_pods(&env, "shop").await?, before);
+    let after = ready_app_pods(&env, "shop").await?;
+    common::write_report(
+        "adoption-deployment.md",
+        &uid_table(
+            "Deployment shop taken over by Rollout shop",
+            &before,
+            &after,
+        ),
+    );
+    assert_eq!(after, before);
     assert_eq!(
         env.replica_set_count().await?,
         1,
@@ -334,7 +360,16 @@ async fn replica_sets_an_argo_rollout_left_behind_are_adopted_with_their_pods() 
         "no ReplicaSet of Ramp's own hash"
     );
     // The same pods, never replaced, and the Services never moved.
-    assert_eq!(ready_pods(&env, hash).await?, before);
+    let after = ready_pods(&env, hash).await?;
+    common::write_report(
+        "adoption-argo.md",
+        &uid_table(
+            &format!("Argo Rollout's orphaned ReplicaSet web-{hash} adopted by Rollout web"),
+            &before,
+            &after,
+        ),
+    );
+    assert_eq!(after, before);
     assert_eq!(env.selector("web-stable").await?.as_deref(), Some(hash));
     assert_eq!(env.selector("web-canary").await?.as_deref(), Some(hash));
     env.wait_events(&["ReplicaSetAdopted"]).await?;

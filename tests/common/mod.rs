@@ -622,6 +622,15 @@ impl Drop for LeftoverGuard {
 }
 
 /// PATH with the freshly built `kubectl-ramp` first, for kubectl's plugin discovery.
+/// Writes a test's measurements to `target/e2e/<name>` (and prints them),
+/// for the figures a closing note or README quotes.
+pub fn write_report(name: &str, text: &str) {
+    let dir = repo_root().join("target/e2e");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(name), text);
+    println!("{text}");
+}
+
 pub fn plugin_path() -> String {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-ramp"));
     let dir = bin
