@@ -7,6 +7,7 @@ pub mod adopt;
 pub mod analysis;
 mod bluegreen;
 mod canary;
+pub mod coalesce;
 mod conditions;
 mod ephemeral;
 pub mod hash;
@@ -97,8 +98,13 @@ pub struct Plan {
     pub evictions: Vec<String>,
     /// Role metadata to apply to the live pods of a ReplicaSet (by hash).
     pub pod_metadata: Vec<PodMetadataChange>,
-    /// The full desired status, or None when it equals the observed one.
+    /// The full desired status, or None when it equals the observed one
+    /// or its write waits (`status_deferred`).
     pub status: Option<RolloutStatus>,
+    /// Only the replica counts changed, soon after the Rollout progressed:
+    /// the write waits until then (`requeue_after` wakes the Rollout), and
+    /// any earlier status write carries the counts (see `coalesce`).
+    pub status_deferred: Option<Timestamp>,
     pub events: Vec<PlannedEvent>,
     /// When to look again even if nothing changes (timed pause, delays, deadlines).
     pub requeue_after: Option<Duration>,
@@ -933,6 +939,21 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
     plan.analysis_runs = std::mem::take(&mut ctx.analysis_runs);
     plan.evictions = std::mem::take(&mut ctx.evictions);
     plan.routes = std::mem::take(&mut ctx.route_patches);
+    plan.events = std::mem::take(&mut ctx.events);
+    let mut status = ctx.status;
+    status.conditions = ctx.conditions.into_vec();
+    // A pass that announces something (an Event, a webhook told after the
+    // write) writes its status at once; only silent count changes wait.
+    let silent = plan.events.is_empty() && plan.webhooks.is_empty();
+    plan.status = match coalesce::decide(rollout.status.as_ref(), &status, ctx.now) {
+        coalesce::StatusWrite::Unchanged => None,
+        coalesce::StatusWrite::After(due) if silent => {
+            ctx.wake_at = Some(ctx.wake_at.map_or(due, |at| at.min(due)));
+            plan.status_deferred = Some(due);
+            None
+        }
+        coalesce::StatusWrite::After(_) | coalesce::StatusWrite::Now => Some(status),
+    };
     if let Some(at) = ctx.wake_at {
         let wait = at.duration_since(ctx.now);
         plan.requeue_after = Some(
@@ -941,10 +962,6 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
                 .max(Duration::from_millis(100)),
         );
     }
-    plan.events = std::mem::take(&mut ctx.events);
-    let mut status = ctx.status;
-    status.conditions = ctx.conditions.into_vec();
-    plan.status = (Some(&status) != rollout.status.as_ref()).then_some(status);
     plan
 }
 

@@ -395,10 +395,15 @@ impl World {
     }
 
     /// Steps until nothing changes (bounded, so a livelock fails the test).
+    /// A status write the planner defers happens when the controller's
+    /// requeue comes, so the clock moves on to it.
     fn settle(&mut self) {
         for _ in 0..50 {
             if !self.step() {
-                return;
+                match self.last_plan.status_deferred {
+                    Some(due) => self.now = due,
+                    None => return,
+                }
             }
         }
         panic!("planner did not settle; last plan: {:#?}", self.last_plan);
@@ -803,6 +808,66 @@ fn no_writes_when_everything_is_in_the_desired_state() {
         plan.replica_sets.is_empty() && plan.services.is_empty() && plan.status.is_none(),
         "{plan:#?}"
     );
+}
+
+/// The bench's update (no steps, one replica): the pod of the new set is
+/// created before it is ready. That count change alone waits, and the
+/// promotion a moment later writes it along with everything else.
+#[test]
+fn a_count_change_right_after_progress_rides_on_the_next_write() {
+    let mut world = World::new(rollout(canary(json!([])), 1));
+    deployed(&mut world);
+    let new = world.hash_for("web:2");
+    world.broken.push(new.clone());
+    world.set_image("web:2");
+    assert!(world.step(), "the new ReplicaSet and status are written");
+    assert_eq!(world.status().updated_replicas, 0);
+
+    // Its pod exists, not ready yet: counts only.
+    let plan = world.plan();
+    assert!(
+        plan.status.is_none() && plan.replica_sets.is_empty(),
+        "{plan:#?}"
+    );
+    let due = plan.status_deferred.expect("the count write waits");
+    assert_eq!(due.duration_since(world.now).as_secs(), 2);
+    assert!(
+        plan.requeue_after
+            .is_some_and(|d| d <= Duration::from_secs(2))
+    );
+
+    // The pod becomes ready before then: one write carries the counts and
+    // the promotion.
+    world.broken.clear();
+    world.apply(Plan::default());
+    for rs in world.replica_sets.values_mut() {
+        if let Some(status) = rs.status.as_mut() {
+            status.ready_replicas = Some(status.replicas);
+            status.available_replicas = Some(status.replicas);
+        }
+    }
+    let plan = world.plan();
+    let status = plan.status.clone().expect("promotion writes status");
+    assert_eq!(status.stable_rs.as_deref(), Some(new.as_str()));
+    assert_eq!(status.updated_replicas, 1);
+    assert_eq!(status.replicas, 2);
+    assert!(plan.status_deferred.is_none());
+}
+
+/// A pod that never becomes ready: the counts are written once the short
+/// delay has passed, so status never hides a pod for long.
+#[test]
+fn a_count_change_is_written_after_the_delay_when_nothing_follows() {
+    let mut world = World::new(rollout(canary(json!([])), 1));
+    deployed(&mut world);
+    world.broken.push(world.hash_for("web:2"));
+    world.set_image("web:2");
+    world.step();
+    let due = world.plan().status_deferred.expect("deferred");
+    world.now = due;
+    let plan = world.plan();
+    let status = plan.status.expect("written at the deadline");
+    assert_eq!((status.replicas, status.updated_replicas), (2, 1));
 }
 
 #[test]
