@@ -1,20 +1,23 @@
 //! Whether a status write can wait. During an update each ReplicaSet status
 //! change (a pod created, a pod ready, a pod gone) wakes the Rollout, and
-//! most of them only move the replica counters; the transition they lead to
-//! (the new set available, so promote) usually follows within a second and
-//! writes the counters with it. Writing each counter change on its own cost
-//! one or two status writes per update for nothing a user acts on, so a
-//! change that touches only counters, soon after the Rollout last
-//! progressed, waits for the next write, or for a short deadline at most.
+//! most of them only move the replica counts; the transition they lead to
+//! (the new set available, so promote) follows and writes the counts with
+//! it. Writing each count change on its own cost about one status write per
+//! update for nothing a user acts on. So a change that touches only counts,
+//! while pods are still starting or stopping (another ReplicaSet status
+//! change, and so another pass, is bound to come) and soon after the
+//! Rollout last progressed, waits for the next write, or for a deadline at
+//! most. Once every ReplicaSet has settled the counts are written at once.
 
 use jiff::{SignedDuration, Timestamp};
 
 use crate::api::RolloutStatus;
 
-/// How long after the Rollout last progressed a counter-only change may
-/// wait. Short enough that `kubectl ramp get` and an HPA reading
-/// `status.replicas` see counts at most this late.
-pub const COUNTER_WRITE_DELAY: SignedDuration = SignedDuration::from_secs(2);
+/// How long after the Rollout last progressed a count-only change may wait
+/// while pods start or stop: long enough for a loaded cluster to make a
+/// pod ready, short enough that `kubectl ramp get` never hides a pod that
+/// cannot start for long.
+pub const COUNTER_WRITE_DELAY: SignedDuration = SignedDuration::from_secs(10);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum StatusWrite {
@@ -25,14 +28,21 @@ pub enum StatusWrite {
     After(Timestamp),
 }
 
-pub fn decide(old: Option<&RolloutStatus>, new: &RolloutStatus, now: Timestamp) -> StatusWrite {
+/// `pods_settling`: some ReplicaSet's pods are not yet what its spec asks
+/// (created, ready and available), so its status will change again.
+pub fn decide(
+    old: Option<&RolloutStatus>,
+    new: &RolloutStatus,
+    now: Timestamp,
+    pods_settling: bool,
+) -> StatusWrite {
     let Some(old) = old else {
         return StatusWrite::Now;
     };
     if old == new {
         return StatusWrite::Unchanged;
     }
-    if without_counters(old) != without_counters(new) {
+    if !pods_settling || without_counters(old) != without_counters(new) {
         return StatusWrite::Now;
     }
     let last_progress = old
@@ -115,14 +125,19 @@ mod tests {
         let old = status(1, 1, at(10));
         let counted = status(2, 1, at(11));
         assert_eq!(
-            decide(Some(&old), &counted, at(11)),
-            StatusWrite::After(at(12))
+            decide(Some(&old), &counted, at(11), true),
+            StatusWrite::After(at(20))
         );
         // Past the delay they are written.
-        assert_eq!(decide(Some(&old), &counted, at(12)), StatusWrite::Now);
+        assert_eq!(decide(Some(&old), &counted, at(20), true), StatusWrite::Now);
         // Long after the last progress (a steady Rollout an HPA scales)
         // there is nothing to wait for.
-        assert_eq!(decide(Some(&old), &counted, at(60)), StatusWrite::Now);
+        assert_eq!(decide(Some(&old), &counted, at(60), true), StatusWrite::Now);
+        // Every ReplicaSet settled: no later change would carry them.
+        assert_eq!(
+            decide(Some(&old), &counted, at(11), false),
+            StatusWrite::Now
+        );
     }
 
     #[test]
@@ -130,13 +145,16 @@ mod tests {
         let old = status(1, 1, at(10));
         let mut moved = status(2, 1, at(11));
         moved.current_pod_hash = Some("new".into());
-        assert_eq!(decide(Some(&old), &moved, at(11)), StatusWrite::Now);
+        assert_eq!(decide(Some(&old), &moved, at(11), true), StatusWrite::Now);
         let mut unavailable = status(1, 0, at(11));
         unavailable.conditions[0].status = "False".into();
-        assert_eq!(decide(Some(&old), &unavailable, at(11)), StatusWrite::Now);
-        assert_eq!(decide(None, &old, at(11)), StatusWrite::Now);
         assert_eq!(
-            decide(Some(&old), &old.clone(), at(11)),
+            decide(Some(&old), &unavailable, at(11), true),
+            StatusWrite::Now
+        );
+        assert_eq!(decide(None, &old, at(11), true), StatusWrite::Now);
+        assert_eq!(
+            decide(Some(&old), &old.clone(), at(11), true),
             StatusWrite::Unchanged
         );
     }

@@ -945,7 +945,10 @@ fn finish(mut ctx: Ctx<'_>) -> Plan {
     // A pass that announces something (an Event, a webhook told after the
     // write) writes its status at once; only silent count changes wait.
     let silent = plan.events.is_empty() && plan.webhooks.is_empty();
-    plan.status = match coalesce::decide(rollout.status.as_ref(), &status, ctx.now) {
+    let pods_settling = ctx.sets.iter().any(|set| {
+        set.rs.is_some() && (set.observed_replicas != set.current || set.available < set.current)
+    });
+    plan.status = match coalesce::decide(rollout.status.as_ref(), &status, ctx.now, pods_settling) {
         coalesce::StatusWrite::Unchanged => None,
         coalesce::StatusWrite::After(due) if silent => {
             ctx.wake_at = Some(ctx.wake_at.map_or(due, |at| at.min(due)));
