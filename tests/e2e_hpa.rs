@@ -159,18 +159,26 @@ spec:
         &[("web:1", 2), ("web:2", 2)],
     )
     .await?;
-    let rollout = env.rollout("web").await?;
+    // The controller may not have seen the last ReplicaSet change yet.
+    let rollout = env
+        .wait_rollout("web", "status to count the 4 pods", |r| {
+            r.status.as_ref().map(|s| s.replicas) == Some(4)
+        })
+        .await?;
     assert_eq!(step_index(&rollout), Some(1), "still at the paused step");
-    let status = rollout.status.as_ref();
-    assert_eq!(status.map(|s| s.replicas), Some(4), "{status:?}");
-    let hpa = hpas.get("web").await?;
+    // The HPA records its decision after the scale write that showed it.
+    let hpa = wait_until(
+        "the HPA to report 4 desired, limited by maxReplicas (8 wanted)",
+        common::TIMEOUT,
+        || async {
+            let hpa = hpas.get("web").await?;
+            let desired = hpa.status.as_ref().map(|s| s.desired_replicas);
+            let limited = condition(&hpa, "ScalingLimited").map(|c| c.0);
+            Ok((desired == Some(4) && limited.as_deref() == Some("True")).then_some(hpa))
+        },
+    )
+    .await?;
     let hpa_status = hpa.status.as_ref();
-    assert_eq!(hpa_status.map(|s| s.desired_replicas), Some(4));
-    assert_eq!(
-        condition(&hpa, "ScalingLimited").map(|c| c.0),
-        Some("True".to_string()),
-        "8 pods wanted, 4 allowed: {hpa_status:?}"
-    );
     // The HPA wrote spec.replicas through the scale subresource and owns
     // it now; Ramp (field manager ramp-controller) never wrote it back.
     let owners = owners_of_replicas(&rollout);
