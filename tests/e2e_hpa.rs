@@ -39,8 +39,19 @@ async fn load_pods(env: &Env, app: &str, millicores: u32) -> anyhow::Result<Vec<
     Ok(loaded)
 }
 
-fn spec_replicas(rollout: &Rollout) -> Option<i32> {
-    rollout.spec.replicas
+/// The pods' average CPU as the HPA last read it from metrics.k8s.io.
+fn average_cpu(hpa: &HorizontalPodAutoscaler) -> Option<String> {
+    hpa.status
+        .as_ref()?
+        .current_metrics
+        .as_ref()?
+        .iter()
+        .filter_map(|m| m.resource.as_ref())
+        .find(|r| r.name == "cpu")?
+        .current
+        .average_value
+        .as_ref()
+        .map(|q| q.0.clone())
 }
 
 fn step_index(rollout: &Rollout) -> Option<i32> {
@@ -129,17 +140,13 @@ spec:
             "{e}; is metrics-server serving? see target/cluster/run/logs/metrics-server.log"
         )
     })?;
-    assert_eq!(spec_replicas(&env.rollout("web").await?), Some(2));
-    let current = reading
-        .status
-        .as_ref()
-        .and_then(|s| s.current_metrics.clone())
-        .unwrap_or_default();
-    assert!(
-        !current.is_empty(),
-        "ScalingActive without a current metric: {:?}",
-        reading.status
-    );
+    assert_eq!(env.rollout("web").await?.spec.replicas, Some(2));
+    let idle_cpu = average_cpu(&reading).ok_or_else(|| {
+        anyhow::anyhow!(
+            "ScalingActive without a current CPU metric: {:?}",
+            reading.status
+        )
+    })?;
 
     // 400m per pod against a 100m target wants 8 pods; the HPA stops at 4.
     let loaded = load_pods(&env, "web", 400).await?;
@@ -149,7 +156,7 @@ spec:
         "web",
         "the HPA to scale the Rollout to 4",
         HPA_TIMEOUT,
-        |r| spec_replicas(r) == Some(4),
+        |r| r.spec.replicas == Some(4),
     )
     .await?;
     let scaled_after = load_started.elapsed();
@@ -191,19 +198,15 @@ spec:
         "managers of spec.replicas"
     );
 
-    let metric = hpa_status
-        .and_then(|s| s.current_metrics.as_ref())
-        .and_then(|m| m.first())
-        .and_then(|m| m.resource.as_ref())
-        .and_then(|r| r.current.average_value.as_ref())
-        .map_or_else(|| "?".to_string(), |q| q.0.clone());
+    let loaded_cpu = average_cpu(&hpa)
+        .ok_or_else(|| anyhow::anyhow!("no current CPU metric after scaling: {hpa_status:?}"))?;
     common::write_report(
         "hpa.md",
         &format!(
             "| moment | Rollout spec.replicas | web:1 (stable) | web:2 (canary) | HPA average CPU (target 100m) |\n\
              |---|---|---|---|---|\n\
-             | paused at 50%, pods idle | 2 | 1 | 1 | about 1m |\n\
-             | pods loaded to 400m | 4, the HPA's max, {scaled_after:.1?} after the load | 2 | 2 | {metric} |\n"
+             | paused at 50%, pods idle | 2 | 1 | 1 | {idle_cpu} |\n\
+             | pods loaded to 400m | 4, the HPA's max, {scaled_after:.1?} after the load | 2 | 2 | {loaded_cpu} |\n"
         ),
     );
 
@@ -212,7 +215,7 @@ spec:
     env.wait_phase("web", RolloutPhase::Healthy).await?;
     env.wait_replicas("4 pods of the new revision", &[("web:1", 0), ("web:2", 4)])
         .await?;
-    assert_eq!(spec_replicas(&env.rollout("web").await?), Some(4));
+    assert_eq!(env.rollout("web").await?.spec.replicas, Some(4));
     env.cleanup().await;
     Ok(())
 }

@@ -43,7 +43,8 @@ fi
 
 rm -rf "$run"
 mkdir -p "$run/pki" "$run/etcd" "$run/logs"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# A free TCP port on the given address (127.0.0.1 unless named).
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1]); s.close()' "${1:-127.0.0.1}"; }
 etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
 token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
@@ -147,7 +148,7 @@ done
 # kube-proxy here), and EndpointSlices refuse loopback addresses, so it
 # listens on 10.244.0.2, in the pod network on lo but below the pods' range.
 metrics_address=10.244.0.2
-metrics_server_port="$(python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1]); s.close()' "$metrics_address")"
+metrics_server_port="$(free_port "$metrics_address")"
 start metrics-server "$bin/metrics-server" \
   --kubeconfig="$state/kubeconfig" --authentication-kubeconfig="$state/kubeconfig" \
   --authorization-kubeconfig="$state/kubeconfig" \

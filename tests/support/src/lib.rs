@@ -207,7 +207,6 @@ impl ResourceUsage {
     /// metrics-server reads.
     pub fn exposition(&mut self, now: f64) -> String {
         let millis = (now * 1000.0) as i64;
-        let mut containers = String::new();
         let mut node_cpu = 0.0;
         let mut node_memory = 0;
         let mut cpu = String::from("# TYPE container_cpu_usage_seconds_total counter\n");
@@ -235,16 +234,13 @@ impl ResourceUsage {
                 node_memory += CONTAINER_MEMORY_BYTES;
             }
         }
-        containers.push_str(&cpu);
-        containers.push_str(&memory);
-        containers.push_str(&start);
         // The node's own usage must not be zero either, or metrics-server
         // drops the node's point and logs it on every scrape.
         format!(
             "# TYPE node_cpu_usage_seconds_total counter\n\
              node_cpu_usage_seconds_total {} {millis}\n\
              # TYPE node_memory_working_set_bytes gauge\n\
-             node_memory_working_set_bytes {} {millis}\n{containers}",
+             node_memory_working_set_bytes {} {millis}\n{cpu}{memory}{start}",
             node_cpu + 1.0,
             node_memory + 1024 * 1024 * 1024,
         )
