@@ -104,6 +104,7 @@ where
         let method = request.method().as_str().to_string();
         let resource = resource_of(request.uri().path());
         let metrics = self.metrics.clone();
+        let sent = std::time::Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
             let result = response.await;
@@ -112,6 +113,10 @@ where
                 Err(_) => "error".to_string(),
             };
             metrics.http_request(&method, watch, &resource, &code);
+            // A watch's response is open for minutes by design.
+            if !watch {
+                metrics.http_request_took(&method, &resource, sent.elapsed());
+            }
             result
         })
     }
