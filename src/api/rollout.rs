@@ -210,10 +210,12 @@ pub struct AnalysisRunStrategy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStrategy {
+    // Boxed: a Rollout uses one strategy, and every cached Rollout would
+    // otherwise carry the other's fields inline (about 0.6–1 KiB each).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub canary: Option<CanaryStrategy>,
+    pub canary: Option<Box<CanaryStrategy>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blue_green: Option<BlueGreenStrategy>,
+    pub blue_green: Option<Box<BlueGreenStrategy>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -81,7 +81,7 @@ pub fn finish_plan(snap: &Snapshot<'_>, plan: &mut Plan) {
         .spec
         .strategy
         .canary
-        .as_ref()
+        .as_deref()
         .and_then(AppliedTrafficRouting::of);
     let recorded = status.applied_traffic_routing.clone();
     let mut next = current.clone();
@@ -141,7 +141,7 @@ pub fn release_on_delete(rollout: &Rollout, live: &LiveRoutes<'_>) -> Vec<RouteP
         .spec
         .strategy
         .canary
-        .as_ref()
+        .as_deref()
         .and_then(AppliedTrafficRouting::of);
     let mut patches: Vec<RoutePatch> = Vec::new();
     let mut seen = BTreeSet::new();
