@@ -20,9 +20,16 @@
 //! (`--shards K --shard-index i`); requests and CPU are summed over them,
 //! RSS is that of the largest shard (what one replica must be sized for).
 //!
+//! With `--namespaces M`, Rollout `r<i>` and its Services live in namespace
+//! `i mod M` and the controller watches the whole cluster. One namespace (the
+//! default) is the issue's workload; several are what a platform of many
+//! teams looks like, and they keep kube-controller-manager's per-namespace
+//! scans (every pod event is matched against every Service of its namespace,
+//! every Service sync lists the namespace's pods) from growing with N².
+//!
 //! Usage:
 //!   ramp-bench --controller PATH --size N [--rate 100] [--idle 30] [--shards 1]
-//!              [--run-label 1] [--out target/bench] [-- controller flags…]
+//!              [--namespaces 1] [--run-label 1] [--out target/bench] [-- controller flags…]
 //!   ramp-bench --report target/bench     (medians over every run-*.json)
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +51,9 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 const HASH: &str = "rollouts-pod-template-hash";
+/// Image patches sent and not answered yet, at most; enough to hold 100/s
+/// while the API server takes up to half a second to answer.
+const PATCHES_IN_FLIGHT: usize = 64;
 const MIB: f64 = 1048576.0;
 
 struct Args {
@@ -55,6 +65,7 @@ struct Args {
     out: PathBuf,
     report: Option<PathBuf>,
     shards: usize,
+    namespaces: usize,
     controller_flags: Vec<String>,
 }
 
@@ -68,6 +79,7 @@ fn parse_args() -> anyhow::Result<Args> {
         out: PathBuf::from("target/bench"),
         report: None,
         shards: 1,
+        namespaces: 1,
         controller_flags: Vec::new(),
     };
     let mut iter = std::env::args().skip(1);
@@ -96,6 +108,14 @@ fn parse_args() -> anyhow::Result<Args> {
                     .context("--shards: a number of controller processes")?;
                 if args.shards == 0 {
                     bail!("--shards must be 1 or more");
+                }
+            }
+            "--namespaces" => {
+                args.namespaces = value
+                    .parse()
+                    .context("--namespaces: how many namespaces the Rollouts spread over")?;
+                if args.namespaces == 0 {
+                    bail!("--namespaces must be 1 or more");
                 }
             }
             "--out" => args.out = value.into(),
@@ -146,7 +166,7 @@ struct Controller {
 impl Controller {
     async fn start(
         binary: &PathBuf,
-        namespace: &str,
+        namespace: Option<&str>,
         extra: &[String],
         log: PathBuf,
     ) -> anyhow::Result<Controller> {
@@ -154,7 +174,7 @@ impl Controller {
         let log = std::fs::File::create(log)?;
         let child = Command::new(binary)
             .arg(format!("--kubeconfig={}", kubeconfig_path().display()))
-            .arg(format!("--namespace={namespace}"))
+            .args(namespace.map(|ns| format!("--namespace={ns}")))
             .arg("--leader-elect=false")
             .args(extra)
             .arg(format!("--http-address=127.0.0.1:{port}"))
@@ -214,12 +234,18 @@ impl Controller {
             .unwrap_or_default()
     }
 
+    async fn metrics_text(&self) -> anyhow::Result<String> {
+        Ok(
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+                .await?
+                .text()
+                .await?,
+        )
+    }
+
     /// `ramp_http_requests_total` series: (method, watch, resource, code) → count.
     async fn requests(&self) -> anyhow::Result<Requests> {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .await?
-            .text()
-            .await?;
+        let text = self.metrics_text().await?;
         let mut counts = Requests::new();
         for line in text.lines() {
             let Some(labels) = line
@@ -256,7 +282,8 @@ impl Controller {
 struct Controllers(Vec<Controller>);
 
 impl Controllers {
-    async fn start(args: &Args, namespace: &str, n: usize) -> anyhow::Result<Controllers> {
+    /// `namespace`: the one namespace to watch, or None for the whole cluster.
+    async fn start(args: &Args, namespace: Option<&str>, n: usize) -> anyhow::Result<Controllers> {
         let mut started = Vec::new();
         for index in 0..args.shards {
             let mut flags = args.controller_flags.clone();
@@ -284,6 +311,20 @@ impl Controllers {
         Ok(total)
     }
 
+    /// Every histogram of every shard, buckets of the same series added up.
+    async fn histograms(&self) -> anyhow::Result<Histograms> {
+        let mut total = Histograms::new();
+        for controller in &self.0 {
+            for (series, buckets) in parse_histograms(&controller.metrics_text().await?) {
+                let sum = total.entry(series).or_default();
+                for (bound, count) in buckets {
+                    *sum.entry(bound).or_default() += count;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     fn cpu_ticks(&self) -> u64 {
         self.0.iter().map(Controller::cpu_ticks).sum()
     }
@@ -301,12 +342,17 @@ impl Controllers {
     }
 }
 
-/// `1000-1` for one shard, `1000x2-1` for two.
+/// `1000-1` for one shard, `1000x2-1` for two, `1000x2ns20-1` over 20 namespaces.
 fn run_name(n: usize, args: &Args) -> String {
-    match args.shards {
-        1 => format!("{n}-{}", args.label),
-        shards => format!("{n}x{shards}-{}", args.label),
-    }
+    let shards = match args.shards {
+        1 => String::new(),
+        shards => format!("x{shards}"),
+    };
+    let namespaces = match args.namespaces {
+        1 => String::new(),
+        namespaces => format!("ns{namespaces}"),
+    };
+    format!("{n}{shards}{namespaces}-{}", args.label)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -317,6 +363,102 @@ struct RequestKey {
 }
 
 type Requests = BTreeMap<RequestKey, f64>;
+
+/// A histogram bucket's upper bound, ordered (`+Inf` last).
+#[derive(Debug, Clone, Copy)]
+struct Bound(f64);
+
+impl PartialEq for Bound {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Bound {}
+
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Bound {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Cumulative buckets of each histogram series, keyed `name{labels}` without
+/// `le`: upper bound → observations at or below it.
+type Histograms = BTreeMap<String, BTreeMap<Bound, f64>>;
+
+/// The `_bucket` lines of a Prometheus text page.
+fn parse_histograms(text: &str) -> Histograms {
+    let mut histograms = Histograms::new();
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once('{') else {
+            continue;
+        };
+        let Some(name) = name.strip_suffix("_bucket") else {
+            continue;
+        };
+        let (mut bound, mut rest) = (None, Vec::new());
+        for pair in labels.trim_end_matches('}').split(',') {
+            match pair.strip_prefix("le=\"") {
+                Some(le) => bound = Some(le.trim_end_matches('"')),
+                None => rest.push(pair),
+            }
+        }
+        let Some(bound) = bound else {
+            continue;
+        };
+        let bound = match bound {
+            "+Inf" => f64::INFINITY,
+            finite => finite.parse().unwrap_or(f64::INFINITY),
+        };
+        histograms
+            .entry(format!("{name}{{{}}}", rest.join(",")))
+            .or_default()
+            .insert(Bound(bound), value.trim().parse().unwrap_or(0.0));
+    }
+    histograms
+}
+
+/// Per series with observations in between: their count and the bucket
+/// bounds holding the median and the 99th percentile, in ms (a histogram
+/// says no more than that the value is at or below the bound).
+fn histogram_report(after: &Histograms, before: &Histograms) -> Value {
+    let mut report = serde_json::Map::new();
+    for (series, buckets) in after {
+        let earlier = before.get(series);
+        let delta: Vec<(f64, f64)> = buckets
+            .iter()
+            .map(|(bound, count)| {
+                let was = earlier.and_then(|b| b.get(bound)).copied().unwrap_or(0.0);
+                (bound.0, count - was)
+            })
+            .collect();
+        let total = delta.last().map(|(_, count)| *count).unwrap_or(0.0);
+        if total <= 0.0 {
+            continue;
+        }
+        let bound_at = |p: f64| {
+            delta
+                .iter()
+                .find(|(_, count)| *count >= total * p / 100.0)
+                .map(|(bound, _)| bound * 1000.0)
+                .filter(|ms| ms.is_finite())
+        };
+        report.insert(
+            series.clone(),
+            json!({"count": total, "p50_at_most_ms": bound_at(50.0), "p99_at_most_ms": bound_at(99.0)}),
+        );
+    }
+    Value::Object(report)
+}
 
 fn delta(after: &Requests, before: &Requests) -> Requests {
     after
@@ -425,7 +567,8 @@ impl Observed {
     }
 }
 
-/// The watch-fed view of the whole namespace, and the current phase's timeline.
+/// The watch-fed view of the benchmark's Rollouts, keyed `namespace/name`,
+/// and the current phase's timeline.
 #[derive(Default)]
 struct World {
     rollouts: HashMap<String, Observed>,
@@ -474,20 +617,29 @@ fn lock(world: &Mutex<World>) -> std::sync::MutexGuard<'_, World> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `namespace`: the one namespace of the run, or None when it spreads over
+/// several (the cluster is fresh, so every Rollout in it is the benchmark's).
 fn watch_world(
     client: &Client,
-    namespace: &str,
+    namespace: Option<&str>,
     world: Arc<Mutex<World>>,
 ) -> tokio::task::JoinHandle<()> {
-    let rollouts: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &rollout_resource());
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let (rollouts, replica_sets): (Api<DynamicObject>, Api<ReplicaSet>) = match namespace {
+        Some(ns) => (
+            Api::namespaced_with(client.clone(), ns, &rollout_resource()),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all_with(client.clone(), &rollout_resource()),
+            Api::all(client.clone()),
+        ),
+    };
     let rollout_world = world.clone();
     let rollout_watch = watcher(rollouts, watcher::Config::default())
         .default_backoff()
         .applied_objects()
         .try_for_each(move |r| {
-            let name = r.name_any();
+            let name = key(&r.namespace().unwrap_or_default(), &r.name_any());
             let status = &r.data["status"];
             let now = Instant::now();
             let mut world = lock(&rollout_world);
@@ -509,7 +661,7 @@ fn watch_world(
                 .owner_references
                 .as_ref()
                 .and_then(|o| o.first())
-                .map(|o| o.name.clone());
+                .map(|o| key(&rs.namespace().unwrap_or_default(), &o.name));
             let Some(owner) = owner else {
                 return futures::future::ready(Ok(()));
             };
@@ -551,36 +703,71 @@ async fn wait_settled(world: &Mutex<World>, n: usize, what: &str) -> anyhow::Res
     .await
 }
 
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("r{i}")).collect()
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Where each Rollout lives: `r<i>` in the namespace `i mod M`.
+struct Placement {
+    namespace: String,
+    name: String,
+    canary: bool,
+}
+
+impl Placement {
+    fn key(&self) -> String {
+        key(&self.namespace, &self.name)
+    }
+}
+
+fn placements(n: usize, namespaces: &[TestNamespace]) -> Vec<Placement> {
+    (0..n)
+        .map(|i| Placement {
+            namespace: namespaces[i % namespaces.len()].name.clone(),
+            name: format!("r{i}"),
+            canary: i % 2 == 0,
+        })
+        .collect()
 }
 
 async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
-    eprintln!("== N = {n}, {} shard(s) (run {})", args.shards, args.label);
-    let namespace = TestNamespace::create(client, &format!("bench{n}")).await?;
-    let ns = namespace.name.clone();
+    eprintln!(
+        "== N = {n}, {} shard(s), {} namespace(s) (run {})",
+        args.shards, args.namespaces, args.label
+    );
+    let mut namespaces = Vec::new();
+    for index in 0..args.namespaces {
+        let prefix = match args.namespaces {
+            1 => format!("bench{n}"),
+            _ => format!("bench{n}-{index}"),
+        };
+        namespaces.push(TestNamespace::create(client, &prefix).await?);
+    }
+    let scope = match namespaces.as_slice() {
+        [only] => Some(only.name.as_str()),
+        _ => None,
+    };
+    let placements = placements(n, &namespaces);
     std::fs::create_dir_all(&args.out)?;
-    let controller = Controllers::start(args, &ns, n).await?;
+    let controller = Controllers::start(args, scope, n).await?;
     let world = Arc::new(Mutex::new(World::default()));
-    let watches = watch_world(client, &ns, world.clone());
-    let rollouts: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &rollout_resource());
-    let services_api: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let watches = watch_world(client, scope, world.clone());
+    let rollouts_in =
+        |ns: &str| Api::<DynamicObject>::namespaced_with(client.clone(), ns, &rollout_resource());
 
     // create
-    lock(&world).begin(names(n).into_iter().map(|name| (name, 1)).collect());
+    lock(&world).begin(placements.iter().map(|p| (p.key(), 1)).collect());
     let (requests_before, ticks_before, started) = (
         controller.requests().await?,
         controller.cpu_ticks(),
         Instant::now(),
     );
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let rollouts = rollouts.clone();
-            let services_api = services_api.clone();
+    futures::stream::iter(&placements)
+        .map(|placement| {
+            let rollouts = rollouts_in(&placement.namespace);
+            let services_api: Api<Service> = Api::namespaced(client.clone(), &placement.namespace);
             async move {
-                let name = format!("r{i}");
-                for svc in services(&name) {
+                for svc in services(&placement.name) {
                     services_api
                         .create(&PostParams::default(), &serde_json::from_value(svc)?)
                         .await?;
@@ -588,7 +775,7 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
                 rollouts
                     .create(
                         &PostParams::default(),
-                        &serde_json::from_value(rollout(&name, i % 2 == 0))?,
+                        &serde_json::from_value(rollout(&placement.name, placement.canary))?,
                     )
                     .await?;
                 Ok::<_, anyhow::Error>(())
@@ -611,34 +798,54 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
     // update
     let targets: HashMap<String, i64> = {
         let world = lock(&world);
-        names(n)
-            .into_iter()
-            .map(|name| {
-                let generation = world.rollouts.get(&name).map(|r| r.generation).unwrap_or(1);
-                (name, generation + 1)
+        placements
+            .iter()
+            .map(|placement| {
+                let key = placement.key();
+                let generation = world.rollouts.get(&key).map(|r| r.generation).unwrap_or(1);
+                (key, generation + 1)
             })
             .collect()
     };
     lock(&world).begin(targets);
+    let histograms_before = controller.histograms().await?;
     let (requests_before, ticks_before, started) = (
         controller.requests().await?,
         controller.cpu_ticks(),
         Instant::now(),
     );
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "bench:2"}]}}}});
+    // Each patch is sent at its tick without waiting for the one before:
+    // awaiting each answer in turn held the rate to the API server's answer
+    // time (about 23 updates/s instead of 100 at N = 10,000).
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
-    for name in names(n) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(PATCHES_IN_FLIGHT));
+    let mut patches = tokio::task::JoinSet::new();
+    for placement in &placements {
         ticker.tick().await;
+        let permit = in_flight.clone().acquire_owned().await?;
         // Stamped before the patch is sent: the new ReplicaSet can be seen
         // before the patch call returns.
-        lock(&world).patched.insert(name.clone(), Instant::now());
-        rollouts
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+        lock(&world).patched.insert(placement.key(), Instant::now());
+        let (api, name, patch) = (
+            rollouts_in(&placement.namespace),
+            placement.name.clone(),
+            patch.clone(),
+        );
+        patches.spawn(async move {
+            let _permit = permit;
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("patching the image of Rollout {name}"))
+        });
+    }
+    while let Some(sent) = patches.join_next().await {
+        sent??;
     }
     let last_patch = Instant::now();
     wait_settled(&world, n, "every Rollout settled after the update").await?;
     let settled_all = Instant::now();
+    let latencies = histogram_report(&controller.histograms().await?, &histograms_before);
     let update = phase_report(
         &delta(&controller.requests().await?, &requests_before),
         n,
@@ -677,10 +884,13 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
     );
     watches.abort();
     drop(controller);
-    namespace.cleanup().await;
+    for namespace in namespaces {
+        namespace.cleanup().await;
+    }
     Ok(json!({
         "n": n,
         "shards": args.shards,
+        "namespaces": args.namespaces,
         "run": args.label,
         "rate_updates_per_second": args.rate,
         "controller_flags": args.controller_flags,
@@ -689,6 +899,7 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
         "idle": idle,
         "update_settled_all_after_last_patch_seconds": after_last_patch,
         "patch_to_new_rs_ms": {"p50": percentile(&mut to_rs.clone(), 50.0), "p99": percentile(&mut to_rs.clone(), 99.0), "samples": to_rs.len()},
+        "update_latency_histograms": latencies,
         "patch_to_settled_ms": {"p50": percentile(&mut to_settled.clone(), 50.0), "p99": percentile(&mut to_settled.clone(), 99.0), "samples": to_settled.len()},
     }))
 }
@@ -721,27 +932,28 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
     if runs.is_empty() {
         bail!("no run-*.json in {}; run `make bench` first", dir.display());
     }
-    let mut by_size: BTreeMap<(u64, u64), Vec<&Value>> = BTreeMap::new();
+    let mut by_size: BTreeMap<(u64, u64, u64), Vec<&Value>> = BTreeMap::new();
     for run in &runs {
         by_size
             .entry((
                 run["n"].as_u64().unwrap_or(0),
                 run["shards"].as_u64().unwrap_or(1),
+                run["namespaces"].as_u64().unwrap_or(1),
             ))
             .or_default()
             .push(run);
     }
     let mut table = String::from(
         "Medians over runs, each on a fresh cluster. Update phase unless marked.\n\n\
-         | N | shards | runs | create: settled s | create: peak RSS MiB | all settled after last patch s | patch→new RS p50 / p99 ms | patch→settled p50 / p99 ms | conflicts / status writes | writes per update (no Events) | requests per update | update CPU s | update peak RSS MiB | idle RSS MiB | idle CPU s | idle requests |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | N | shards | namespaces | runs | create: settled s | create: peak RSS MiB | all settled after last patch s | patch→new RS p50 / p99 ms | patch→settled p50 / p99 ms | conflicts / status writes | writes per update (no Events) | requests per update | update CPU s | update peak RSS MiB | idle RSS MiB | idle CPU s | idle requests |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut summary = Vec::new();
-    for ((n, shards), runs) in &by_size {
+    for ((n, shards, namespaces), runs) in &by_size {
         let m = |path: &[&str]| median_of(runs, path);
         let (conflicts, writes) = (m(&["update", "conflicts"]), m(&["update", "status_writes"]));
         table.push_str(&format!(
-            "| {n} | {shards} | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} ({:.2} %) | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} |\n",
+            "| {n} | {shards} | {namespaces} | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} ({:.2} %) | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} |\n",
             runs.len(),
             m(&["create", "seconds"]),
             m(&["create", "rss_peak_mib"]),
@@ -761,10 +973,11 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
             m(&["idle", "cpu_seconds"]),
             m(&["idle", "requests"]),
         ));
-        summary.push(json!({"n": n, "shards": shards, "runs": runs.len()}));
+        summary
+            .push(json!({"n": n, "shards": shards, "namespaces": namespaces, "runs": runs.len()}));
     }
     table.push_str("\nRequests by verb and resource in the update phase (first run of each size; `WATCH` is a watch request):\n\n");
-    for ((n, shards), runs) in &by_size {
+    for ((n, shards, namespaces), runs) in &by_size {
         let by_verb = &runs[0]["update"]["requests_by_verb_and_resource"];
         let codes = &runs[0]["update"]["non_2xx_by_code"];
         let list: Vec<String> = by_verb
@@ -774,8 +987,39 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
             .map(|(k, v)| format!("{k} {}", v.as_f64().unwrap_or(0.0)))
             .collect();
         table.push_str(&format!(
-            "- N = {n}, {shards} shard(s): {}; non-2xx by code: {codes}\n",
+            "- N = {n}, {shards} shard(s), {namespaces} namespace(s): {}; non-2xx by code: {codes}\n",
             list.join(", ")
+        ));
+    }
+    table.push_str(
+        "\nAPI server answer times and reconcile durations in the update phase (first run of each size; \
+         histogram bucket bounds, so \"≤ 50\" means between the next lower bound and 50 ms):\n\n",
+    );
+    for ((n, shards, namespaces), runs) in &by_size {
+        let list: Vec<String> = runs[0]["update_latency_histograms"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(series, h)| {
+                let bound = |key: &str| match h[key].as_f64() {
+                    Some(ms) => format!("≤ {ms:.0}"),
+                    None => "above the last bound".into(),
+                };
+                let name = series
+                    .trim_start_matches("ramp_")
+                    .replace("http_request_duration_seconds", "")
+                    .replace("reconcile_duration_seconds", "reconcile");
+                format!(
+                    "{name} p50 {} / p99 {} ms ({} samples)",
+                    bound("p50_at_most_ms"),
+                    bound("p99_at_most_ms"),
+                    h["count"]
+                )
+            })
+            .collect();
+        table.push_str(&format!(
+            "- N = {n}, {shards} shard(s), {namespaces} namespace(s): {}\n",
+            list.join("; ")
         ));
     }
     std::fs::write(dir.join("results.md"), &table)?;
@@ -803,4 +1047,45 @@ async fn main() -> anyhow::Result<()> {
         serde_json::to_string_pretty(&result)?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(counts: [u64; 4]) -> String {
+        let bounds = ["0.05", "0.1", "0.2", "+Inf"];
+        let mut text = String::from("# TYPE ramp_x_seconds histogram\n");
+        for (bound, count) in bounds.iter().zip(counts) {
+            text.push_str(&format!(
+                "ramp_x_seconds_bucket{{method=\"PATCH\",le=\"{bound}\"}} {count}\n"
+            ));
+        }
+        text.push_str(&format!(
+            "ramp_x_seconds_count{{method=\"PATCH\"}} {}\n",
+            counts[3]
+        ));
+        text
+    }
+
+    #[test]
+    fn percentiles_come_from_the_buckets_filled_between_two_scrapes() {
+        // Before: 10 fast requests. Between: 90 at or below 100 ms, 10 in (100, 200].
+        let before = parse_histograms(&page([10, 10, 10, 10]));
+        let after = parse_histograms(&page([10, 100, 110, 110]));
+        let report = histogram_report(&after, &before);
+        let series = &report["ramp_x_seconds{method=\"PATCH\"}"];
+        assert_eq!(series["count"], 100.0);
+        assert_eq!(series["p50_at_most_ms"], 100.0);
+        assert_eq!(series["p99_at_most_ms"], 200.0);
+    }
+
+    #[test]
+    fn observations_past_the_last_bound_have_no_upper_bound_and_quiet_series_are_left_out() {
+        let before = parse_histograms(&page([0, 0, 0, 0]));
+        let after = parse_histograms(&page([0, 0, 0, 4]));
+        let report = histogram_report(&after, &before);
+        assert!(report["ramp_x_seconds{method=\"PATCH\"}"]["p99_at_most_ms"].is_null());
+        assert_eq!(histogram_report(&after, &after), json!({}));
+    }
 }
