@@ -252,6 +252,73 @@ mod tests {
         }
     }
 
+    /// Answers every request with 200 after `delay`.
+    struct Slow(Duration);
+    impl Service<http::Request<()>> for Slow {
+        type Response = http::Response<()>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<'static, Result<http::Response<()>, Self::Error>>;
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let delay = self.0;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(http::Response::new(()))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn answer_times_are_recorded_per_method_and_resource_and_never_for_watches() {
+        use tower::ServiceExt;
+        let metrics = Arc::new(Metrics::default());
+        let mut service = CountRequests(metrics.clone()).layer(Slow(Duration::from_millis(30)));
+        let request = |uri: &str| {
+            http::Request::builder()
+                .method("PATCH")
+                .uri(uri)
+                .body(())
+                .unwrap_or_default()
+        };
+        for uri in [
+            "/apis/apps/v1/namespaces/a/replicasets/web-1",
+            "/apis/apps/v1/namespaces/a/replicasets?watch=true",
+        ] {
+            let ready = service.ready().await;
+            assert!(ready.is_ok());
+            assert!(service.call(request(uri)).await.is_ok());
+        }
+        let text = metrics.encode();
+        let series = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+        };
+        assert_eq!(
+            series(
+                "ramp_http_request_duration_seconds_count{method=\"PATCH\",resource=\"replicasets\"}"
+            )
+            .as_deref(),
+            Some("1"),
+            "one answer time, the watch's left out:\n{text}"
+        );
+        // 30 ms is above the 25 ms bound and at most the 50 ms one.
+        assert_eq!(
+            series("ramp_http_request_duration_seconds_bucket{le=\"0.025\",method=\"PATCH\",resource=\"replicasets\"}")
+                .as_deref(),
+            Some("0"),
+            "{text}"
+        );
+        // Both requests are still counted.
+        assert_eq!(
+            text.matches("ramp_http_requests_total{").count(),
+            2,
+            "{text}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_limit_allows_the_burst_then_paces_at_the_rate() {
         use tower::ServiceExt;
