@@ -102,21 +102,13 @@ fn parse_args() -> anyhow::Result<Args> {
                 }
             }
             "--run-label" => args.label = value,
-            "--shards" => {
-                args.shards = value
-                    .parse()
-                    .context("--shards: a number of controller processes")?;
-                if args.shards == 0 {
-                    bail!("--shards must be 1 or more");
-                }
-            }
+            "--shards" => args.shards = at_least_one(&value, "--shards", "controller processes")?,
             "--namespaces" => {
-                args.namespaces = value
-                    .parse()
-                    .context("--namespaces: how many namespaces the Rollouts spread over")?;
-                if args.namespaces == 0 {
-                    bail!("--namespaces must be 1 or more");
-                }
+                args.namespaces = at_least_one(
+                    &value,
+                    "--namespaces",
+                    "namespaces the Rollouts spread over",
+                )?
             }
             "--out" => args.out = value.into(),
             "--report" => args.report = Some(value.into()),
@@ -129,6 +121,14 @@ fn parse_args() -> anyhow::Result<Args> {
         bail!("give --size N (one benchmark run) or --report DIR (the table of all runs)");
     }
     Ok(args)
+}
+
+/// A count flag's value: a whole number, 1 or more.
+fn at_least_one(value: &str, flag: &str, what: &str) -> anyhow::Result<usize> {
+    match value.parse() {
+        Ok(0) | Err(_) => bail!("{flag} takes a number of {what}, 1 or more, not '{value}'"),
+        Ok(count) => Ok(count),
+    }
 }
 
 fn rollout_resource() -> ApiResource {
