@@ -90,6 +90,7 @@ pub struct Metrics {
     rollout_info: Family<RolloutLabels, Gauge>,
     rollout_replicas: Family<ReplicaLabels, Gauge>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
+    reconcile_queue: Family<ControllerLabels, Histogram>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     kube_requests: Family<RequestLabels, Counter>,
     analysis_runs: Family<PhaseLabels, Counter>,
@@ -109,6 +110,14 @@ fn reconcile_histogram() -> Histogram {
     Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
 }
 
+/// From a millisecond (an idle controller) to tens of seconds (a burst
+/// that outruns the watch or the concurrency bound).
+fn queue_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
 /// Fine enough around 100–300 ms to tell the API server's share of a
 /// 200 ms reaction time from the controller's.
 fn request_histogram() -> Histogram {
@@ -124,6 +133,7 @@ impl Default for Metrics {
             rollout_info: Family::default(),
             rollout_replicas: Family::default(),
             reconcile_duration: Family::new_with_constructor(reconcile_histogram),
+            reconcile_queue: Family::new_with_constructor(queue_histogram),
             reconcile_errors: Family::default(),
             kube_requests: Family::default(),
             analysis_runs: Family::default(),
@@ -152,6 +162,11 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
             metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_queue_seconds",
+            "Time from the watch event that changed an object to the start of its next reconcile",
+            metrics.reconcile_queue.clone(),
         );
         registry.register(
             "reconcile_errors",
@@ -271,6 +286,15 @@ impl Metrics {
                 controller: controller.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// How long an object's change waited for the reconcile now starting.
+    pub fn reconcile_waited(&self, controller: &str, waited: Duration) {
+        self.reconcile_queue
+            .get_or_create(&ControllerLabels {
+                controller: controller.into(),
+            })
+            .observe(waited.as_secs_f64());
     }
 
     pub fn reconcile_failed(&self, controller: &str, category: &str) {

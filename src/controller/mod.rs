@@ -13,6 +13,7 @@ mod routes;
 mod runs;
 pub mod shard;
 mod triggers;
+mod waiting;
 mod workloads;
 
 use std::sync::Arc;
@@ -245,6 +246,8 @@ pub struct Context {
     pub owned_runs: Arc<index::OwnerIndex<AnalysisRun>>,
     /// What this controller last wrote, until the caches show it.
     pub recent_rollouts: recent::Recent<Rollout>,
+    /// When each Rollout's latest unplanned change arrived from the watch.
+    pub rollouts_waiting: Arc<waiting::Waiting<Rollout>>,
     pub recent_replica_sets: Arc<recent::Recent<ReplicaSet>>,
     pub recent_services: Arc<recent::Recent<Service>>,
     pub recent_runs: Arc<recent::Recent<AnalysisRun>>,
@@ -452,16 +455,23 @@ async fn start_controllers(
 
     // The Rollout controller keeps its own cache of Rollouts; the others are shared with the planner.
     let (rollouts, rollout_writer) = reflector::store();
+    let rollouts_waiting = Arc::new(waiting::Waiting::default());
     let rollout_stream = triggers::settled_applied(
         reflector::reflector(
             rollout_writer,
-            settings.shard.filter(
-                watcher(
-                    scoped::<Rollout>(&client, namespace),
-                    watcher::Config::default(),
+            settings
+                .shard
+                .filter(
+                    watcher(
+                        scoped::<Rollout>(&client, namespace),
+                        watcher::Config::default(),
+                    )
+                    .modify(trim),
                 )
-                .modify(trim),
-            ),
+                .inspect_ok({
+                    let waiting = rollouts_waiting.clone();
+                    move |event| waiting.observe(event)
+                }),
         )
         .default_backoff(),
     );
@@ -623,6 +633,7 @@ async fn start_controllers(
         owned_replica_sets,
         owned_runs,
         recent_rollouts: recent::Recent::new(rollouts.clone(), trim),
+        rollouts_waiting,
         recent_replica_sets,
         recent_services,
         recent_runs,

@@ -156,6 +156,12 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let started = Instant::now();
+    if let Some(waited) = ctx
+        .rollouts_waiting
+        .started_at(&ObjectRef::from_obj(rollout.as_ref()), started)
+    {
+        ctx.metrics.reconcile_waited(CONTROLLER, waited);
+    }
     // Plan from our own last write when the watch has not delivered it yet:
     // the stale copy would repeat what was done and conflict on the write.
     let rollout = ctx.recent_rollouts.freshest(rollout);

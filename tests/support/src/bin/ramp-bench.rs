@@ -575,7 +575,16 @@ struct World {
     target_generation: HashMap<String, i64>,
     old_hash: HashMap<String, String>,
     patched: HashMap<String, Instant>,
+    /// The same moments by the wall clock, to compare with the API server's
+    /// timestamps (same machine, same clock).
+    patched_wall: HashMap<String, jiff::Timestamp>,
+    /// When this benchmark's own watch delivered the patched Rollout: how
+    /// far behind the API server's watches run during the burst.
+    rollout_seen: HashMap<String, Instant>,
     new_rs: HashMap<String, Instant>,
+    /// The new ReplicaSet's creationTimestamp (whole seconds): when the
+    /// controller's create reached the API server, whatever the watch lag.
+    new_rs_created: HashMap<String, jiff::Timestamp>,
     settled: HashMap<String, Instant>,
 }
 
@@ -601,7 +610,10 @@ impl World {
             .collect();
         self.target_generation = targets;
         self.patched.clear();
+        self.patched_wall.clear();
+        self.rollout_seen.clear();
         self.new_rs.clear();
+        self.new_rs_created.clear();
         self.settled.clear();
         let names: Vec<String> = self.rollouts.keys().cloned().collect();
         let now = Instant::now();
@@ -649,6 +661,15 @@ fn watch_world(
             observed.healthy = status["phase"] == "Healthy";
             observed.stable = status["stableRS"].as_str().unwrap_or_default().into();
             observed.current = status["currentPodHash"].as_str().unwrap_or_default().into();
+            let generation = observed.generation;
+            if world.patched.contains_key(&name)
+                && world
+                    .target_generation
+                    .get(&name)
+                    .is_some_and(|target| generation >= *target)
+            {
+                world.rollout_seen.entry(name.clone()).or_insert(now);
+            }
             world.check(&name, now);
             futures::future::ready(Ok(()))
         });
@@ -681,6 +702,9 @@ fn watch_world(
                 .insert(hash.clone(), replicas);
             if world.patched.contains_key(&owner) && world.old_hash.get(&owner) != Some(&hash) {
                 world.new_rs.entry(owner.clone()).or_insert(now);
+                if let Some(created) = &rs.metadata.creation_timestamp {
+                    world.new_rs_created.entry(owner.clone()).or_insert(created.0);
+                }
             }
             world.check(&owner, now);
             futures::future::ready(Ok(()))
@@ -826,7 +850,13 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
         let permit = in_flight.clone().acquire_owned().await?;
         // Stamped before the patch is sent: the new ReplicaSet can be seen
         // before the patch call returns.
-        lock(&world).patched.insert(placement.key(), Instant::now());
+        {
+            let mut world = lock(&world);
+            world.patched.insert(placement.key(), Instant::now());
+            world
+                .patched_wall
+                .insert(placement.key(), jiff::Timestamp::now());
+        }
         let (api, name, patch) = (
             rollouts_in(&placement.namespace),
             placement.name.clone(),
@@ -854,11 +884,24 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
         settled_all.duration_since(started).as_secs_f64(),
     );
     let (mut to_rs, mut to_settled) = (Vec::new(), Vec::new());
+    let (mut to_rollout_seen, mut to_rs_created) = (Vec::new(), Vec::new());
     {
         let world = lock(&world);
         for (name, patched) in &world.patched {
             if let Some(seen) = world.new_rs.get(name) {
                 to_rs.push(seen.saturating_duration_since(*patched).as_secs_f64() * 1000.0);
+            }
+            if let Some(seen) = world.rollout_seen.get(name) {
+                to_rollout_seen
+                    .push(seen.saturating_duration_since(*patched).as_secs_f64() * 1000.0);
+            }
+            if let (Some(created), Some(sent)) =
+                (world.new_rs_created.get(name), world.patched_wall.get(name))
+            {
+                // creationTimestamp drops the fraction, so a ReplicaSet
+                // created within the patch's second reads as up to 1 s early.
+                let ms = created.duration_since(*sent).as_secs_f64() * 1000.0;
+                to_rs_created.push(ms.max(0.0));
             }
             if let Some(settled) = world.settled.get(name) {
                 to_settled.push(settled.saturating_duration_since(*patched).as_secs_f64() * 1000.0);
@@ -899,6 +942,8 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
         "idle": idle,
         "update_settled_all_after_last_patch_seconds": after_last_patch,
         "patch_to_new_rs_ms": {"p50": percentile(&mut to_rs.clone(), 50.0), "p99": percentile(&mut to_rs.clone(), 99.0), "samples": to_rs.len()},
+        "patch_to_rollout_watched_ms": {"p50": percentile(&mut to_rollout_seen.clone(), 50.0), "p99": percentile(&mut to_rollout_seen.clone(), 99.0), "samples": to_rollout_seen.len()},
+        "patch_to_new_rs_created_ms": {"p50": percentile(&mut to_rs_created.clone(), 50.0), "p99": percentile(&mut to_rs_created.clone(), 99.0), "samples": to_rs_created.len(), "resolution_ms": 1000},
         "update_latency_histograms": latencies,
         "patch_to_settled_ms": {"p50": percentile(&mut to_settled.clone(), 50.0), "p99": percentile(&mut to_settled.clone(), 99.0), "samples": to_settled.len()},
     }))
@@ -992,6 +1037,23 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
         ));
     }
     table.push_str(
+        "\nWhere patch → new ReplicaSet goes (medians): the benchmark's own watch delivering the \
+         patched Rollout, and the new ReplicaSet's creationTimestamp (API server clock, whole seconds):\n\n",
+    );
+    for ((n, shards, namespaces), runs) in &by_size {
+        let m = |path: &[&str]| median_of(runs, path);
+        table.push_str(&format!(
+            "- N = {n}, {shards} shard(s), {namespaces} namespace(s): patch → Rollout watched p50 / p99 {:.0} / {:.0} ms; \
+             patch → new RS created p50 / p99 {:.0} / {:.0} ms; patch → new RS watched p50 / p99 {:.0} / {:.0} ms\n",
+            m(&["patch_to_rollout_watched_ms", "p50"]),
+            m(&["patch_to_rollout_watched_ms", "p99"]),
+            m(&["patch_to_new_rs_created_ms", "p50"]),
+            m(&["patch_to_new_rs_created_ms", "p99"]),
+            m(&["patch_to_new_rs_ms", "p50"]),
+            m(&["patch_to_new_rs_ms", "p99"]),
+        ));
+    }
+    table.push_str(
         "\nAPI server answer times and reconcile durations in the update phase (first run of each size; \
          histogram bucket bounds, so \"≤ 50\" means between the next lower bound and 50 ms):\n\n",
     );
@@ -1008,7 +1070,8 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
                 let name = series
                     .trim_start_matches("ramp_")
                     .replace("http_request_duration_seconds", "")
-                    .replace("reconcile_duration_seconds", "reconcile");
+                    .replace("reconcile_duration_seconds", "reconcile")
+                    .replace("reconcile_queue_seconds", "wait for reconcile");
                 format!(
                     "{name} p50 {} / p99 {} ms ({} samples)",
                     bound("p50_at_most_ms"),
