@@ -113,9 +113,7 @@ fn reconcile_histogram() -> Histogram {
 /// From a millisecond (an idle controller) to tens of seconds (a burst
 /// that outruns the watch or the concurrency bound).
 fn queue_histogram() -> Histogram {
-    Histogram::new([
-        0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    ])
+    Histogram::new([0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
 }
 
 /// Fine enough around 100–300 ms to tell the API server's share of a

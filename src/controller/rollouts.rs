@@ -504,10 +504,9 @@ async fn list_pods(
         .collect())
 }
 
-/// Drops metric series of rollouts that no longer exist. Reads only the
-/// cache, so it costs no API requests.
-/// Forgets metrics and index entries of Rollouts that are gone (a deleted
-/// Rollout is never reconciled again).
+/// Forgets metric series and index entries of Rollouts that are gone (a
+/// deleted Rollout is never reconciled again). Reads only the cache, so it
+/// costs no API requests.
 async fn prune(ctx: Arc<Context>, store: Store<Rollout>) {
     let mut known: HashSet<(String, String)> = HashSet::new();
     loop {

@@ -703,7 +703,10 @@ fn watch_world(
             if world.patched.contains_key(&owner) && world.old_hash.get(&owner) != Some(&hash) {
                 world.new_rs.entry(owner.clone()).or_insert(now);
                 if let Some(created) = &rs.metadata.creation_timestamp {
-                    world.new_rs_created.entry(owner.clone()).or_insert(created.0);
+                    world
+                        .new_rs_created
+                        .entry(owner.clone())
+                        .or_insert(created.0);
                 }
             }
             world.check(&owner, now);
@@ -917,7 +920,11 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
         controller.cpu_ticks(),
         Instant::now(),
     );
+    let histograms_before = controller.histograms().await?;
     tokio::time::sleep(args.idle).await;
+    // What an idle controller still does: reconciles (requeues, relists)
+    // and the answers to whatever it sent.
+    let idle_latencies = histogram_report(&controller.histograms().await?, &histograms_before);
     let idle = phase_report(
         &delta(&controller.requests().await?, &requests_before),
         n,
@@ -945,6 +952,7 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
         "patch_to_rollout_watched_ms": {"p50": percentile(&mut to_rollout_seen.clone(), 50.0), "p99": percentile(&mut to_rollout_seen.clone(), 99.0), "samples": to_rollout_seen.len()},
         "patch_to_new_rs_created_ms": {"p50": percentile(&mut to_rs_created.clone(), 50.0), "p99": percentile(&mut to_rs_created.clone(), 99.0), "samples": to_rs_created.len(), "resolution_ms": 1000},
         "update_latency_histograms": latencies,
+        "idle_latency_histograms": idle_latencies,
         "patch_to_settled_ms": {"p50": percentile(&mut to_settled.clone(), 50.0), "p99": percentile(&mut to_settled.clone(), 99.0), "samples": to_settled.len()},
     }))
 }
@@ -977,7 +985,7 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
     if runs.is_empty() {
         bail!("no run-*.json in {}; run `make bench` first", dir.display());
     }
-    let mut by_size: BTreeMap<(u64, u64, u64), Vec<&Value>> = BTreeMap::new();
+    let mut by_size: RunsBySize = BTreeMap::new();
     for run in &runs {
         by_size
             .entry((
@@ -1053,12 +1061,32 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
             m(&["patch_to_new_rs_ms", "p99"]),
         ));
     }
-    table.push_str(
-        "\nAPI server answer times and reconcile durations in the update phase (first run of each size; \
-         histogram bucket bounds, so \"≤ 50\" means between the next lower bound and 50 ms):\n\n",
-    );
-    for ((n, shards, namespaces), runs) in &by_size {
-        let list: Vec<String> = runs[0]["update_latency_histograms"]
+    for (phase, key) in [
+        ("update", "update_latency_histograms"),
+        ("idle", "idle_latency_histograms"),
+    ] {
+        table.push_str(&format!(
+            "\nAPI server answer times and reconcile durations in the {phase} phase (first run of each size; \
+             histogram bucket bounds, so \"≤ 50\" means between the next lower bound and 50 ms; \
+             none listed, none happened):\n\n",
+        ));
+        histogram_lines(&mut table, &by_size, key);
+    }
+    std::fs::write(dir.join("results.md"), &table)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json!({"sizes": summary, "runs": runs}))?,
+    )?;
+    println!("{table}");
+    Ok(())
+}
+
+type RunsBySize<'a> = BTreeMap<(u64, u64, u64), Vec<&'a Value>>;
+
+/// One line per size: each histogram series `key` holds in the first run.
+fn histogram_lines(table: &mut String, by_size: &RunsBySize, key: &str) {
+    for ((n, shards, namespaces), runs) in by_size {
+        let list: Vec<String> = runs[0][key]
             .as_object()
             .into_iter()
             .flatten()
@@ -1085,13 +1113,6 @@ fn report(dir: &PathBuf) -> anyhow::Result<()> {
             list.join("; ")
         ));
     }
-    std::fs::write(dir.join("results.md"), &table)?;
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&json!({"sizes": summary, "runs": runs}))?,
-    )?;
-    println!("{table}");
-    Ok(())
 }
 
 #[tokio::main]
