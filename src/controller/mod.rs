@@ -284,6 +284,27 @@ where
     }
 }
 
+/// This shard's watch of a kind it splits with the other shards (Rollouts
+/// and what they control), trimmed as it arrives.
+fn shard_watch<K>(
+    client: &Client,
+    settings: &Settings,
+    config: watcher::Config,
+    trim: fn(&mut K),
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    settings
+        .shard
+        .filter(watcher(scoped::<K>(client, &settings.namespace), config).modify(trim))
+}
+
 /// Drops what the controller never reads, so the caches stay small.
 fn trim<K: ResourceExt>(object: &mut K) {
     object.managed_fields_mut().clear();
@@ -459,19 +480,16 @@ async fn start_controllers(
     let rollout_stream = triggers::settled_applied(
         reflector::reflector(
             rollout_writer,
-            settings
-                .shard
-                .filter(
-                    watcher(
-                        scoped::<Rollout>(&client, namespace),
-                        watcher::Config::default(),
-                    )
-                    .modify(trim),
-                )
-                .inspect_ok({
-                    let waiting = rollouts_waiting.clone();
-                    move |event| waiting.observe(event)
-                }),
+            shard_watch(
+                &client,
+                settings,
+                watcher::Config::default(),
+                trim::<Rollout>,
+            )
+            .inspect_ok({
+                let waiting = rollouts_waiting.clone();
+                move |event| waiting.observe(event)
+            }),
         )
         .default_backoff(),
     );
@@ -489,22 +507,19 @@ async fn start_controllers(
     let rs_stream = triggers::settled_objects(
         reflector::reflector(
             rs_writer,
-            settings
-                .shard
-                .filter(
-                    watcher(
-                        scoped::<ReplicaSet>(&client, namespace),
-                        watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
-                    )
-                    .modify(trim_replica_set),
-                )
-                .inspect_ok({
-                    let (index, recent) = (owned_replica_sets.clone(), recent_replica_sets.clone());
-                    move |event| {
-                        index.observe(event);
-                        recent.observe(event);
-                    }
-                }),
+            shard_watch(
+                &client,
+                settings,
+                watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+                trim_replica_set,
+            )
+            .inspect_ok({
+                let (index, recent) = (owned_replica_sets.clone(), recent_replica_sets.clone());
+                move |event| {
+                    index.observe(event);
+                    recent.observe(event);
+                }
+            }),
         )
         .default_backoff(),
     );
@@ -527,22 +542,19 @@ async fn start_controllers(
     let (run_events, run_controller_events) = triggers::fan_out(
         reflector::reflector(
             run_writer,
-            settings
-                .shard
-                .filter(
-                    watcher(
-                        scoped::<AnalysisRun>(&client, namespace),
-                        watcher::Config::default(),
-                    )
-                    .modify(trim),
-                )
-                .inspect_ok({
-                    let (index, recent) = (owned_runs.clone(), recent_runs.clone());
-                    move |event| {
-                        index.observe(event);
-                        recent.observe(event);
-                    }
-                }),
+            shard_watch(
+                &client,
+                settings,
+                watcher::Config::default(),
+                trim::<AnalysisRun>,
+            )
+            .inspect_ok({
+                let (index, recent) = (owned_runs.clone(), recent_runs.clone());
+                move |event| {
+                    index.observe(event);
+                    recent.observe(event);
+                }
+            }),
         )
         .default_backoff(),
         stop.clone(),

@@ -575,9 +575,9 @@ struct World {
     target_generation: HashMap<String, i64>,
     old_hash: HashMap<String, String>,
     patched: HashMap<String, Instant>,
-    /// The same moments by the wall clock, to compare with the API server's
-    /// timestamps (same machine, same clock).
-    patched_wall: HashMap<String, jiff::Timestamp>,
+    /// The phase's start by both clocks, to put a patch's moment next to
+    /// the API server's timestamps (same machine, same wall clock).
+    began: Option<(Instant, jiff::Timestamp)>,
     /// When this benchmark's own watch delivered the patched Rollout: how
     /// far behind the API server's watches run during the burst.
     rollout_seen: HashMap<String, Instant>,
@@ -610,7 +610,7 @@ impl World {
             .collect();
         self.target_generation = targets;
         self.patched.clear();
-        self.patched_wall.clear();
+        self.began = Some((Instant::now(), jiff::Timestamp::now()));
         self.rollout_seen.clear();
         self.new_rs.clear();
         self.new_rs_created.clear();
@@ -853,13 +853,7 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
         let permit = in_flight.clone().acquire_owned().await?;
         // Stamped before the patch is sent: the new ReplicaSet can be seen
         // before the patch call returns.
-        {
-            let mut world = lock(&world);
-            world.patched.insert(placement.key(), Instant::now());
-            world
-                .patched_wall
-                .insert(placement.key(), jiff::Timestamp::now());
-        }
+        lock(&world).patched.insert(placement.key(), Instant::now());
         let (api, name, patch) = (
             rollouts_in(&placement.namespace),
             placement.name.clone(),
@@ -898,13 +892,14 @@ async fn run(client: &Client, args: &Args, n: usize) -> anyhow::Result<Value> {
                 to_rollout_seen
                     .push(seen.saturating_duration_since(*patched).as_secs_f64() * 1000.0);
             }
-            if let (Some(created), Some(sent)) =
-                (world.new_rs_created.get(name), world.patched_wall.get(name))
+            if let (Some(created), Some((began, began_wall))) =
+                (world.new_rs_created.get(name), world.began)
             {
+                let sent = patched.saturating_duration_since(began).as_secs_f64();
+                let created = created.duration_since(began_wall).as_secs_f64();
                 // creationTimestamp drops the fraction, so a ReplicaSet
                 // created within the patch's second reads as up to 1 s early.
-                let ms = created.duration_since(*sent).as_secs_f64() * 1000.0;
-                to_rs_created.push(ms.max(0.0));
+                to_rs_created.push(((created - sent) * 1000.0).max(0.0));
             }
             if let Some(settled) = world.settled.get(name) {
                 to_settled.push(settled.saturating_duration_since(*patched).as_secs_f64() * 1000.0);
